@@ -1,0 +1,3 @@
+from beanraft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""``beanraft SUBCOMMAND ...``: one console script, its subcommands filled in by each package.
+
+Each entry names a module that defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only for the subcommand being run, so ``beanraft submit`` does not pay
+for grpc and pysyncobj.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("beanraft.up", "run a complete local cluster: nodes, a proxy and a worker pool"),
+    "node": ("cluster.cli_node", "run one cluster node"),
+    "cluster": ("cluster.cli_admin", "cluster administration: status, join, leave, snapshot"),
+    "certs": ("cluster.cli_certs", "create a CA and role certificates for mTLS"),
+    "proxy": ("proxy.cli", "serve the beanstalkd protocol in front of a cluster"),
+    "worker": ("executor.cli_worker", "run a worker pool that executes jobs in isolation"),
+    "submit": ("executor.cli_submit", "put a command to run as a job"),
+    "logs": ("executor.cli_logs", "show (and follow) a job's output on this worker host"),
+    "stop": ("executor.cli_stop", "stop a running job on this worker host"),
+}
+
+
+def _parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beanraft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(module_name).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in args_list if not a.startswith("-")), None)
+    args = _parser(selected if selected in SUBCOMMANDS else None).parse_args(args_list)
+    module = importlib.import_module(SUBCOMMANDS[args.subcommand][0])
+    return int(module.run(args) or 0)

@@ -1,0 +1,41 @@
+"""The one interface every front end runs against: a job queue that applies commands.
+
+Implemented by ``cluster.local.LocalQueue`` (the state machine in-process, for
+``beanraft proxy --standalone`` and tests) and by ``api.client.RemoteQueue`` (a cluster over
+gRPC). The beanstalkd proxy runs unchanged against either, as coolbeans' front end does against
+its ``state.JSM`` interface.
+
+Rule: wake-ups are delivered only through ``subscribe``, never in the reply of ``apply`` (the
+reply's outcome may list them, but a front end must act on the subscription alone), so a
+wake-up caused by another proxy's command and one caused by our own arrive the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from statemachine.commands import Command
+from statemachine.replies import Reply, Wakeup
+
+WakeupHandler = Callable[[Wakeup], None]
+
+
+class QueueUnavailable(Exception):
+    """The queue could not apply a command now (no leader, no node reachable). The command
+    may or may not have been applied; retry with the same request id."""
+
+
+class JobQueue(Protocol):
+    async def apply(self, command: Command) -> Reply:
+        """Stamp the time, replicate (if replicated) and apply ``command``; return its reply.
+
+        Raises QueueUnavailable when it cannot; never returns a half-applied state."""
+        ...
+
+    def subscribe(self, proxy_id: str, handler: WakeupHandler) -> None:
+        """Call ``handler`` (on the event loop that called subscribe) with every wake-up for
+        the clients of ``proxy_id``, in the order the machine produced them."""
+        ...
+
+    async def close(self) -> None: ...

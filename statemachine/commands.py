@@ -1,0 +1,291 @@
+"""Commands: everything that can change or read the job queue, as plain frozen data.
+
+A command is what a proxy, a worker or an admin asks of the queue. It carries no time: the
+leader stamps ``now_ms`` when it proposes the command, and ``JobStateMachine.apply`` takes the
+two together. Every field is an int, a str, bytes or a tuple of those, so a command encodes to
+bytes deterministically (see ``statemachine.codec``).
+
+Units are milliseconds inside (``delay_ms``, ``ttr_ms``); the protocol's seconds stay at the
+codec in ``proxy/protocol.py``.
+
+Client-scoped commands name a ``client_id``: one beanstalkd connection, registered with
+``Connect`` under the ``proxy_id`` that serves it. Per-connection state (the used tube, the watch
+list, reservations, a waiting reserve) lives in the machine so that it survives a leader change
+and so that stats such as ``current-watching`` are true for the whole cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A request id makes put and reserve idempotent: the same id applied twice (a retry after an
+# ambiguous outcome on leader change) returns the first outcome. "" means "not idempotent".
+NO_REQUEST_ID = ""
+
+
+# --- Sessions and leases ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """A client connection opened on a proxy. Uses and watches ``default``. Idempotent."""
+
+    client_id: str
+    proxy_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """A client closed its connection or sent ``quit``: its reserved jobs go back to ready at
+    once (not a timeout) and its waiting reserve is cancelled. Unknown clients are ignored."""
+
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLease:
+    """A proxy says it is alive until ``now + lease_ms``. When a lease runs out, every client of
+    that proxy is disconnected (as by ``Disconnect``) by the tick that passes its expiry."""
+
+    proxy_id: str
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropProxy:
+    """A proxy shut down cleanly: disconnect all its clients now and forget its lease."""
+
+    proxy_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes. Proposed by the leader only when ``next_deadline_ms()`` is due."""
+
+
+# --- Connection state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    client_id: str
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    client_id: str
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    client_id: str
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListTubeUsed:
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListTubesWatched:
+    client_id: str
+
+
+# --- Jobs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Create a job in ``tube``. ``client_id`` may be "" for a put that no connection made
+    (coolbeans' ``Put`` RPC); a named client counts as a producer. ``ttr_ms`` below 1000 is
+    raised to 1000 (beanstalkd: ttr < 1 s becomes 1 s)."""
+
+    tube: str
+    priority: int
+    delay_ms: int
+    ttr_ms: int
+    body: bytes
+    client_id: str = ""
+    request_id: str = NO_REQUEST_ID
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedPut:
+    """A put whose line parsed but whose body was refused before it reached the machine
+    (JOB_TOO_BIG, EXPECTED_CRLF, DRAINING): beanstalkd still counts it in ``cmd-put`` and marks
+    the connection as a producer, so the proxy reports it here."""
+
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """Reserve the most urgent ready job across the client's watched, unpaused tubes.
+
+    ``timeout_ms`` None waits forever (``reserve``); 0 answers now (``reserve-with-timeout 0``).
+    When nothing is ready the reply is ``Waiting`` and the answer arrives later as a ``Wakeup``
+    in the outcome of whichever command or tick produces it."""
+
+    client_id: str
+    timeout_ms: int | None
+    request_id: str = NO_REQUEST_ID
+    with_timeout: bool = False  # counts cmd-reserve-with-timeout rather than cmd-reserve
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveJob:
+    client_id: str
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """``client_id`` "" deletes as an admin (any state, reserved included)."""
+
+    client_id: str
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    client_id: str
+    job_id: int
+    priority: int
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    client_id: str
+    job_id: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    client_id: str
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Kick up to ``bound`` jobs in ``tube``: buried ones if it has any, else delayed ones."""
+
+    tube: str
+    bound: int
+
+
+@dataclass(frozen=True, slots=True)
+class KickJob:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PauseTube:
+    tube: str
+    delay_ms: int
+
+
+# --- Reads (they go through the log too: they count in stats and are linearizable) --------
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeekReady:
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeekDelayed:
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeekBuried:
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatsJob:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsTube:
+    tube: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ListTubes:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CheckClients:
+    """Which of ``client_ids`` (of ``proxy_id``) are still waiting, known but not waiting, or
+    unknown. coolbeans' ``CheckClientState``: a proxy's recovery after a broken stream."""
+
+    proxy_id: str
+    client_ids: tuple[str, ...]
+
+
+Command = (
+    Connect
+    | Disconnect
+    | RenewLease
+    | DropProxy
+    | Tick
+    | Use
+    | Watch
+    | Ignore
+    | ListTubeUsed
+    | ListTubesWatched
+    | Put
+    | RejectedPut
+    | Reserve
+    | ReserveJob
+    | Delete
+    | Release
+    | Bury
+    | Touch
+    | Kick
+    | KickJob
+    | PauseTube
+    | Peek
+    | PeekReady
+    | PeekDelayed
+    | PeekBuried
+    | StatsJob
+    | StatsTube
+    | Stats
+    | ListTubes
+    | CheckClients
+)
+
+# Commands that never change anything but counters: a node may answer them from a
+# linearizable read instead of a log entry if it keeps the counters elsewhere.
+READ_COMMANDS = (
+    Peek,
+    PeekReady,
+    PeekDelayed,
+    PeekBuried,
+    StatsJob,
+    StatsTube,
+    Stats,
+    ListTubes,
+    ListTubeUsed,
+    ListTubesWatched,
+    CheckClients,
+)
