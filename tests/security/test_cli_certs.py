@@ -1,0 +1,51 @@
+"""`beanraft certs init|issue` as an operator runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from cluster import tls
+
+
+def _beanraft(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "beanraft", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_certs_init_then_issue_a_viewer_with_extra_hosts(tmp_path: Path) -> None:
+    assert _beanraft("certs", "init", cwd=tmp_path).returncode == 0
+    done = _beanraft(
+        "certs", "issue", "--role", "viewer", "--name", "alice", "--host", "10.0.0.5", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "data/tls/alice.crt").read_bytes())
+    assert tls.role_of(cert) == "viewer" and tls.common_name_of(cert) == "alice"
+    assert "role viewer, hosts 10.0.0.5" in done.stdout
+
+
+def test_certs_init_twice_fails_and_says_how_to_issue_instead(tmp_path: Path) -> None:
+    assert _beanraft("certs", "init", "--dir", "t", cwd=tmp_path).returncode == 0
+    again = _beanraft("certs", "init", "--dir", "t", cwd=tmp_path)
+    assert again.returncode == 1
+    assert "already exists" in again.stderr and "beanraft certs issue --dir t" in again.stderr
+
+
+def test_certs_issue_without_a_ca_says_to_run_init(tmp_path: Path) -> None:
+    done = _beanraft("certs", "issue", "--role", "admin", "--name", "a", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "run" not in done.stdout
+    assert "beanraft certs init --dir data/tls" in done.stderr
+
+
+def test_certs_issue_rejects_an_unknown_role(tmp_path: Path) -> None:
+    done = _beanraft("certs", "issue", "--role", "root", "--name", "a", cwd=tmp_path)
+    assert done.returncode == 2 and "invalid choice: 'root'" in done.stderr
