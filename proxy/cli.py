@@ -1,0 +1,97 @@
+"""``beanraft proxy``: serve the beanstalkd protocol in front of a cluster, or standalone.
+
+    beanraft proxy --listen 127.0.0.1:11300 --standalone
+    beanraft proxy --listen 127.0.0.1:11300 --cluster 127.0.0.1:7001,127.0.0.1:7002 --insecure
+
+Prints one line ``listening HOST:PORT`` on stdout once it accepts connections (``--listen``
+with port 0 picks a free port). SIGUSR1 turns drain mode on; SIGTERM and SIGINT stop it
+cleanly (the cluster releases its clients' jobs at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from cluster.queue import JobQueue
+from proxy.protocol import JOB_SIZE_DEFAULT, JOB_SIZE_LIMIT
+from proxy.server import LEASE_MS_DEFAULT, ProxyServer
+
+log = structlog.get_logger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:11300", help="HOST:PORT to serve on")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--standalone", action="store_true", help="the queue in-process, no Raft")
+    mode.add_argument("--cluster", help="comma-separated gRPC addresses of cluster nodes")
+    parser.add_argument("--tls-dir", type=Path, help="directory with ca.pem and role certs")
+    parser.add_argument("--tls-name", default="proxy", help="certificate name in --tls-dir")
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development)")
+    parser.add_argument("--max-job-size", type=int, default=JOB_SIZE_DEFAULT)
+    parser.add_argument("--lease-ms", type=int, default=LEASE_MS_DEFAULT)
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _make_queue(args: argparse.Namespace) -> JobQueue:
+    if args.standalone:
+        from cluster.local import LocalQueue
+        from statemachine.machine import MachineConfig
+
+        return LocalQueue(MachineConfig(max_job_size=args.max_job_size))
+    if args.tls_dir is None and not args.insecure:
+        raise ValueError("--cluster needs --tls-dir DIR (mTLS) or --insecure (plaintext)")
+    if args.insecure:
+        log.warning("insecure_grpc", detail="talking to the cluster WITHOUT TLS: development only")
+    from api.client import RemoteQueue  # imported lazily: grpc is heavy
+
+    addresses = [a.strip() for a in args.cluster.split(",") if a.strip()]
+    tls_dir = None if args.insecure else args.tls_dir
+    queue: JobQueue = RemoteQueue(addresses, tls_dir, tls_name=args.tls_name)
+    return queue
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    host, port = _split_host_port(args.listen)
+    server = ProxyServer(_make_queue(args), max_job_size=args.max_job_size, lease_ms=args.lease_ms)
+    bound_host, bound_port = await server.start(host, port)
+    print(f"listening {bound_host}:{bound_port}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, server.drain)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("proxy_stopping", proxy_id=server.proxy_id)
+    await server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    # Logs go to stderr: stdout carries only the "listening" line that scripts wait for.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    if not 0 <= args.max_job_size <= JOB_SIZE_LIMIT:
+        print(f"--max-job-size must be 0..{JOB_SIZE_LIMIT}", file=sys.stderr)
+        return 2
+    if args.lease_ms < 300:
+        print("--lease-ms must be at least 300 (renewed every third of it)", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(args))
+    except ValueError as error:
+        print(f"beanraft proxy: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"beanraft proxy: cannot listen on {args.listen}: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,215 @@
+"""The asyncio beanstalkd server: a thin layer of sockets over the codec and the sessions.
+
+Theory of operation: one ``asyncio.Protocol`` per connection feeds received bytes to its
+``BeanstalkConnection`` (proxy/protocol.py); one task per connection pulls events and hands
+each to its ``Session`` (proxy/session.py), writing the reply before taking the next event, so
+pipelined commands are answered in order. A connection costs a few KiB while idle, so
+thousands are fine.
+
+Backpressure, per connection: when a client stops reading, its transport's write buffer passes
+the high-water mark, ``pause_writing`` is called and that connection's task stops taking
+commands until the buffer drains; when a client sends faster than we answer, reading from it is
+paused once its unparsed bytes pass ``READ_BUFFER_MAX``. Neither ever blocks another connection.
+
+``ProxyServer`` owns the proxy's identity (``proxy_id``, made once per process), renews the
+proxy's lease every third of ``lease_ms``, routes wake-ups from ``JobQueue.subscribe`` to
+sessions, and on a clean stop sends ``DropProxy`` so the machine releases every client at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import resource
+import time
+import uuid
+from typing import Final
+
+import structlog
+
+from cluster.queue import JobQueue, QueueUnavailable
+from proxy import events as e
+from proxy import render
+from proxy.protocol import JOB_SIZE_DEFAULT, BeanstalkConnection
+from proxy.session import ProxyContext, Session
+from statemachine import commands as sm
+
+log = structlog.get_logger(__name__)
+
+VERSION: Final = "1.12-beanraft"
+READ_BUFFER_MAX: Final = 1 << 20
+WRITE_HIGH_WATER: Final = 256 * 1024
+LEASE_MS_DEFAULT: Final = 5000
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._codec = BeanstalkConnection(server.max_job_size)
+        self._transport: asyncio.Transport | None = None
+        self._session: Session | None = None
+        self._data = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._eof = False
+        self._lost = False
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        ctx = self._server.ctx
+        self._session = Session(ctx, ctx.new_client_id())
+        self._server.track(asyncio.get_running_loop().create_task(self._run()))
+
+    def data_received(self, data: bytes) -> None:
+        self._codec.receive_data(data)
+        self._data.set()
+        if self._codec.buffered_bytes > READ_BUFFER_MAX and self._transport is not None:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._data.set()
+        if self._session is not None:
+            self._session.peer_gone(half_closed=True)
+        return True  # keep the write side open: a waiting reserve still gets TIMED_OUT
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._data.set()
+        self._writable.set()
+        if self._session is not None:
+            self._session.peer_gone(half_closed=False)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def _next_event(self) -> e.Event | None:
+        """The next event, waiting for bytes as needed; None when the peer is done."""
+        while True:
+            event = self._codec.next_event()
+            if not isinstance(event, e.NeedData):
+                return event
+            if self._eof or self._lost:
+                return None
+            if self._reading_paused and self._transport is not None:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            self._data.clear()
+            await self._data.wait()
+
+    async def _run(self) -> None:
+        session, transport = self._session, self._transport
+        assert session is not None and transport is not None
+        try:
+            await session.open()
+            while not self._lost:
+                event = await self._next_event()
+                if event is None or isinstance(event, e.Quit):
+                    break
+                reply = await session.handle(event)
+                if reply and not self._lost:
+                    transport.write(reply)
+                    await self._writable.wait()
+        except QueueUnavailable:
+            log.error("connect_failed_queue_unavailable", client_id=session.client_id)
+        except Exception:
+            log.exception("connection_failed", client_id=session.client_id)
+        finally:
+            transport.close()
+            await session.close()
+
+
+class ProxyServer:
+    """The listening socket, the proxy's identity and lease, and its shared context."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        max_job_size: int = JOB_SIZE_DEFAULT,
+        lease_ms: int = LEASE_MS_DEFAULT,
+        retry_for_s: float = 10.0,
+    ) -> None:
+        self.proxy_id = uuid.uuid4().hex
+        self.queue = queue
+        self.max_job_size = max_job_size
+        self.lease_ms = lease_ms
+        self._started = time.monotonic()
+        self.ctx = ProxyContext(
+            proxy_id=self.proxy_id,
+            queue=queue,
+            process_stats=self.process_stats,
+            retry_for_s=retry_for_s,
+        )
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lease_task: asyncio.Task[None] | None = None
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def drain(self) -> None:
+        """SIGUSR1, as beanstalkd: from now on every put gets DRAINING."""
+        log.info("draining", proxy_id=self.proxy_id)
+        self.ctx.draining = True
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Renew the lease, subscribe to wake-ups, listen; return the bound address."""
+        self.queue.subscribe(self.proxy_id, self.ctx.deliver)
+        await self._renew_lease()
+        self._lease_task = asyncio.get_running_loop().create_task(self._renew_forever())
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=4096
+        )
+        address = self._server.sockets[0].getsockname()
+        log.info("proxy_listening", host=address[0], port=address[1], proxy_id=self.proxy_id)
+        return address[0], address[1]
+
+    async def stop(self) -> None:
+        """Stop listening, drop the proxy's clients in one command, close the queue."""
+        if self._server is not None:
+            self._server.close()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.queue.apply(sm.DropProxy(self.proxy_id))
+        await self.queue.close()
+
+    async def _renew_lease(self) -> None:
+        await self.queue.apply(sm.RenewLease(self.proxy_id, self.lease_ms))
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                await self._renew_lease()
+            except QueueUnavailable:
+                log.warning("lease_renewal_failed", proxy_id=self.proxy_id)
+
+    def process_stats(self) -> render.ProcessStats:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        uname = platform.uname()
+        return render.ProcessStats(
+            pid=os.getpid(),
+            version=VERSION,
+            rusage_utime_us=int(usage.ru_utime * 1_000_000),
+            rusage_stime_us=int(usage.ru_stime * 1_000_000),
+            uptime_s=int(time.monotonic() - self._started),
+            draining=self.ctx.draining,
+            id=self.proxy_id[:16],
+            hostname=uname.node,
+            os=uname.version,
+            platform=uname.machine,
+        )

@@ -1,0 +1,261 @@
+"""One client connection's logic: codec events in, state-machine commands out, reply bytes back.
+
+A ``Session`` is the proxy's half of a beanstalkd connection. It knows the connection's
+``client_id`` and mirrors the used tube and the watch list (the machine holds the truth; the
+mirror fills ``Put.tube``, ``Kick.tube`` and ``Peek*.tube`` and lets a dropped session be
+rebuilt). Each event is handled to completion before the next, as beanstalkd does.
+
+Waiting reserves: the session registers the reserve's request id before applying it, so a
+wake-up that arrives (through ``JobQueue.subscribe`` only) before the ``Waiting`` reply is not
+lost; ``deliver`` resolves the wait when the client id and request id match. ``peer_gone`` ends
+a wait early: a half-closed peer gets ``TIMED_OUT`` (beanstalkd 1.12, section 8.1); a closed one
+gets nothing and its ``Disconnect`` releases whatever the machine gave it meanwhile.
+
+Errors: ``QueueUnavailable`` is retried with backoff for ``retry_for_s`` with the same command
+(put and reserve carry request ids, so a retry after an ambiguous outcome is not applied twice),
+then the client gets ``INTERNAL_ERROR``. ``UnknownClient`` means the machine dropped this
+session (its proxy's lease ran out): connect again, restore use and watches, retry once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import structlog
+
+from cluster.queue import JobQueue, QueueUnavailable
+from proxy import events as e
+from proxy import render
+from statemachine import commands as sm
+from statemachine import replies as r
+
+log = structlog.get_logger(__name__)
+
+_PEER_GONE: Final = object()
+_BACKOFF_FIRST_S: Final = 0.02
+_BACKOFF_MAX_S: Final = 0.5
+
+
+@dataclass
+class ProxyContext:
+    """What every session of one proxy process shares."""
+
+    proxy_id: str
+    queue: JobQueue
+    process_stats: Callable[[], render.ProcessStats]
+    retry_for_s: float = 10.0
+    draining: bool = False
+    sessions: dict[str, Session] = field(default_factory=dict)
+    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def new_client_id(self) -> str:
+        return f"{self.proxy_id}-{next(self._numbers)}"
+
+    def deliver(self, wakeup: r.Wakeup) -> None:
+        """The ``JobQueue.subscribe`` handler: route a wake-up to its session."""
+        session = self.sessions.get(wakeup.client_id)
+        if session is not None:
+            session.deliver(wakeup)
+
+
+class Session:
+    def __init__(self, ctx: ProxyContext, client_id: str) -> None:
+        self.ctx = ctx
+        self.client_id = client_id
+        self.tube = "default"
+        self.watched = ["default"]
+        self._requests = itertools.count(1)
+        self._pending: tuple[str, asyncio.Future[object]] | None = None
+        self._half_closed = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.ctx.sessions[self.client_id] = self
+        await self._apply_retrying(sm.Connect(self.client_id, self.ctx.proxy_id))
+
+    async def close(self) -> None:
+        """Disconnect: the machine releases this client's jobs and cancels its wait."""
+        self.ctx.sessions.pop(self.client_id, None)
+        try:
+            await self._apply_retrying(sm.Disconnect(self.client_id))
+        except QueueUnavailable:
+            # The lease will run out instead; the jobs come back then.
+            log.warning("disconnect_failed", client_id=self.client_id)
+
+    def peer_gone(self, half_closed: bool) -> None:
+        """The peer shut down its side (half_closed) or the connection is gone."""
+        self._half_closed = half_closed
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_result(_PEER_GONE)
+
+    def deliver(self, wakeup: r.Wakeup) -> None:
+        pending = self._pending
+        if pending is not None and pending[0] == wakeup.request_id and not pending[1].done():
+            pending[1].set_result(wakeup.result)
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def handle(self, event: e.Event) -> bytes:
+        """The reply bytes for one event (b"" when nothing is to be sent)."""
+        try:
+            return await self._handle(event)
+        except QueueUnavailable:
+            log.error("queue_unavailable", client_id=self.client_id, event=type(event).__name__)
+            return render.INTERNAL_ERROR
+
+    async def _handle(self, event: e.Event) -> bytes:
+        match event:
+            case e.ProtocolError(reply=line):
+                return line
+            case e.RejectedPut(reply=line):
+                await self._apply(sm.RejectedPut(self.client_id))
+                return line
+            case e.Put():
+                return await self._put(event)
+            case e.Reserve():
+                return await self._reserve(event)
+            case e.Stats():
+                stats = await self._apply(sm.Stats())
+                if isinstance(stats, r.ServerStats):
+                    return render.server_stats(stats, self.ctx.process_stats())
+                return render.render(event, stats)
+            case e.Quit():
+                return b""
+        command = self._command(event)
+        reply = await self._apply(command)
+        self._mirror(event, reply)
+        return render.render(event, reply)
+
+    def _command(self, event: e.Command) -> sm.Command:
+        c = self.client_id
+        match event:
+            case e.Use(tube=tube):
+                return sm.Use(c, tube)
+            case e.Watch(tube=tube):
+                return sm.Watch(c, tube)
+            case e.Ignore(tube=tube):
+                return sm.Ignore(c, tube)
+            case e.ReserveJob(job_id=job_id):
+                return sm.ReserveJob(c, job_id)
+            case e.Delete(job_id=job_id):
+                return sm.Delete(c, job_id)
+            case e.Release(job_id=job_id, priority=pri, delay_s=delay_s):
+                return sm.Release(c, job_id, pri, delay_s * 1000)
+            case e.Bury(job_id=job_id, priority=pri):
+                return sm.Bury(c, job_id, pri)
+            case e.Touch(job_id=job_id):
+                return sm.Touch(c, job_id)
+            case e.Peek(job_id=job_id):
+                return sm.Peek(job_id)
+            case e.PeekReady():
+                return sm.PeekReady(self.tube)
+            case e.PeekDelayed():
+                return sm.PeekDelayed(self.tube)
+            case e.PeekBuried():
+                return sm.PeekBuried(self.tube)
+            case e.Kick(bound=bound):
+                return sm.Kick(self.tube, bound)
+            case e.KickJob(job_id=job_id):
+                return sm.KickJob(job_id)
+            case e.StatsJob(job_id=job_id):
+                return sm.StatsJob(job_id)
+            case e.StatsTube(tube=tube):
+                return sm.StatsTube(tube)
+            case e.ListTubes():
+                return sm.ListTubes()
+            case e.ListTubeUsed():
+                return sm.ListTubeUsed(c)
+            case e.ListTubesWatched():
+                return sm.ListTubesWatched(c)
+            case e.PauseTube(tube=tube, delay_s=delay_s):
+                return sm.PauseTube(tube, delay_s * 1000)
+        raise AssertionError(f"no command for {event!r}")
+
+    def _mirror(self, event: e.Command, reply: r.Reply) -> None:
+        """Keep the proxy's copy of the used tube and watch list in step with the machine."""
+        if isinstance(event, e.Use) and isinstance(reply, r.Using):
+            self.tube = event.tube
+        elif isinstance(event, e.Watch) and isinstance(reply, r.Watching):
+            if event.tube not in self.watched:
+                self.watched.append(event.tube)
+        elif (
+            isinstance(event, e.Ignore)
+            and isinstance(reply, r.Watching)
+            and event.tube in self.watched
+        ):
+            self.watched.remove(event.tube)
+
+    async def _put(self, event: e.Put) -> bytes:
+        if self.ctx.draining:
+            await self._apply(sm.RejectedPut(self.client_id))
+            return render.DRAINING
+        command = sm.Put(
+            tube=self.tube,
+            priority=event.priority,
+            delay_ms=event.delay_s * 1000,
+            ttr_ms=event.ttr_s * 1000,
+            body=event.body,
+            client_id=self.client_id,
+            request_id=self._request_id(),
+        )
+        return render.render(event, await self._apply(command))
+
+    async def _reserve(self, event: e.Reserve) -> bytes:
+        request_id = self._request_id()
+        timeout_ms = None if event.timeout_s is None else event.timeout_s * 1000
+        command = sm.Reserve(self.client_id, timeout_ms, request_id, event.with_timeout)
+        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending = (request_id, waiter)
+        try:
+            reply = await self._apply(command)
+            if not isinstance(reply, r.Waiting):
+                return render.render(event, reply)
+            result = await waiter
+        finally:
+            self._pending = None
+        if result is _PEER_GONE:
+            return render.TIMED_OUT if self._half_closed else b""
+        assert isinstance(result, r.Reserved | r.TimedOut | r.DeadlineSoon)
+        return render.render(event, result)
+
+    def _request_id(self) -> str:
+        return f"{self.client_id}-{next(self._requests)}"
+
+    # --- applying ---------------------------------------------------------------------------
+
+    async def _apply(self, command: sm.Command) -> r.Reply:
+        reply = await self._apply_retrying(command)
+        if isinstance(reply, r.UnknownClient):
+            log.warning("session_dropped_reconnecting", client_id=self.client_id)
+            await self._reconnect()
+            reply = await self._apply_retrying(command)
+        return reply
+
+    async def _reconnect(self) -> None:
+        """Rebuild this session in the machine: connect, then the use and watch state."""
+        c = self.client_id
+        await self._apply_retrying(sm.Connect(c, self.ctx.proxy_id))
+        if self.tube != "default":
+            await self._apply_retrying(sm.Use(c, self.tube))
+        for tube in self.watched:
+            await self._apply_retrying(sm.Watch(c, tube))
+        if "default" not in self.watched:
+            await self._apply_retrying(sm.Ignore(c, "default"))
+
+    async def _apply_retrying(self, command: sm.Command) -> r.Reply:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.ctx.retry_for_s
+        backoff_s = _BACKOFF_FIRST_S
+        while True:
+            try:
+                return await self.ctx.queue.apply(command)
+            except QueueUnavailable:
+                if loop.time() + backoff_s > give_up_at:
+                    raise
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
