@@ -1,0 +1,230 @@
+"""The parent side of a job attempt: create the cgroup, fork the launcher, wait on events, stop,
+account and clean up. Produces a `RunResult`.
+
+Waiting never sleeps a fixed time: the worker thread polls the launcher's pidfd (readable when it
+exits) and the status pipe, with a timeout that is the nearest of the next TTR touch, the job's
+timeout and nothing else. Stopping (on timeout, `beanraft stop`, or a worker shutdown) is
+`stop_job`: SIGTERM to the job's init (which passes it to every process of the job), a grace
+period waited on the init's pidfd, then SIGKILL to every process left in the job's cgroup.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from executor import sandbox
+from executor.cgroup_backends import CgroupBackend
+from executor.cgroups import JobCgroup
+from executor.plan import Plan
+
+DEFAULT_GRACE_MS = 5000
+
+
+@dataclass
+class RunResult:
+    """What happened to one attempt. `status` is one of: exited, signaled, oom, timeout,
+    stopped, failed_to_start."""
+
+    status: str
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    stopped: bool = False
+    error: str | None = None
+    duration_ms: int = 0
+    peak_memory_bytes: int = 0
+    cpu_time_ms: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "exited" and self.exit_code == 0
+
+
+@dataclass
+class RunningJob:
+    """A started attempt: the launcher (our child), the job's init (PID 1 inside) and its cgroup."""
+
+    plan: Plan
+    cgroup: JobCgroup
+    launcher_pid: int
+    launcher_fd: int  # pidfd
+    status_fd: int
+    started_ms: int
+    init_pid: int | None = None
+    lines: list[str] = field(default_factory=list)
+    _buffer: bytes = b""
+
+    def read_status(self) -> bool:
+        """Read what the status pipe has; False at EOF."""
+        try:
+            chunk = os.read(self.status_fd, 4096)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        self._buffer += chunk
+        *complete, self._buffer = self._buffer.split(b"\n")
+        for raw in complete:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if line.startswith("init "):
+                self.init_pid = int(line.split()[1])
+        return True
+
+    def drain_status(self) -> None:
+        """Read the status pipe until EOF or until nothing more is buffered."""
+        while True:
+            before = len(self.lines), len(self._buffer)
+            if not self.read_status() or (len(self.lines), len(self._buffer)) == before:
+                return
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def start(plan: Plan, backend: CgroupBackend, stdout_path: str, stderr_path: str) -> RunningJob:
+    """Create the cgroup (all limits applied, or CgroupError) and fork the launcher."""
+    cgroup = backend.create(plan.job_name, plan.limits)
+    try:
+        out_fd = os.open(stdout_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        err_fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        status_r, status_w = os.pipe()
+        started_ms = monotonic_ms()
+        pid = os.fork()
+        if pid == 0:
+            sandbox.launcher_main(plan, cgroup.procs_files(), status_w, out_fd, err_fd)
+        for fd in (out_fd, err_fd, status_w):
+            os.close(fd)
+        os.set_blocking(status_r, False)
+        return RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms)
+    except BaseException:
+        cgroup.remove()
+        raise
+
+
+def wait(
+    job: RunningJob,
+    on_tick: Callable[[], None],
+    tick_ms: int,
+    should_stop: Callable[[], bool],
+    grace_ms: int = DEFAULT_GRACE_MS,
+) -> RunResult:
+    """Wait for the attempt to end, calling `on_tick` every `tick_ms` (the TTR touch), stopping
+    it at its timeout or when `should_stop()` turns true (checked on each tick)."""
+    deadline_ms = job.started_ms + job.plan.timeout_ms
+    next_tick_ms = monotonic_ms() + tick_ms
+    poller = select.poll()
+    poller.register(job.launcher_fd, select.POLLIN)
+    poller.register(job.status_fd, select.POLLIN)
+    timed_out = stopped = exited = False
+    while not exited:
+        now_ms = monotonic_ms()
+        if not (timed_out or stopped) and now_ms >= deadline_ms:
+            timed_out = True
+            stop_job(job.init_pid, job.cgroup, grace_ms, on_tick)
+        if now_ms >= next_tick_ms:
+            on_tick()
+            next_tick_ms = now_ms + tick_ms
+            if not (timed_out or stopped) and should_stop():
+                stopped = True
+                stop_job(job.init_pid, job.cgroup, grace_ms, on_tick)
+        wake_ms = next_tick_ms if timed_out or stopped else min(next_tick_ms, deadline_ms)
+        for fd, _ in poller.poll(max(0, wake_ms - monotonic_ms())):
+            if fd == job.launcher_fd:
+                exited = True
+            elif not job.read_status():
+                poller.unregister(job.status_fd)
+    # The launcher exits after init, and init's exit killed the rest: drain what was written.
+    job.drain_status()
+    return finish(job, timed_out=timed_out, stopped=stopped)
+
+
+def finish(job: RunningJob, timed_out: bool, stopped: bool) -> RunResult:
+    """Reap the launcher, read the accounting, remove the cgroup and classify the outcome."""
+    _, launcher_status = os.waitpid(job.launcher_pid, 0)
+    duration_ms = monotonic_ms() - job.started_ms
+    os.close(job.launcher_fd)
+    os.close(job.status_fd)
+    stats = job.cgroup.stats()
+    job.cgroup.remove()
+    result = classify(job.lines, launcher_status, stats.oom_kills > 0, timed_out, stopped)
+    result.duration_ms = duration_ms
+    result.peak_memory_bytes = stats.peak_memory_bytes
+    result.cpu_time_ms = stats.cpu_time_ms
+    return result
+
+
+def classify(
+    lines: list[str], launcher_status: int, oom: bool, timed_out: bool, stopped: bool
+) -> RunResult:
+    """Pure: the status lines and flags in, the outcome out. A recorded stop or timeout wins
+    over "killed by SIGKILL" (joblet's race, reference §10.6); an OOM kill is told apart."""
+    errors = [line[6:] for line in lines if line.startswith("error ")]
+    statuses = [int(line.split()[1]) for line in lines if line.startswith("status ")]
+    exit_code: int | None = None
+    sig: int | None = None
+    if statuses:
+        if os.WIFSIGNALED(statuses[-1]):
+            sig = os.WTERMSIG(statuses[-1])
+        else:
+            exit_code = os.WEXITSTATUS(statuses[-1])
+    elif os.WIFSIGNALED(launcher_status):
+        sig = os.WTERMSIG(launcher_status)
+    elif not errors and not timed_out and not stopped and not oom:
+        errors.append(f"job ended without a status (launcher status {launcher_status})")
+    base = RunResult(status="exited", exit_code=exit_code, signal=sig, oom_killed=oom)
+    base.timed_out, base.stopped = timed_out, stopped
+    if errors:
+        base.status, base.error = "failed_to_start", "; ".join(errors)
+    elif timed_out:
+        base.status = "timeout"
+    elif stopped:
+        base.status = "stopped"
+    elif oom:
+        base.status = "oom"
+    elif sig is not None:
+        base.status = "signaled"
+    return base
+
+
+def stop_job(
+    init_pid: int | None,
+    cgroup: JobCgroup,
+    grace_ms: int,
+    on_tick: Callable[[], None] | None = None,
+) -> None:
+    """SIGTERM the job's init, wait up to `grace_ms` for it to exit (on its pidfd), then kill
+    every process still in the job's cgroup."""
+    pidfd = _open_pidfd(init_pid)
+    if pidfd is not None:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            deadline_ms = monotonic_ms() + grace_ms
+            while monotonic_ms() < deadline_ms:
+                if poller.poll(min(1000, max(0, deadline_ms - monotonic_ms()))):
+                    break
+                if on_tick is not None:
+                    on_tick()
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+    cgroup.kill_all()
+
+
+def _open_pidfd(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None

@@ -1,0 +1,301 @@
+"""The worker pool: N slots, each a beanstalkd connection that reserves a job, runs it isolated
+and reports the outcome. It speaks only the beanstalkd protocol (greenstalk), so any beanstalkd
+endpoint works: a beanraft proxy in front of a cluster, or a plain beanstalkd.
+
+Lifecycle of one job (one slot):
+- reserve; `stats-job` gives its TTR, priority, reserve and release counts;
+- a body that is not a valid spec (or asks for root on a worker that does not allow it) is
+  buried, the reason written to the job's results and stderr log, and the slot goes on;
+- run it (executor.runner), touching it every third of its TTR so it stays reserved;
+- exit 0: delete. Stopped by `beanraft stop`: bury. Otherwise release with exponential
+  back-off (backoff_s * 2**releases) while retries remain, then bury;
+- every attempt leaves a result record in the log dir, and in `result_tube` when set.
+
+Shutdown (SIGTERM): stop reserving, let running jobs finish within the grace period, then stop
+what is left and release it (delay 0, so another worker takes it at once). A worker killed with
+-9 loses nothing: its job processes die with it (PR_SET_PDEATHSIG), beanstalkd gives its jobs
+back after their TTR, and the next worker on this host sweeps the cgroups it left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import greenstalk
+import structlog
+
+from executor import runner
+from executor.cgroup_backends import CgroupBackend, open_backend
+from executor.cgroups import CGROUP_MOUNT, CgroupError
+from executor.jobfiles import JobFiles
+from executor.plan import HostLayout, Plan, PlanError, WorkerPolicy, make_plan
+from executor.spec import SpecError, parse_spec
+
+log = structlog.get_logger("executor.worker")
+
+Client = greenstalk.Client[bytes]
+Job = greenstalk.Job[bytes]
+
+RESERVE_TIMEOUT_S = 1  # how quickly an idle slot notices a shutdown
+TICK_MS = 250
+RECONNECT_DELAY_MAX_S = 5.0
+HOST_PATHS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/ssl",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/resolv.conf",
+)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """A worker pool's settings (the `beanraft worker` flags)."""
+
+    host: str
+    port: int
+    tubes: tuple[str, ...] = ("default",)
+    concurrency: int = 1
+    log_dir: str = "/var/log/beanraft"
+    cgroup_root: str = "beanraft"
+    cgroup_mount: str = CGROUP_MOUNT
+    allow_root: bool = False
+    grace_ms: int = runner.DEFAULT_GRACE_MS
+    shutdown_grace_ms: int = 10_000
+
+
+def host_layout() -> HostLayout:
+    """Which of the paths the plan may bind exist on this host, and which are symlinks."""
+    entries: dict[str, str | None] = {}
+    for path in HOST_PATHS:
+        if os.path.islink(path):
+            entries[path] = os.readlink(path)
+        elif os.path.exists(path):
+            entries[path] = None
+    return HostLayout(entries)
+
+
+class Worker:
+    """A pool of `concurrency` slots sharing one cgroup backend and one log directory."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.draining = threading.Event()  # stop reserving
+        self.abandon = threading.Event()  # stop running jobs and release them
+        self._layout = host_layout()
+        self._policy = WorkerPolicy(allow_root=config.allow_root)
+        self._backend: CgroupBackend | None = None
+
+    def run(self) -> int:
+        """Sweep stale cgroups, run the slots until shutdown, clean up. Returns an exit code."""
+        os.makedirs(self.config.log_dir, exist_ok=True)
+        self._backend = open_backend(self.config.cgroup_root, self.config.cgroup_mount)
+        swept = self._backend.sweep()
+        log.info(
+            "worker started",
+            worker_id=self.worker_id,
+            cgroup_version=self._backend.version,
+            swept_jobs=swept,
+            tubes=",".join(self.config.tubes),
+            concurrency=self.config.concurrency,
+        )
+        threads = [
+            threading.Thread(target=self._slot, args=(i,), name=f"slot-{i}", daemon=True)
+            for i in range(self.config.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self._backend.close()
+        log.info("worker stopped", worker_id=self.worker_id)
+        return 0
+
+    def shutdown(self) -> None:
+        """Begin a graceful stop: no more reserves; after the grace period, abandon jobs."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        timer = threading.Timer(self.config.shutdown_grace_ms / 1000, self.abandon.set)
+        timer.daemon = True
+        timer.start()
+
+    def _connect(self) -> Client:
+        delay_s = 0.1
+        while True:
+            try:
+                address = (self.config.host, self.config.port)
+                return greenstalk.Client(address, encoding=None, watch=list(self.config.tubes))
+            except OSError as exc:
+                if self.draining.is_set():
+                    raise
+                log.warning("cannot reach beanstalkd; retrying", error=str(exc), delay_s=delay_s)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
+
+    def _slot(self, index: int) -> None:
+        client: Client | None = None
+        while not self.draining.is_set():
+            try:
+                client = client or self._connect()
+                job = client.reserve(timeout=RESERVE_TIMEOUT_S)
+            except greenstalk.TimedOutError:
+                continue
+            except (OSError, greenstalk.Error) as exc:
+                log.warning("connection lost; reconnecting", slot=index, error=repr(exc))
+                if client is not None:
+                    client.close()
+                client = None
+                continue
+            try:
+                self._handle(client, job)
+            except (OSError, greenstalk.Error) as exc:
+                log.warning("lost the job's connection", job_id=job.id, error=repr(exc))
+                client.close()
+                client = None
+        if client is not None:
+            client.close()
+
+    def _handle(self, client: Client, job: Job) -> None:
+        files = JobFiles(self.config.log_dir, job.id)
+        stats = client.stats_job(job)
+        attempt = int(stats["reserves"])
+        try:
+            spec = parse_spec(job.body)
+            plan = make_plan(spec, job.id, attempt, self._layout, self._policy)
+        except (SpecError, PlanError) as exc:
+            reason = f"invalid job spec: {exc}"
+            files.note(reason + "; job buried")
+            self._record(client, files, {"status": "invalid_spec", "error": reason}, None, attempt)
+            client.bury(job, int(stats["pri"]))
+            log.warning("buried invalid job", job_id=job.id, reason=reason)
+            return
+        result = self._run(client, job, files, plan, int(stats["ttr"]))
+        action = self._decide(result, spec.retry.max_retries, int(stats["releases"]))
+        record = {**asdict(result), "action": action}
+        self._record(client, files, record, spec.result_tube, attempt)
+        self._act(client, job, action, int(stats["pri"]), spec.retry.backoff_s, stats)
+
+    def _run(
+        self, client: Client, job: Job, files: JobFiles, plan: Plan, ttr_s: int
+    ) -> runner.RunResult:
+        assert self._backend is not None
+        files.clear_stop()
+        try:
+            running = runner.start(plan, self._backend, files.stdout_path, files.stderr_path)
+        except (CgroupError, OSError) as exc:
+            files.note(f"cannot start the job: {exc}")
+            return runner.RunResult(status="failed_to_start", error=str(exc))
+        files.write_state(self._state(running))
+        touch = _Toucher(client, job, ttr_s)
+        try:
+            result = runner.wait(
+                running,
+                on_tick=touch,
+                tick_ms=TICK_MS,
+                should_stop=lambda: self.abandon.is_set() or touch.lost or files.stop_requested(),
+                grace_ms=self.config.grace_ms,
+            )
+        finally:
+            files.clear_state()
+        if touch.lost:
+            result.status = "lost_reservation"
+        elif files.stop_requested() and result.status in ("signaled", "exited", "stopped"):
+            result.status, result.stopped = "stopped", True
+        return result
+
+    def _state(self, running: runner.RunningJob) -> dict[str, Any]:
+        return {
+            "worker_pid": os.getpid(),
+            "worker_id": self.worker_id,
+            "launcher_pid": running.launcher_pid,
+            "init_pid": running.init_pid,
+            "cgroup": running.cgroup.to_json(),
+            "job_name": running.plan.job_name,
+        }
+
+    def _decide(self, result: runner.RunResult, max_retries: int, releases: int) -> str:
+        if result.status == "lost_reservation":
+            return "none"  # the job is no longer ours to delete, release or bury
+        if self.abandon.is_set() and result.stopped:
+            return "release_on_shutdown"
+        if result.succeeded:
+            return "delete"
+        if result.status == "stopped":
+            return "bury"
+        return "release" if releases < max_retries else "bury"
+
+    def _act(
+        self,
+        client: Client,
+        job: Job,
+        action: str,
+        pri: int,
+        backoff_s: int,
+        stats: Any,
+    ) -> None:
+        if action == "delete":
+            client.delete(job)
+        elif action == "bury":
+            client.bury(job, pri)
+        elif action == "none":
+            return
+        elif action == "release_on_shutdown":
+            client.release(job, pri, 0)
+        else:
+            client.release(job, pri, backoff_s * 2 ** int(stats["releases"]))
+
+    def _record(
+        self,
+        client: Client,
+        files: JobFiles,
+        fields: dict[str, Any],
+        result_tube: str | None,
+        attempt: int,
+    ) -> None:
+        record = {"job_id": files.job_id, "attempt": attempt, "worker_id": self.worker_id}
+        record.update(fields)
+        record["finished_at_ms"] = int(time.time() * 1000)
+        files.append_result(record)
+        log.info("job attempt finished", **{k: v for k, v in record.items() if v is not None})
+        if result_tube is not None:
+            client.use(result_tube)
+            client.put(json.dumps(record, sort_keys=True).encode())
+
+
+class _Toucher:
+    """Touches the reserved job every third of its TTR; remembers if the job was lost."""
+
+    def __init__(self, client: Client, job: Job, ttr_s: int) -> None:
+        self._client = client
+        self._job = job
+        self._interval_ms = max(200, ttr_s * 1000 // 3)
+        self._last_ms = runner.monotonic_ms()
+        self.lost = False
+
+    def __call__(self) -> None:
+        now_ms = runner.monotonic_ms()
+        if self.lost or now_ms - self._last_ms < self._interval_ms:
+            return
+        try:
+            self._client.touch(self._job)
+            self._last_ms = now_ms
+        except greenstalk.NotFoundError:
+            # Our reservation is gone (TTR passed anyway): someone else may run the job now,
+            # so this run stops rather than run twice.
+            log.warning("lost the reservation; stopping the job", job_id=self._job.id)
+            self.lost = True
