@@ -1,0 +1,258 @@
+"""``beanraft up``: a complete local cluster from one command.
+
+    beanraft up [--nodes 3] [--listen 127.0.0.1:11300] [--workers N] [--data-dir DIR] [--insecure]
+
+Theory of operation: ``up`` is only a composition of the documented commands. It starts
+``beanraft node`` N times, one ``beanraft proxy`` and, with ``--workers N``, one ``beanraft worker``
+pool of concurrency N, as child processes, exactly as an operator would by hand. On first run it
+creates in DIR a CA and certificates (``tls/``: node-ID, proxy, admin, worker, viewer), the Raft
+cluster secret (``cluster.secret``, mode 0600) and ``up.json`` with the chosen ports; a later run
+reads ``up.json`` and starts the same nodes on the same addresses and data dirs, so the cluster
+comes back with its jobs.
+
+Rules: nothing listens beyond 127.0.0.1 except the proxy when ``--listen`` says so; one ``up`` per
+data dir (a lock file); a child that dies while starting stops everything with its last output and
+a non-zero exit; Ctrl-C or SIGTERM stops workers, then the proxy, then the nodes (SIGTERM, a
+timeout, SIGKILL); a second Ctrl-C kills at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from beanraft.children import ChildDied, ChildSpec, Supervisor
+from beanraft.up_plan import (
+    DEFAULT_LISTEN,
+    UpError,
+    UpState,
+    check_ports_free,
+    child_specs,
+    client_addr,
+    ensure_secrets,
+    load_state,
+    resolve_state,
+    save_state,
+    split_addr,
+)
+from cluster import tls
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+BEANRAFT = (sys.executable, "-m", "beanraft")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``beanraft up``'s flags."""
+    parser.add_argument("--nodes", type=int, default=None, help="cluster size (default 3)")
+    parser.add_argument(
+        "--listen", default=None, help=f"the proxy's beanstalkd address (default {DEFAULT_LISTEN})"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="run a worker pool of this concurrency (default 0)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="state, certificates, logs (./data)"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="no TLS on gRPC (development only; says so loudly)"
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for start"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the cluster, wait for Ctrl-C or SIGTERM, stop it; 0 on a clean stop."""
+    return Up(args, BEANRAFT).run()
+
+
+def tcp_accepts(addr: str) -> bool:
+    """True if something accepts TCP connections at ``addr``."""
+    try:
+        with socket.create_connection(split_addr(addr), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def beanstalkd_answers(addr: str) -> bool:
+    """True if a beanstalkd server at ``addr`` answers ``stats`` with OK (the whole path from
+    proxy to a cluster with a leader works)."""
+    try:
+        with socket.create_connection(split_addr(addr), timeout=2) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"stats\r\n")
+            return sock.recv(3) == b"OK "
+    except OSError:
+        return False
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold DIR/up.lock: two ``up`` on one data dir would run two clusters on one state."""
+    with open(data_dir / "up.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UpError(
+                f"another `beanraft up` is running on {data_dir}: stop it first"
+            ) from None
+        yield
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+class Up:
+    """One run of ``beanraft up``; ``command`` is how children are started (``beanraft``)."""
+
+    def __init__(self, args: argparse.Namespace, command: Sequence[str]) -> None:
+        self.args = args
+        self.command = list(command)
+        self.data_dir: Path = args.data_dir
+        self.supervisor = Supervisor(self.data_dir)
+        self.signals = 0
+        self.stop_requested = threading.Event()
+
+    def say(self, line: str) -> None:
+        self.supervisor.say("up", line)
+
+    def run(self) -> int:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with data_dir_lock(self.data_dir):
+                return self._run_locked()
+        except (UpError, tls.TlsError) as exc:
+            print(f"beanraft up: {exc}", file=sys.stderr)
+            return 1
+
+    def _run_locked(self) -> int:
+        args = self.args
+        if args.workers < 0:
+            raise UpError(f"--workers must be 0 or more, got {args.workers}")
+        state = resolve_state(self.data_dir, args.nodes, args.listen)
+        resumed = load_state(self.data_dir) is not None
+        check_ports_free(state)
+        save_state(self.data_dir, state)
+        for path in ensure_secrets(self.data_dir, state, args.insecure):
+            self.say(f"created {path}")
+        if args.insecure:
+            self.say("WARNING: --insecure: gRPC without TLS or roles; anyone on this host can")
+            self.say("WARNING: call the cluster. Use it for development only.")
+        self._install_signal_handlers()
+        specs = child_specs(state, self.data_dir, args.workers, args.insecure, self.command)
+        verb = "resuming" if resumed else "starting"
+        self.say(f"{verb} a {len(state.nodes)}-node cluster in {self.data_dir}")
+        try:
+            self._start(specs, state)
+        except (ChildDied, TimeoutError, _Interrupted) as exc:
+            self.say(f"start failed: {exc}" if not isinstance(exc, _Interrupted) else "stopping")
+            self._stop()
+            return 0 if isinstance(exc, _Interrupted) else 1
+        self._print_summary(state)
+        return self._serve()
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.signals += 1
+            self.stop_requested.set()
+            if self.signals > 1:
+                self.supervisor.kill_all()  # signals only: the main thread does the waiting
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    def _start(self, specs: list[ChildSpec], state: UpState) -> None:
+        timeout_s = self.args.start_timeout
+        for spec in specs:
+            if self.stop_requested.is_set():
+                raise _Interrupted()
+            child = self.supervisor.start(spec)
+            self.say(f"started {spec.name} (pid {child.process.pid})")
+            if spec.name.startswith("node-"):
+                node = next(n for n in state.nodes if f"node-{n.node_id}" == spec.name)
+                self._wait(f"{spec.name}'s gRPC port {node.grpc_addr}", node.grpc_addr, timeout_s)
+            elif spec.name == "proxy":
+                self.say(f"waiting for the proxy on {state.listen} to answer (a leader elected)")
+                self._wait_for(
+                    "the proxy", lambda: beanstalkd_answers(client_addr(state.listen)), timeout_s
+                )
+        self.supervisor.check_alive()
+
+    def _wait(self, what: str, addr: str, timeout_s: float) -> None:
+        self._wait_for(what, lambda: tcp_accepts(addr), timeout_s)
+
+    def _wait_for(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        def ready_or_stop() -> bool:
+            if self.stop_requested.is_set():
+                raise _Interrupted()
+            return ready()
+
+        self.supervisor.wait_until(what, ready_or_stop, timeout_s, self.say)
+
+    def _serve(self) -> int:
+        failed = False
+        while not self.stop_requested.wait(0.5):
+            for child, code in self.supervisor.dead_children():
+                how = f"signal {-code}" if code < 0 else f"code {code}"
+                self.say(f"{child.name} exited unexpectedly ({how}); the others keep running")
+                failed = True
+            if all(c.process.poll() is not None for c in self.supervisor.children):
+                self.say("every child has exited: stopping")
+                return 1
+        self.say("stopping (Ctrl-C again to kill at once)")
+        self._stop()
+        return 1 if failed else 0
+
+    def _stop(self) -> None:
+        for group in (["worker"], ["proxy"], [c.name for c in self.supervisor.children]):
+            self.supervisor.stop(group, STOP_TIMEOUT_S)
+        self.say(f"stopped; run the same command again to resume from {self.data_dir}")
+
+    def _print_summary(self, state: UpState) -> None:
+        for line in summary(state, self.data_dir, self.args.workers, self.args.insecure):
+            self.say(line)
+
+
+def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> list[str]:
+    """What listens where, and commands to try."""
+    beanstalkd = client_addr(state.listen)
+    host, port = split_addr(beanstalkd)
+    cluster = ",".join(n.grpc_addr for n in state.nodes)
+    tls_flag = "--insecure" if insecure else f"--tls-dir {data_dir / 'tls'}"
+    pool = f"a worker pool of {workers}" if workers else "no worker pool (add --workers 2)"
+    lines = [
+        f"beanraft is up: {len(state.nodes)} nodes, a proxy, {pool}",
+        f"  beanstalkd protocol  {state.listen}  <- point any beanstalkd client here",
+    ]
+    for n in state.nodes:
+        lines.append(
+            f"  node {n.node_id:<15} gRPC {n.grpc_addr}  Raft {n.raft_addr}  "
+            f"data {data_dir / ('node-' + n.node_id)}"
+        )
+    if not insecure:
+        lines.append(f"  certificates         {data_dir / 'tls'} (admin, viewer, proxy, worker)")
+    lines += [
+        f"  logs                 {data_dir}/<name>.log",
+        "try:",
+        f"  python3 -c \"import greenstalk; c = greenstalk.Client(('{host}', {port})); "
+        "print(c.put('hello')); job = c.reserve(); print(job.id, job.body); c.delete(job)\"",
+        f"  beanraft cluster status --cluster {cluster} {tls_flag}",
+    ]
+    if workers:
+        lines.append(f"  beanraft submit --beanstalkd {beanstalkd} -- echo hello")
+    lines.append("stop with Ctrl-C; run the same command again to resume")
+    return lines
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while starting."""

@@ -1,0 +1,145 @@
+"""``beanraft up`` end to end with stand-in children (tests/up/stand_in_beanraft.py): start,
+wait for the proxy, print where things listen, stop on SIGTERM with no child left, resume on the
+same addresses, and fail clearly when a child dies at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from beanraft.up_plan import free_ports
+
+DRIVER = Path(__file__).with_name("run_up_with_stand_ins.py")
+
+
+class UpProcess:
+    """A running ``up`` whose output is collected line by line."""
+
+    def __init__(self, *flags: str) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, str(DRIVER), *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output():
+            assert self.process.poll() is None or text in self.output(), self.output()
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output()}"
+            time.sleep(0.05)
+
+    def child_pids(self) -> dict[str, int]:
+        found = re.findall(r"started (\S+) \(pid (\d+)\)", self.output())
+        return {name: int(pid) for name, pid in found}
+
+    def finish(self, timeout_s: float = 60) -> int:
+        code = self.process.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive: it has exited and only waits to be reaped.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1][0] != "Z"
+
+
+def _run_until_up(data_dir: Path, listen: str, *extra: str) -> UpProcess:
+    up = UpProcess("--nodes", "3", "--data-dir", str(data_dir), "--listen", listen, *extra)
+    up.wait_for("beanraft is up")
+    return up
+
+
+def test_up_starts_everything_stops_on_sigterm_and_resumes_on_the_same_addresses(
+    tmp_path: Path,
+) -> None:
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    up = _run_until_up(tmp_path, listen, "--workers", "2")
+    try:
+        pids = up.child_pids()
+        assert sorted(pids) == ["node-1", "node-2", "node-3", "proxy", "worker"]
+        assert all(_alive(pid) for pid in pids.values())
+        output = up.output()
+        assert f"beanstalkd protocol  {listen}" in output
+        assert re.search(r"node-2 +\| node 2 serving gRPC on 127\.0\.0\.1:\d+", output)
+        assert f"greenstalk.Client(('127.0.0.1', {listen.split(':')[1]}))" in output
+        state = json.loads((tmp_path / "up.json").read_text())
+        up.process.send_signal(signal.SIGTERM)
+        assert up.finish() == 0
+    finally:
+        up.kill()
+    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert "stopped; run the same command again" in up.output()
+
+    again = _run_until_up(tmp_path, listen)
+    try:
+        assert "resuming a 3-node cluster" in again.output()
+        assert json.loads((tmp_path / "up.json").read_text()) == state
+        starts = (tmp_path / "node-1" / "starts").read_text().splitlines()
+        assert len(starts) == 2 and starts[0] == starts[1]
+        again.process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert again.finish() == 0
+    finally:
+        again.kill()
+    assert not [name for name, pid in again.child_pids().items() if _alive(pid)]
+
+
+def test_a_node_that_dies_at_start_stops_everything_with_its_output(tmp_path: Path) -> None:
+    (tmp_path / "fail-node-2").touch()
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    up = UpProcess("--nodes", "3", "--data-dir", str(tmp_path), "--listen", listen)
+    try:
+        assert up.finish() == 1
+    finally:
+        up.kill()
+    output = up.output()
+    assert "start failed: node-2 exited with code 3. Its last lines:" in output
+    assert "boom: node 2 cannot start" in output
+    assert not [name for name, pid in up.child_pids().items() if _alive(pid)]
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    up = _run_until_up(tmp_path, listen)
+    try:
+        second = subprocess.run(
+            [sys.executable, str(DRIVER), "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert f"another `beanraft up` is running on {tmp_path}" in second.stderr
+        up.process.send_signal(signal.SIGTERM)
+        assert up.finish() == 0
+    finally:
+        up.kill()
