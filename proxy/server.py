@@ -165,7 +165,7 @@ class ProxyServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Renew the lease, subscribe to wake-ups, listen; return the bound address."""
         self.queue.subscribe(self.proxy_id, self.ctx.deliver)
-        await self._renew_lease()
+        await self._first_lease()
         self._lease_task = asyncio.get_running_loop().create_task(self._renew_forever())
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -186,6 +186,18 @@ class ProxyServer:
         with contextlib.suppress(Exception):
             await self.queue.apply(sm.DropProxy(self.proxy_id))
         await self.queue.close()
+
+    async def _first_lease(self, wait_s: float = 120.0) -> None:
+        """Serve only once the queue answers: a cluster may still be electing its leader."""
+        give_up_at = time.monotonic() + wait_s
+        while True:
+            try:
+                return await self._renew_lease()
+            except QueueUnavailable:
+                if time.monotonic() > give_up_at:
+                    raise
+                log.info("waiting_for_queue", proxy_id=self.proxy_id)
+                await asyncio.sleep(0.25)
 
     async def _renew_lease(self) -> None:
         await self.queue.apply(sm.RenewLease(self.proxy_id, self.lease_ms))

@@ -1,0 +1,144 @@
+"""Starting and stopping the servers the conformance suite talks to (see conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .wire import Client
+
+REPO = Path(__file__).resolve().parents[2]
+BEANSTALKD = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout_s)
+
+
+@dataclass
+class Server:
+    """One running server process (the process that receives SIGUSR1 for drain mode)."""
+
+    kind: str
+    port: int
+    process: subprocess.Popen[bytes]
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def connect(self) -> Client:
+        return Client("127.0.0.1", self.port)
+
+    def drain(self) -> None:
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        for process in self.extra:
+            stop_process(process)
+
+
+def start_beanstalkd(max_job_size: int | None = None) -> Server:
+    port = free_port()
+    args = [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port)]
+    if max_job_size is not None:
+        args += ["-z", str(max_job_size)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process, 10)
+    return Server("beanstalkd", port, process)
+
+
+def start_proxy(
+    mode_args: list[str], max_job_size: int | None = None
+) -> tuple[int, subprocess.Popen[bytes]]:
+    args = [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0", *mode_args]
+    if max_job_size is not None:
+        args += ["--max-job-size", str(max_job_size)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()  # "listening HOST:PORT", printed once serving
+    if not line.startswith("listening "):
+        stop_process(process)
+        raise RuntimeError(f"proxy did not start: {line!r}")
+    return int(line.rsplit(":", 1)[1]), process
+
+
+def start_standalone(max_job_size: int | None = None) -> Server:
+    port, process = start_proxy(["--standalone"], max_job_size)
+    return Server("standalone", port, process)
+
+
+# --- the cluster target ---------------------------------------------------------------------
+
+
+def cluster_missing() -> str | None:
+    """Why the cluster target cannot run here, or None when the node and RemoteQueue exist."""
+    import importlib.util
+
+    for module in ("cluster.cli_node", "api.client"):
+        if importlib.util.find_spec(module) is None:
+            return f"the cluster target needs {module}, which is not there yet"
+    return None
+
+
+def start_cluster(max_job_size: int | None = None) -> Server:
+    """Three ``beanraft node`` processes (issue 3's flags) and a proxy in front of them."""
+    data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-"))
+    raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    grpc = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    nodes = []
+    for i in range(3):
+        peers = ",".join(a for j, a in enumerate(raft) if j != i)
+        args = [
+            sys.executable, "-m", "beanraft", "node", "--node-id", f"n{i + 1}",
+            "--data-dir", str(data / f"n{i + 1}"), "--raft-addr", raft[i],
+            "--grpc-addr", grpc[i], "--peers", peers, "--insecure",
+        ]  # fmt: skip
+        log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
+        nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        port, proxy = start_proxy(["--cluster", ",".join(grpc), "--insecure"], max_job_size)
+    except Exception:
+        for node in nodes:
+            stop_process(node)
+        raise
+    return Server("cluster", port, proxy, extra=nodes)
+
+
+STARTERS = {
+    "beanstalkd": start_beanstalkd,
+    "standalone": start_standalone,
+    "cluster": start_cluster,
+}
