@@ -1,0 +1,226 @@
+"""Fixtures for the executor tests: root gating, a real beanstalkd, a cgroup backend, a job
+runner and a real worker process. Everything started here is stopped here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import greenstalk
+import pytest
+
+from executor import runner
+from executor.cgroup_backends import CgroupBackend, open_backend
+from executor.cgroups import CGROUP_MOUNT, v1_hierarchies
+from executor.plan import WorkerPolicy, make_plan
+from executor.spec import spec_from_dict
+from executor.worker import host_layout
+
+REPO = Path(__file__).resolve().parents[2]
+BEANSTALKD = "/usr/bin/beanstalkd"
+
+
+def require_root() -> None:
+    """Skip when not root, but fail under CI=true: CI must run the isolation tests."""
+    if os.geteuid() == 0:
+        return
+    reason = "needs root for namespaces and cgroups"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}, and CI=true: run the suite as root")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _root_for_marked(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("root") is not None:
+        require_root()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@pytest.fixture
+def beanstalkd() -> Iterator[tuple[str, int]]:
+    """A real beanstalkd on a free 127.0.0.1 port."""
+    if not os.path.exists(BEANSTALKD):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{BEANSTALKD} is missing")
+        pytest.skip(f"{BEANSTALKD} is missing")
+    port = free_port()
+    proc = subprocess.Popen([BEANSTALKD, "-l", "127.0.0.1", "-p", str(port)])
+    try:
+        wait_for_port(port)
+        yield ("127.0.0.1", port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def cgroup_root() -> Iterator[str]:
+    """A unique cgroup subtree name, removed (leaf dirs must be gone already) afterwards."""
+    name = f"beanraft-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for mount in set(v1_hierarchies().values()) | {CGROUP_MOUNT}:
+        path = os.path.join(mount, name)
+        if os.path.isdir(path):
+            leftovers = [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))]
+            assert not leftovers, f"cgroups left behind in {path}: {leftovers}"
+            os.rmdir(path)
+
+
+@pytest.fixture
+def backend(cgroup_root: str) -> Iterator[CgroupBackend]:
+    require_root()
+    be = open_backend(cgroup_root)
+    try:
+        yield be
+    finally:
+        be.close()
+
+
+@dataclass
+class JobRun:
+    result: runner.RunResult
+    stdout: str
+    stderr: str
+
+
+class JobRunner:
+    """Runs one spec through the real runner (no beanstalkd) and returns what happened."""
+
+    def __init__(self, backend: CgroupBackend, log_dir: Path) -> None:
+        self.backend = backend
+        self.log_dir = log_dir
+        self.count = 0
+
+    def start(self, raw: dict[str, Any]) -> runner.RunningJob:
+        self.count += 1
+        plan = make_plan(spec_from_dict(raw), self.count, 1, host_layout(), WorkerPolicy())
+        out, err = self.paths()
+        return runner.start(plan, self.backend, str(out), str(err))
+
+    def paths(self) -> tuple[Path, Path]:
+        return self.log_dir / f"{self.count}.out", self.log_dir / f"{self.count}.err"
+
+    def finish(self, job: runner.RunningJob, should_stop: Any = lambda: False) -> JobRun:
+        result = runner.wait(job, lambda: None, 100, should_stop, grace_ms=2000)
+        out, err = self.paths()
+        return JobRun(result, out.read_text(), err.read_text() if err.exists() else "")
+
+    def run(self, raw: dict[str, Any]) -> JobRun:
+        return self.finish(self.start(raw))
+
+
+@pytest.fixture
+def jobs(backend: CgroupBackend, tmp_path: Path) -> JobRunner:
+    return JobRunner(backend, tmp_path)
+
+
+class WorkerProcess:
+    """`beanraft worker` as a real child process."""
+
+    def __init__(self, address: tuple[str, int], log_dir: Path, cgroup_root: str, *extra: str):
+        self.log_dir = log_dir
+        self.output = log_dir / f"worker-{uuid.uuid4().hex[:6]}.out"
+        cmd = [
+            sys.executable,
+            "-m",
+            "beanraft",
+            "worker",
+            "--beanstalkd",
+            f"{address[0]}:{address[1]}",
+            "--log-dir",
+            str(log_dir),
+            "--cgroup-root",
+            cgroup_root,
+            *extra,
+        ]
+        env = {**os.environ, "BEANRAFT_WORKER_SECRET": "must-not-leak"}
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def log(self) -> str:
+        return self.output.read_text()
+
+
+@pytest.fixture
+def start_worker(beanstalkd: tuple[str, int], tmp_path: Path, cgroup_root: str) -> Iterator[Any]:
+    require_root()
+    workers: list[WorkerProcess] = []
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+
+    def start(*extra: str) -> WorkerProcess:
+        worker = WorkerProcess(beanstalkd, log_dir, cgroup_root, *extra)
+        workers.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
+    """Poll `predicate` until it returns something truthy (tests only)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(name="wait_until")
+def _wait_until_fixture() -> Any:
+    return wait_until
+
+
+@pytest.fixture(name="job_state")
+def _job_state_fixture() -> Any:
+    return job_state
+
+
+def job_state(address: tuple[str, int], job_id: int) -> str | None:
+    with greenstalk.Client(address) as client:
+        try:
+            return str(client.stats_job(job_id)["state"])
+        except greenstalk.NotFoundError:
+            return None

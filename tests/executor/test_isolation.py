@@ -1,0 +1,207 @@
+"""Isolation, for real, through the runner (no queue): namespaces, root filesystem, privileges,
+environment, and every cgroup limit on this host's cgroup version."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import pytest
+
+JobRunner = Any
+
+
+pytestmark = pytest.mark.root
+
+PY = "/usr/bin/python3"
+
+
+def sh(script: str, **extra: object) -> dict[str, object]:
+    return {"command": "/bin/sh", "args": ["-c", script], **extra}
+
+
+def py(code: str, **extra: object) -> dict[str, object]:
+    return {"command": PY, "args": ["-c", code], **extra}
+
+
+def test_job_sees_itself_as_pid_2_under_its_own_init_and_no_host_process(jobs: JobRunner) -> None:
+    run = jobs.run(sh('echo $$; for p in /proc/[0-9]*; do echo "${p#/proc/}"; done'))
+    first, *pids = run.stdout.split()
+    assert first in ("1", "2")
+    visible = sorted(int(p) for p in pids)
+    # init (1), the shell (2), and the shell's own subshells: nothing of the host.
+    assert visible[0] == 1 and len(visible) <= 4, visible
+    assert os.getpid() not in visible or os.getpid() < 5
+    assert run.result.exit_code == 0
+
+
+def test_job_has_its_own_hostname(jobs: JobRunner) -> None:
+    run = jobs.run(sh("cat /proc/sys/kernel/hostname"))
+    assert run.stdout.strip() == "job-1-1"
+    assert run.stdout.strip() != socket.gethostname()
+
+
+def test_memory_hog_beyond_its_limit_is_killed_and_reported_as_oom(jobs: JobRunner) -> None:
+    run = jobs.run(py("x = b'a' * (256 << 20); print('survived')", limits={"memory_mb": 48}))
+    assert "survived" not in run.stdout
+    assert run.result.status == "oom"
+    assert run.result.oom_killed
+    assert run.result.signal == signal.SIGKILL
+    assert run.result.peak_memory_bytes <= 48 << 20
+
+
+FORK_UNTIL_REFUSED = """
+import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print(n, e.errno)
+"""
+
+
+def test_fork_bomb_is_stopped_by_the_pids_limit(jobs: JobRunner) -> None:
+    run = jobs.run(py(FORK_UNTIL_REFUSED, limits={"pids": 20}))
+    forked, errno_value = (int(v) for v in run.stdout.split())
+    assert errno_value == 11  # EAGAIN: fork refused by pids.max
+    assert forked < 20
+    assert run.result.exit_code == 0  # the sleeping children died with the job's namespace
+
+
+def test_shell_fork_bomb_is_contained_and_cleaned_up_on_timeout(jobs: JobRunner) -> None:
+    run = jobs.run(sh("b() { b | b & }; b; sleep 60", limits={"pids": 32}, timeout_s=2))
+    assert run.result.status == "timeout"
+    assert run.result.timed_out
+
+
+def test_cpu_limit_of_20_percent_holds_over_2_seconds(jobs: JobRunner) -> None:
+    spin = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 2: pass"
+    run = jobs.run(py(spin, limits={"cpu_percent": 20}))
+    assert run.result.exit_code == 0
+    share = run.result.cpu_time_ms / run.result.duration_ms
+    # cgroup accounting (cpuacct.usage / cpu.stat): at most 20 % of one core plus tolerance.
+    # The lower bound is loose because the machine is shared.
+    assert 0.03 < share <= 0.27, (run.result.cpu_time_ms, run.result.duration_ms)
+
+
+def test_network_none_has_only_loopback(jobs: JobRunner) -> None:
+    code = (
+        "import socket\n"
+        "print(sorted(n for _, n in socket.if_nameindex()))\n"
+        "s = socket.socket(); s.settimeout(2)\n"
+        "try:\n    s.connect(('1.1.1.1', 53)); print('connected')\n"
+        "except OSError as e:\n    print('refused', e.errno)\n"
+        "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n"
+        "c = socket.create_connection(l.getsockname()); print('loopback ok')\n"
+    )
+    run = jobs.run(py(code))
+    lines = run.stdout.splitlines()
+    assert lines[0] == "['lo']"
+    assert lines[1].startswith("refused")
+    assert lines[2] == "loopback ok"
+
+
+def test_files_written_outside_workdir_and_tmp_do_not_appear_on_the_host(jobs: JobRunner) -> None:
+    marker = f"beanraft-escape-{os.getpid()}"
+    targets = [f"/{marker}", f"/etc/{marker}", f"/usr/{marker}", f"/dev/{marker}"]
+    script = "; ".join(f"echo x > {t} 2>/dev/null && echo wrote {t}" for t in targets)
+    script += f"; echo x > /work/{marker} && echo x > /tmp/{marker} && echo private-ok"
+    run = jobs.run(sh(script))
+    assert "wrote" not in run.stdout
+    assert "private-ok" in run.stdout
+    for path in [*targets, f"/work/{marker}", f"/tmp/{marker}"]:
+        assert not os.path.exists(path), path
+
+
+def test_job_runs_unprivileged_with_no_capabilities_and_no_new_privs(jobs: JobRunner) -> None:
+    run = jobs.run(sh("id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"))
+    lines = run.stdout.split("\n")
+    assert lines[0] == "65534"
+    assert "CapEff:\t0000000000000000" in run.stdout
+    assert "CapBnd:\t0000000000000000" in run.stdout
+    assert "NoNewPrivs:\t1" in run.stdout
+
+
+def test_no_worker_environment_variable_is_visible(jobs: JobRunner, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("BEANRAFT_WORKER_SECRET", "must-not-leak")
+    run = jobs.run({"command": "/usr/bin/env", "env": {"MINE": "1"}})
+    names = {line.split("=", 1)[0] for line in run.stdout.splitlines()}
+    assert "must-not-leak" not in run.stdout
+    assert names == {"PATH", "HOME", "LANG", "TMPDIR", "BEANRAFT_JOB_ID", "MINE"}
+
+
+@pytest.mark.parametrize(("script", "code", "sig"), [("exit 3", 3, None), ("exit 0", 0, None)])
+def test_exit_codes_are_reported_as_they_were(
+    jobs: JobRunner, script: str, code: int, sig: int | None
+) -> None:
+    run = jobs.run(sh(script))
+    assert (run.result.status, run.result.exit_code, run.result.signal) == ("exited", code, sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL, signal.SIGTERM])
+def test_signals_are_reported_as_they_were(jobs: JobRunner, sig: int) -> None:
+    run = jobs.run(sh(f"kill -{int(sig)} $$"))
+    assert (run.result.status, run.result.exit_code, run.result.signal) == ("signaled", None, sig)
+
+
+def test_command_that_does_not_exist_fails_to_start_with_a_clear_error(jobs: JobRunner) -> None:
+    run = jobs.run({"command": "no-such-command-here"})
+    assert run.result.status == "failed_to_start"
+    assert "no-such-command-here" in (run.result.error or "")
+
+
+DESCENDANTS = (
+    "trap '' TERM; "
+    "setsid sh -c \"trap '' TERM; sleep 300\" & "
+    "sh -c \"trap '' TERM; sleep 300 & wait\" & "
+    "echo ready; wait"
+)
+
+
+def test_stop_kills_every_descendant_even_those_ignoring_sigterm(
+    jobs: JobRunner, wait_until: Any
+) -> None:
+    job = jobs.start(sh(DESCENDANTS))
+    wait_until(lambda: len(job.cgroup.pids()) >= 7, 20, "the job's processes")
+    pids = job.cgroup.pids()
+    started = time.monotonic()
+    run = jobs.finish(job, should_stop=lambda: True)
+    assert run.result.status == "stopped"
+    assert time.monotonic() - started < 15
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie_or_reused(pid), pid
+
+
+def _is_zombie_or_reused(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return "job-" not in f.read()
+    except OSError:
+        return True
+
+
+def test_stop_lets_a_job_that_handles_sigterm_exit_on_its_own(
+    jobs: JobRunner, wait_until: Any
+) -> None:
+    job = jobs.start(sh("trap 'echo got-term; exit 7' TERM; echo ready; sleep 300 & wait"))
+    wait_until(lambda: "ready" in jobs.paths()[0].read_text(), 20, "the job to start")
+    started = time.monotonic()
+    run = jobs.finish(job, should_stop=lambda: True)
+    assert "got-term" in run.stdout
+    assert run.result.exit_code == 7 and run.result.status == "stopped"
+    assert time.monotonic() - started < 1.9  # on the event, not after the 2 s grace
+
+
+def test_job_cgroups_are_removed_after_the_job(jobs: JobRunner) -> None:
+    job = jobs.start(sh("true"))
+    dirs = job.cgroup.unique_dirs()
+    assert all(os.path.isdir(d) for d in dirs)
+    jobs.finish(job)
+    assert not any(os.path.exists(d) for d in dirs)
