@@ -86,6 +86,9 @@ def _check_tube_heaps(state: State, tube: Tube) -> None:
         and j.priority == k >> KEY_SHIFT
     }
     assert len(valid_ready) == tube.ready_count, f"tube {tube.name}: ready heap misses a job"
+    if tube.ready_count and tube.top >= 0:
+        best = min(state.jobs[i].ready_key() for i in valid_ready)
+        assert tube.top == best, f"tube {tube.name}: cached top {tube.top} is not {best}"
     valid_delayed = {
         k & ID_MASK
         for k in tube.delayed

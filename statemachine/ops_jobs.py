@@ -99,7 +99,7 @@ def _best_ready_tube(state: State, client: Client) -> tuple[Tube | None, int]:
     best_key = 0
     for tube in client.watched:
         if tube.ready_count and tube.pause_until_ms is None:
-            key = tube.top_ready_key(state.jobs)
+            key = tube.top if tube.top >= 0 else tube.top_ready_key(state.jobs)
             if best_tube is None or key < best_key:
                 best_tube, best_key = tube, key
     return best_tube, best_key

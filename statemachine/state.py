@@ -97,6 +97,8 @@ class State:
         tube = job.tube
         state = job.state
         if state == READY:
+            if tube.top == job.priority << KEY_SHIFT | job.id:
+                tube.top = -1
             tube.ready_count -= 1
             if job.priority < URGENT_PRIORITY_LIMIT:
                 tube.urgent_count -= 1
@@ -118,10 +120,14 @@ class State:
     def enter_ready(self, job: Job) -> None:
         job.state = READY
         tube = job.tube
-        tube.ready_count += 1
+        key = job.priority << KEY_SHIFT | job.id
+        heappush(tube.ready, key)
+        count = tube.ready_count
+        tube.ready_count = count + 1
+        if count == 0 or 0 <= key < tube.top:
+            tube.top = key
         if job.priority < URGENT_PRIORITY_LIMIT:
             tube.urgent_count += 1
-        heappush(tube.ready, job.priority << KEY_SHIFT | job.id)
         if tube.waiters:
             self.dirty[tube.name] = tube
 
@@ -220,7 +226,7 @@ class State:
             best_key = 0
             for tube in dirty.values():
                 if tube.waiters and tube.ready_count and tube.pause_until_ms is None:
-                    key = tube.top_ready_key(jobs)
+                    key = tube.top if tube.top >= 0 else tube.top_ready_key(jobs)
                     if best_tube is None or key < best_key:
                         best_tube, best_key = tube, key
             if best_tube is None:

@@ -9,6 +9,8 @@ jobs live with their holder; the tube only counts them.
   dropped when it reaches the top. Counts (``ready_count``, ``urgent_count``,
   ``delayed_count``) are kept exactly, apart from the heaps. Every job in a state has at least
   one valid entry, so a non-zero count means the top can be found.
+- ``top`` caches the best valid ready key (-1: look it up), because a reserve compares the
+  tops of every watched tube and must not walk each heap's stale entries every time.
 - ``buried`` is an ``OrderedDict`` (id -> job): O(1) append, removal from the middle (delete,
   kick-job, reserve-job) and removal of the oldest (kick).
 - ``waiters`` are the waiting clients watching the tube, by arrival number, earliest first.
@@ -46,6 +48,7 @@ class Tube:
         "ready_count",
         "reserved_count",
         "slot",
+        "top",
         "total_jobs",
         "urgent_count",
         "using_count",
@@ -58,6 +61,7 @@ class Tube:
         self.slot = slot
         self.ready: list[int] = []
         self.ready_count = 0
+        self.top = -1  # the best ready key when known, -1 when it must be looked up
         self.urgent_count = 0
         self.delayed: list[int] = []
         self.delayed_count = 0
@@ -82,11 +86,14 @@ class Tube:
 
     def top_ready_key(self, jobs: dict[int, Job]) -> int:
         """The (priority, id) key of the best ready job. Requires ``ready_count > 0``."""
+        if self.top >= 0:
+            return self.top
         heap = self.ready
         while True:
             key = heap[0]
             job = jobs.get(key & ID_MASK)
             if job is not None and job.state == READY and job.priority == key >> KEY_SHIFT:
+                self.top = key
                 return key
             heappop(heap)
 
