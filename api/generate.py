@@ -17,7 +17,7 @@ from pathlib import Path
 
 API_DIR = Path(__file__).resolve().parent
 PROTOS = ("empty.proto", "job.proto", "client.proto", "cluster.proto", "jsm.proto")
-SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 _BARE_IMPORT = re.compile(r"^import (\w+_pb2)( as \w+)?$", re.MULTILINE)
 
 
@@ -29,25 +29,27 @@ def _protoc(out_dir: Path) -> None:
         "protoc",
         f"-I{API_DIR}",
         f"-I{include}",
-        f"--plugin=protoc-gen-mypy={_plugin()}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
+        f"--mypy_grpc_out={out_dir}",
         *(str(API_DIR / name) for name in PROTOS),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed: see its message above")
 
 
-def _plugin() -> Path:
-    # mypy-protobuf's plugin sits beside the interpreter in a virtualenv; fall back to PATH.
-    beside = Path(sys.executable).parent / "protoc-gen-mypy"
-    found = shutil.which("protoc-gen-mypy")
+def _plugin(name: str) -> Path:
+    # mypy-protobuf's plugins sit beside the interpreter in a virtualenv; fall back to PATH.
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name)
     if beside.exists():
         return beside
     if found:
         return Path(found)
-    raise SystemExit("protoc-gen-mypy not found: pip install mypy-protobuf (the dev extra)")
+    raise SystemExit(f"{name} not found: pip install mypy-protobuf (the dev extra)")
 
 
 def _rewrite_imports(text: str) -> str:

@@ -1,0 +1,204 @@
+"""``beanraft cluster status|join|leave|snapshot|restore``: cluster administration.
+
+``status``, ``join``, ``leave`` and ``snapshot`` talk gRPC to the nodes named by ``--cluster``
+(as the ``admin`` certificate from ``--tls-dir``, or plaintext with ``--insecure``). ``restore``
+is offline: it checks a snapshot file and writes it as the seed of each new node's data dir;
+nodes started on those dirs (same ``--peers``) begin from the same state and go on numbering jobs
+after the highest id in the snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = sub.add_parser("status", help="members, leader, term, indexes and lag")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    join = sub.add_parser("join", help="add a node (then start it with --peers or --join)")
+    join.add_argument("--node-id", required=True)
+    join.add_argument("--raft-addr", required=True)
+    join.add_argument("--grpc-addr", default="", help="the node's gRPC address (leader hints)")
+    leave = sub.add_parser("leave", help="remove a node (the leader hands over first)")
+    leave.add_argument("--node-id", required=True)
+    snapshot = sub.add_parser("snapshot", help="write a consistent snapshot of the jobs")
+    snapshot.add_argument("--out", required=True, type=Path)
+    restore = sub.add_parser("restore", help="seed new nodes' data dirs from a snapshot")
+    restore.add_argument("file", type=Path)
+    restore.add_argument("--data-dir", required=True, type=Path, action="append")
+    for action in (status, join, leave, snapshot, restore):
+        action.add_argument("--cluster", default="", help="gRPC addresses of nodes, A,B,C")
+        group = action.add_mutually_exclusive_group()
+        group.add_argument("--tls-dir", type=Path, help="ca.crt and admin.crt/.key")
+        group.add_argument("--insecure", action="store_true", help="plaintext gRPC")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "restore":
+        return restore(args.file, args.data_dir)
+    addresses = [a for a in args.cluster.split(",") if a]
+    if not addresses:
+        raise SystemExit("beanraft cluster: give --cluster HOST:PORT,... (nodes' gRPC addresses)")
+    if args.tls_dir is None and not args.insecure:
+        raise SystemExit("beanraft cluster: give --tls-dir DIR (admin certificate) or --insecure")
+    try:
+        return asyncio.run(_run(args, addresses))
+    except grpc.aio.AioRpcError as exc:
+        print(
+            f"beanraft cluster {args.action}: {exc.code().name}: {exc.details()}", file=sys.stderr
+        )
+        return 1
+
+
+async def _run(args: argparse.Namespace, addresses: list[str]) -> int:
+    from api.client import open_channel
+
+    channels = {a: open_channel(a, args.tls_dir, "admin") for a in addresses}
+    stubs = {a: cluster_pb2_grpc.ClusterStub(ch) for a, ch in channels.items()}
+    try:
+        if args.action == "status":
+            return await _status(stubs, args.json)
+        if args.action == "join":
+            request = cluster_pb2.JoinRequest(
+                node_id=args.node_id, addr=args.raft_addr, grpc_addr=args.grpc_addr
+            )
+            await _first_answer(stubs, "Join", request)
+            print(f"node {args.node_id} ({args.raft_addr}) is a member")
+            return 0
+        if args.action == "leave":
+            await _first_answer(stubs, "Leave", cluster_pb2.LeaveRequest(node_id=args.node_id))
+            print(f"node {args.node_id} left the cluster: stop its process now")
+            return 0
+        return await _snapshot(stubs, args.out)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+async def _first_answer(stubs: dict[str, Any], method: str, request: Any) -> Any:
+    """Call ``method`` on the first node that answers (any node forwards to the leader)."""
+    error: grpc.aio.AioRpcError | None = None
+    for _ in range(3):
+        for stub in stubs.values():
+            try:
+                return await getattr(stub, method)(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                error = exc
+        await asyncio.sleep(1.0)
+    assert error is not None
+    raise error
+
+
+async def _status(stubs: dict[str, Any], as_json: bool) -> int:
+    views: dict[str, Any] = {}
+    for address, stub in stubs.items():
+        try:
+            views[address] = await stub.Status(empty_pb2.Empty(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            views[address] = exc
+    if as_json:
+        print(json.dumps({a: _as_dict(v) for a, v in views.items()}, indent=2))
+    else:
+        _print_status(views)
+    return 0 if any(isinstance(v, cluster_pb2.ClusterStatus) for v in views.values()) else 1
+
+
+def _as_dict(view: Any) -> dict[str, Any]:
+    if isinstance(view, grpc.aio.AioRpcError):
+        return {"error": f"{view.code().name}: {view.details()}"}
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(
+        view, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _print_status(views: dict[str, Any]) -> None:
+    leader_view = next(
+        (v for v in views.values() if isinstance(v, cluster_pb2.ClusterStatus) and v.is_leader),
+        None,
+    )
+    print(f"{'node':<22} {'role':<9} {'term':>6} {'commit':>9} {'applied':>9}")
+    for address, view in views.items():
+        if isinstance(view, grpc.aio.AioRpcError):
+            print(f"{address:<22} {'DOWN':<9} {view.code().name}")
+            continue
+        role = "leader" if view.is_leader else "follower"
+        name = f"{view.node_id}@{address}"
+        print(f"{name:<22} {role:<9} {view.term:>6} {view.commit_index:>9} {view.applied_index:>9}")
+    if leader_view is None:
+        print("no leader answered: the cluster may be electing or without quorum")
+        return
+    print(f"\nmembers (as the leader {leader_view.node_id} sees them):")
+    print(f"{'node id':<10} {'raft':<22} {'grpc':<22} {'connected':<10} {'lag':>6}")
+    for m in leader_view.members:
+        lag = "" if m.lag < 0 else str(m.lag)
+        leader_mark = " (leader)" if m.is_leader else ""
+        print(
+            f"{m.node_id or '?':<10} {m.raft_addr:<22} {m.grpc_addr or '?':<22} "
+            f"{'yes' if m.connected else 'NO':<10} {lag:>6}{leader_mark}"
+        )
+
+
+async def _snapshot(stubs: dict[str, Any], out: Path) -> int:
+    leader = await _leader_stub(stubs)
+    data = bytearray()
+    index = 0
+    async for chunk in leader.StreamSnapshot(empty_pb2.Empty(), timeout=120):
+        data += chunk.data
+        index = index or chunk.applied_index
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(out)
+    print(f"wrote {len(data)} bytes to {out} (Raft index {index})")
+    return 0
+
+
+async def _leader_stub(stubs: dict[str, Any]) -> Any:
+    for stub in stubs.values():
+        try:
+            status = await stub.Status(empty_pb2.Empty(), timeout=5)
+        except grpc.aio.AioRpcError:
+            continue
+        if status.is_leader:
+            return stub
+    return next(iter(stubs.values()))  # no leader answered: any node's state is consistent
+
+
+def restore(file: Path, data_dirs: list[Path]) -> int:
+    from statemachine.machine import JobStateMachine
+
+    data = file.read_bytes()
+    try:
+        JobStateMachine.restore(data)
+    except Exception as exc:
+        raise SystemExit(
+            f"beanraft cluster restore: {file} is not a beanraft snapshot: {exc}"
+        ) from None
+    for data_dir in data_dirs:
+        if (data_dir / "raft.journal").exists():
+            raise SystemExit(
+                f"beanraft cluster restore: {data_dir} already holds a node's journal: restore "
+                "seeds only new data dirs (use empty directories for the new cluster)"
+            )
+    for data_dir in data_dirs:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "seed.snapshot").write_bytes(data)
+        print(f"seeded {data_dir} from {file}")
+    return 0

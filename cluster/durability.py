@@ -1,0 +1,150 @@
+"""The ``--fsync always|batch|never`` policy, added to pysyncobj's journal (it never fsyncs).
+
+pysyncobj writes its log to an mmap'd file and its term/vote to a meta file, and syncs neither
+(pysyncobj.md section 9). Raft's promise is that an acknowledged entry is durable on a majority,
+so beanraft syncs at the two points where a node vouches for entries:
+
+- a follower syncs its journal before it tells the leader "I have these entries"
+  (``next_node_idx`` with success) and before it grants a vote (``response_vote``);
+- the leader syncs its journal before it acknowledges a committed command to a client.
+
+So when a client hears "done", the leader and at least one follower (a majority of 3) have the
+entry on disk. ``always`` syncs after every appended entry as well; ``batch`` (the default) syncs
+once per message or acknowledgement, covering every entry appended since (group commit);
+``never`` leaves it to the OS: writes survive ``kill -9`` of every node (the page cache
+outlives the process) but not a power loss of a majority.
+
+Also, before the journal drops entries covered by a new dump file (compaction, snapshot
+install), the dump file is synced, so the state never exists only in an unsynced file.
+
+This reaches into pysyncobj's private attributes (there is no supported hook; PR #98 was never
+merged); ``install`` checks that they exist so an upgrade that renames them fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from typing import Any
+
+import structlog
+
+POLICIES = ("always", "batch", "never")
+log = structlog.get_logger(__name__)
+
+
+class JournalSync:
+    """Tracks unsynced journal writes of one SyncObj and syncs them according to the policy."""
+
+    def __init__(self, syncobj: Any, policy: str, dump_path: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown fsync policy {policy!r}: choose always, batch or never")
+        self.policy = policy
+        self._journal = syncobj._SyncObj__raftLog
+        self._dump_path = dump_path
+        self._dirty = False
+        self._lock = threading.Lock()
+        self.syncs = 0
+        if not hasattr(self._journal, "_FileJournal__journalFile"):
+            raise RuntimeError("pysyncobj's FileJournal layout changed: review cluster.durability")
+        if policy != "never":
+            self._wrap_journal()
+            self._wrap_transport(syncobj._SyncObj__transport)
+            meta = self._journal._FileJournal__metaStorer
+            meta.storeMeta = _durable_meta_writer(meta.getPath())
+
+    def sync_if_dirty(self) -> None:
+        """Make every entry appended so far durable (no-op when nothing is pending)."""
+        if self.policy == "never" or not self._dirty:
+            return
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            resizable = self._journal._FileJournal__journalFile
+            # On Linux a MAP_SHARED mapping shares the page cache with the file, so fsync of
+            # the descriptor writes the pages dirtied through the mmap, and the file size; an
+            # msync of the whole (doubling) mapping would only cost more.
+            os.fsync(resizable._ResizableFile__f.fileno())
+            self.syncs += 1
+
+    def _wrap_journal(self) -> None:
+        journal = self._journal
+        original_add = journal.add
+        original_delete_from = journal.deleteEntriesFrom
+        original_delete_to = journal.deleteEntriesTo
+        original_clear = journal.clear
+
+        def add(command: bytes, idx: int, term: int) -> None:
+            original_add(command, idx, term)
+            self._dirty = True
+            if self.policy == "always":
+                self.sync_if_dirty()
+
+        def delete_from(entry_from: int) -> None:
+            original_delete_from(entry_from)
+            self._dirty = True
+
+        def delete_to(entry_to: int) -> None:
+            # The entries dropped here now live only in the dump file: make it durable first.
+            _fsync_file_and_dir(self._dump_path)
+            original_delete_to(entry_to)
+            self._dirty = True
+            self.sync_if_dirty()
+
+        def clear() -> None:
+            _fsync_file_and_dir(self._dump_path)
+            original_clear()
+            self._dirty = True
+
+        journal.add = add
+        journal.deleteEntriesFrom = delete_from
+        journal.deleteEntriesTo = delete_to
+        journal.clear = clear
+
+    def _wrap_transport(self, transport: Any) -> None:
+        original_send = transport.send
+
+        def send(node: Any, message: Any) -> Any:
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "response_vote" or (kind == "next_node_idx" and message.get("success")):
+                self.sync_if_dirty()
+            return original_send(node, message)
+
+        transport.send = send
+
+
+def _durable_meta_writer(path: str) -> Any:
+    from pysyncobj.pickle import dumps
+
+    def store_meta(meta: dict[str, Any]) -> None:
+        # Term and vote must be on disk before a vote is sent (Raft figure 2).
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.move(tmp, path)
+        _fsync_dir(os.path.dirname(path) or ".")
+
+    return store_meta
+
+
+def _fsync_file_and_dir(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

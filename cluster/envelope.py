@@ -1,0 +1,69 @@
+"""The Raft log entry: a batch of requests, each a command for the machine or a directory note.
+
+One log entry carries every request the leader had pending when it proposed (group commit: a
+busy leader replicates many puts per Raft round trip). Each request is
+``(kind, request_id, payload)``: kind ``COMMAND`` carries ``statemachine.codec`` bytes; kind
+``MEMBER`` records a node's id and gRPC address under its Raft address, so any replica can say
+where the leader's gRPC endpoint is (a leader hint) and ``cluster status`` can name members.
+
+The format is explicit bytes (struct + lengths), not pickle: the log never holds a pickle of
+ours, so what a follower applies is data, never code.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+COMMAND = 1
+MEMBER = 2
+FORGET = 3
+
+_HEADER = struct.Struct("<BI")  # version, count
+_ITEM = struct.Struct("<BHI")  # kind, len(request_id), len(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    kind: int
+    request_id: str
+    payload: bytes
+
+
+def encode_batch(requests: list[Request]) -> bytes:
+    parts = [_HEADER.pack(FORMAT_VERSION, len(requests))]
+    for request in requests:
+        rid = request.request_id.encode("utf-8")
+        parts.append(_ITEM.pack(request.kind, len(rid), len(request.payload)))
+        parts.append(rid)
+        parts.append(request.payload)
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[Request]:
+    """Decode a batch written by ``encode_batch``; raise ValueError on anything else."""
+    version, count = _HEADER.unpack_from(data, 0)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unknown log entry version {version}")
+    pos = _HEADER.size
+    requests = []
+    for _ in range(count):
+        kind, rid_len, payload_len = _ITEM.unpack_from(data, pos)
+        pos += _ITEM.size
+        rid = data[pos : pos + rid_len].decode("utf-8")
+        pos += rid_len
+        requests.append(Request(kind, rid, bytes(data[pos : pos + payload_len])))
+        pos += payload_len
+    if pos != len(data):
+        raise ValueError("trailing bytes in log entry")
+    return requests
+
+
+def encode_member(node_id: str, grpc_addr: str, raft_addr: str) -> bytes:
+    return "\n".join((node_id, grpc_addr, raft_addr)).encode("utf-8")
+
+
+def decode_member(payload: bytes) -> tuple[str, str, str]:
+    node_id, grpc_addr, raft_addr = payload.decode("utf-8").split("\n")
+    return node_id, grpc_addr, raft_addr

@@ -1,0 +1,136 @@
+"""The ``coolbeans.api.v1.Cluster`` servicer: membership, leadership, status and snapshots.
+
+Join and Leave work on any node: a follower forwards them to the leader (coolbeans answered
+FAILED_PRECONDITION and made the caller hunt). Leave of the leader itself first hands leadership
+to a caught-up follower, then asks the new leader to remove the old one. ``Snapshot`` forces a
+local log compaction (coolbeans' meaning); ``StreamSnapshot`` returns the machine's snapshot
+bytes, taken between two applies so it is consistent under load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
+from cluster.grpc_jsm import guarded
+from cluster.service import FORWARD_TIMEOUT_S, Forwarded, QueueService
+
+log = structlog.get_logger(__name__)
+CHUNK_BYTES = 1 << 20
+
+
+class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
+    def __init__(self, service: QueueService) -> None:
+        self.service = service
+        self.node = service.node
+
+    async def Join(self, request: Any, context: Any) -> empty_pb2.Empty:
+        if not request.node_id or not request.addr:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and addr are required")
+        if not self.node.is_leader():
+            await guarded(context, self._forward(context, "Join", request))
+            return empty_pb2.Empty()
+        log.info("join requested", node_id=request.node_id, raft_addr=request.addr)
+        add = self.node.add_member(request.node_id, request.addr, request.grpc_addr)
+        await guarded(context, add)
+        return empty_pb2.Empty()
+
+    async def Leave(self, request: Any, context: Any) -> empty_pb2.Empty:
+        raft_addr = self._raft_addr_of(request.node_id)
+        if not raft_addr:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no member with node id {request.node_id!r}: see `beanraft cluster status`",
+            )
+        log.info("leave requested", node_id=request.node_id, raft_addr=raft_addr)
+        if self.node.is_leader() and raft_addr == self.node.config.raft_addr:
+            await guarded(context, self.node.transfer_leadership())
+        if not self.node.is_leader():
+            await guarded(context, self._forward(context, "Leave", request))
+            return empty_pb2.Empty()
+        await guarded(context, self.node.remove_member(raft_addr))
+        return empty_pb2.Empty()
+
+    def _raft_addr_of(self, node_id: str) -> str:
+        if node_id == self.node.config.node_id:
+            return self.node.config.raft_addr
+        for raft_addr, (member_id, _) in self.node.state.members.items():
+            if member_id == node_id and raft_addr in self.node.member_addrs():
+                return raft_addr
+        return ""
+
+    async def _forward(self, context: Any, method: str, request: Any) -> None:
+        _, leader_grpc = self.node.leader_info()
+        if not leader_grpc:
+            raise self.node.not_leader()
+        stub = cluster_pb2_grpc.ClusterStub(self.service._channel(leader_grpc))
+        try:
+            await getattr(stub, method)(request, timeout=FORWARD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise Forwarded(exc.code(), exc.details() or "", leader_grpc) from None
+
+    async def IsNodeLeader(self, request: Any, context: Any) -> Any:
+        return cluster_pb2.IsNodeLeaderResponse(is_leader=self.node.is_leader())
+
+    async def Snapshot(self, request: Any, context: Any) -> empty_pb2.Empty:
+        self.node.syncobj.forceLogCompaction()
+        log.info("log compaction forced", node_id=self.node.config.node_id)
+        return empty_pb2.Empty()
+
+    async def StreamSnapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        data, index = await guarded(context, self.node.machine_snapshot())
+        log.info("snapshot streamed", applied_index=index, size_bytes=len(data))
+        for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+            chunk = cluster_pb2.SnapshotChunk(data=data[offset : offset + CHUNK_BYTES])
+            if offset == 0:
+                chunk.applied_index = index
+                chunk.total_size = len(data)
+            yield chunk
+
+    async def Status(self, request: Any, context: Any) -> cluster_pb2.ClusterStatus:
+        raw = await guarded(context, self.node.on_tick_thread(self.node.syncobj.getStatus))
+        return cluster_status(self.node, raw)
+
+
+def cluster_status(node: Any, raw: dict[str, Any]) -> cluster_pb2.ClusterStatus:
+    """Build the Status reply from pysyncobj's getStatus() and the member directory."""
+    leader = raw.get("leader")
+    leader_raft = leader.address if leader is not None else ""
+    leader_id, leader_grpc = node.state.members.get(leader_raft, ("", ""))
+    status = cluster_pb2.ClusterStatus(
+        node_id=node.config.node_id,
+        raft_addr=node.config.raft_addr,
+        grpc_addr=node.config.grpc_addr,
+        is_leader=raw.get("state") == 2,
+        leader_node_id=leader_id,
+        leader_raft_addr=leader_raft,
+        leader_grpc_addr=leader_grpc,
+        term=raw.get("raft_term", 0),
+        commit_index=raw.get("commit_idx", 0),
+        applied_index=raw.get("last_applied", 0),
+        has_quorum=bool(raw.get("has_quorum")),
+        ready=bool(node.syncobj.isReady()),
+    )
+    for raft_addr in node.member_addrs():
+        member_id, grpc_addr = node.state.members.get(raft_addr, ("", ""))
+        is_self = raft_addr == node.config.raft_addr
+        match = raw.get(f"match_idx_server_{raft_addr}", -1)
+        if is_self and status.is_leader:
+            match = status.applied_index
+        lag = max(0, status.commit_index - match) if status.is_leader and match >= 0 else -1
+        status.members.append(
+            cluster_pb2.MemberStatus(
+                node_id=member_id or (node.config.node_id if is_self else ""),
+                raft_addr=raft_addr,
+                grpc_addr=grpc_addr or (node.config.grpc_addr if is_self else ""),
+                connected=is_self or raw.get(f"partner_node_status_server_{raft_addr}") == 2,
+                is_leader=raft_addr == leader_raft,
+                match_index=match,
+                lag=lag,
+            )
+        )
+    return status

@@ -1,0 +1,264 @@
+"""The ``coolbeans.api.v1.JobStateMachine`` servicer: coolbeans' methods mapped onto our
+commands, plus beanraft's ``Apply`` and ``StreamWakeups``.
+
+coolbeans' proxies never Connect a client; they send ``proxy_id`` and ``client_id`` on each
+call. So every client-scoped call first applies ``Connect(client_id, proxy_id)`` (idempotent),
+and a ``Reserve`` first makes the client's watch list equal to ``watched_tubes``. Times on this
+wire are seconds (coolbeans' unit); inside they are milliseconds. Errors are gRPC statuses from
+the one table in ``cluster.errors``, never UNKNOWN for a known case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import grpc
+
+from api import empty_pb2, job_pb2, jsm_pb2, jsm_pb2_grpc
+from cluster import errors
+from cluster.service import Forwarded, QueueService
+from statemachine import codec
+from statemachine import commands as c
+from statemachine import replies as r
+
+T = TypeVar("T")
+_WAIT_STATUS = {
+    r.Reserved: jsm_pb2.Matched,
+    r.TimedOut: jsm_pb2.Timeout,
+    r.DeadlineSoon: jsm_pb2.DeadlineSoon,
+    r.Waiting: jsm_pb2.Queued,
+}
+
+
+async def guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
+    """Await ``work``; turn any error into the gRPC status from the one table."""
+    try:
+        return await work
+    except Forwarded as exc:
+        metadata = ((errors.LEADER_HINT_KEY, exc.leader_hint),) if exc.leader_hint else ()
+        context.set_trailing_metadata(metadata)
+        await context.abort(exc.code, exc.details)
+    except (errors.ClusterError, codec.CodecError, ValueError, TimeoutError) as exc:
+        code, message = errors.status_for_error(exc)
+        context.set_trailing_metadata(errors.leader_hint(exc))
+        await context.abort(code, message)
+    raise AssertionError("unreachable")  # abort raises
+
+
+class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
+    def __init__(self, service: QueueService) -> None:
+        self.service = service
+
+    async def _reply(
+        self, context: Any, commands: list[c.Command], request_id: str = ""
+    ) -> r.Reply:
+        """Apply commands in order; return the last reply, or abort on a failure reply."""
+        reply: r.Reply = r.Ok()
+        for i, command in enumerate(commands):
+            rid = request_id if i == len(commands) - 1 else ""
+            outcome, _ = await guarded(context, self.service.apply(command, rid))
+            reply = outcome.reply
+            status = errors.status_for_reply(reply)
+            if status is not None and not isinstance(reply, r.NotIgnored):
+                await context.abort(*status)
+        return reply
+
+    # --- beanraft extensions ------------------------------------------------------------
+
+    async def Apply(self, request: Any, context: Any) -> jsm_pb2.ApplyResponse:
+        outcome, index = await guarded(
+            context, self.service.apply_encoded(request.command, request.request_id)
+        )
+        if not self.service.node.is_leader():  # forwarded: tell the client where to go next
+            _, leader_grpc = self.service.node.leader_info()
+            if leader_grpc:
+                context.set_trailing_metadata(((errors.LEADER_HINT_KEY, leader_grpc),))
+        return jsm_pb2.ApplyResponse(outcome=outcome, applied_index=index)
+
+    async def StreamWakeups(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if not request.proxy_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
+        async for event in self.service.node.hub.stream(request.proxy_id, request.after_seq):
+            yield jsm_pb2.WakeupEvent(
+                seq=event.seq,
+                wakeup=event.wakeup,
+                gap=event.gap,
+                applied_index=int(self.service.node.syncobj.raftLastApplied),
+            )
+
+    # --- coolbeans-compatible methods ---------------------------------------------------
+
+    async def Put(self, request: Any, context: Any) -> jsm_pb2.PutResponse:
+        put = c.Put(
+            tube=request.tube_name or "default",
+            priority=request.priority,
+            delay_ms=request.delay * 1000,
+            ttr_ms=request.ttr * 1000,
+            body=request.body,
+            request_id=request.request_id,
+        )
+        reply = await self._reply(context, [put], request.request_id)
+        assert isinstance(reply, r.Inserted), reply
+        return jsm_pb2.PutResponse(job_id=reply.job_id)
+
+    async def Reserve(self, request: Any, context: Any) -> jsm_pb2.ReserveResponse:
+        await _require_owner(request, context)
+        await self._reply(context, _session(request) + _watch_exactly(request))
+        reserve = c.Reserve(
+            client_id=request.client_id,
+            timeout_ms=request.timeout_secs * 1000,
+            request_id=request.request_id,
+            with_timeout=True,
+        )
+        reply = await self._reply(context, [reserve])
+        return jsm_pb2.ReserveResponse(reservation=_reservation(request, reply))
+
+    async def StreamReserveUpdates(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if not request.proxy_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
+        async for event in self.service.node.hub.stream(request.proxy_id, 0):
+            if event.wakeup:
+                wakeup = codec.decode_wakeup(event.wakeup)
+                yield jsm_pb2.ReserveResponse(reservation=_wakeup_reservation(wakeup))
+
+    async def CheckClientState(self, request: Any, context: Any) -> Any:
+        command = c.CheckClients(request.proxy_id, tuple(request.client_ids))
+        reply = await self._reply(context, [command])
+        assert isinstance(reply, r.ClientStates), reply
+        return jsm_pb2.CheckClientStateResponse(
+            proxy_id=request.proxy_id,
+            waiting_client_ids=reply.waiting,
+            not_waiting_client_ids=reply.not_waiting,
+            missing_client_ids=reply.missing,
+        )
+
+    async def Delete(self, request: Any, context: Any) -> empty_pb2.Empty:
+        return await self._owned(request, context, c.Delete(request.client_id, request.job_id))
+
+    async def Release(self, request: Any, context: Any) -> empty_pb2.Empty:
+        command = c.Release(
+            request.client_id, request.job_id, request.priority, request.delay * 1000
+        )
+        return await self._owned(request, context, command)
+
+    async def Touch(self, request: Any, context: Any) -> empty_pb2.Empty:
+        return await self._owned(request, context, c.Touch(request.client_id, request.job_id))
+
+    async def Bury(self, request: Any, context: Any) -> empty_pb2.Empty:
+        command = c.Bury(request.client_id, request.job_id, request.priority)
+        return await self._owned(request, context, command)
+
+    async def _owned(self, request: Any, context: Any, command: c.Command) -> empty_pb2.Empty:
+        await _require_owner(request, context)
+        await self._reply(context, [*_session(request), command])
+        return empty_pb2.Empty()
+
+    async def Kick(self, request: Any, context: Any) -> empty_pb2.Empty:
+        await self._reply(context, [c.KickJob(request.job_id)])
+        return empty_pb2.Empty()
+
+    async def KickN(self, request: Any, context: Any) -> jsm_pb2.KickNResponse:
+        reply = await self._reply(context, [c.Kick(request.tube_name or "default", request.bound)])
+        assert isinstance(reply, r.Kicked), reply
+        return jsm_pb2.KickNResponse(jobs_kicked=reply.count)
+
+    async def GetJob(self, request: Any, context: Any) -> jsm_pb2.GetJobResponse:
+        return jsm_pb2.GetJobResponse(job=await self._found(context, c.Peek(request.job_id)))
+
+    async def PeekReady(self, request: Any, context: Any) -> jsm_pb2.PeekResponse:
+        return jsm_pb2.PeekResponse(job=await self._found(context, c.PeekReady(request.tube_name)))
+
+    async def PeekDelayed(self, request: Any, context: Any) -> jsm_pb2.PeekResponse:
+        command = c.PeekDelayed(request.tube_name)
+        return jsm_pb2.PeekResponse(job=await self._found(context, command))
+
+    async def PeekBuried(self, request: Any, context: Any) -> jsm_pb2.PeekResponse:
+        command = c.PeekBuried(request.tube_name)
+        return jsm_pb2.PeekResponse(job=await self._found(context, command))
+
+    async def _found(self, context: Any, command: c.Command) -> job_pb2.JobProto:
+        reply = await self._reply(context, [command])
+        assert isinstance(reply, r.Found), reply
+        return job_pb2.JobProto(id=reply.job_id, body=reply.body, body_size=len(reply.body))
+
+    async def GetStatsJobYaml(self, request: Any, context: Any) -> Any:
+        reply = await self._reply(context, [c.StatsJob(request.job_id)])
+        return jsm_pb2.GetStatsJobYamlResponse(stats_yaml=_yaml(reply))
+
+    async def GetStatsTubeYaml(self, request: Any, context: Any) -> Any:
+        reply = await self._reply(context, [c.StatsTube(request.tube_name)])
+        return jsm_pb2.GetStatsTubeYamlResponse(stats_yaml=_yaml(reply))
+
+    async def GetStatsYaml(self, request: Any, context: Any) -> Any:
+        reply = await self._reply(context, [c.Stats()])
+        return jsm_pb2.GetStatsYamlResponse(stats_yaml=_yaml(reply))
+
+    async def ListTubes(self, request: Any, context: Any) -> jsm_pb2.ListTubesResponse:
+        reply = await self._reply(context, [c.ListTubes()])
+        assert isinstance(reply, r.TubeList), reply
+        return jsm_pb2.ListTubesResponse(tubes=reply.tubes)
+
+
+async def _require_owner(request: Any, context: Any) -> None:
+    if not request.proxy_id or not request.client_id:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "proxy_id and client_id are both required for this call",
+        )
+
+
+def _session(request: Any) -> list[c.Command]:
+    return [c.Connect(request.client_id, request.proxy_id)]
+
+
+def _watch_exactly(request: Any) -> list[c.Command]:
+    """Commands that make the client's watch list equal to ``watched_tubes`` (in that order)."""
+    tubes = list(dict.fromkeys(request.watched_tubes)) or ["default"]
+    commands: list[c.Command] = [c.Watch(request.client_id, tube) for tube in tubes]
+    if "default" not in tubes:
+        commands.append(c.Ignore(request.client_id, "default"))
+    return commands
+
+
+def _reservation(request: Any, reply: r.Reply) -> jsm_pb2.Reservation:
+    status = _WAIT_STATUS.get(type(reply), jsm_pb2.Error)
+    reservation = jsm_pb2.Reservation(
+        request_id=request.request_id,
+        client_id=request.client_id,
+        proxy_id=request.proxy_id,
+        Status=status,
+    )
+    if isinstance(reply, r.Reserved):
+        reservation.job_id = reply.job_id
+        reservation.body = reply.body
+        reservation.body_size = len(reply.body)
+    elif status == jsm_pb2.Error:
+        reservation.error_msg = f"unexpected reply {type(reply).__name__}"
+    return reservation
+
+
+def _wakeup_reservation(wakeup: r.Wakeup) -> jsm_pb2.Reservation:
+    reservation = jsm_pb2.Reservation(
+        request_id=wakeup.request_id,
+        client_id=wakeup.client_id,
+        proxy_id=wakeup.proxy_id,
+        Status=_WAIT_STATUS[type(wakeup.result)],
+    )
+    if isinstance(wakeup.result, r.Reserved):
+        reservation.job_id = wakeup.result.job_id
+        reservation.body = wakeup.result.body
+        reservation.body_size = len(wakeup.result.body)
+    return reservation
+
+
+def _yaml(reply: r.Reply) -> bytes:
+    """A YAML mapping without the leading ``---`` (the proxy adds it, coolbeans-api.md 7.8)."""
+    lines = []
+    for name in getattr(reply, "__dataclass_fields__", {}):
+        value = getattr(reply, name)
+        key = name.replace("_", "-")
+        if key.endswith("-ms"):  # seconds on the wire, as beanstalkd prints them
+            key, value = key[:-3], value // 1000
+        lines.append(f"{key}: {value}")
+    return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,328 @@
+"""One Raft node: pysyncobj configured safely, the proposer, the tick timer and membership.
+
+Theory of operation. ``RaftNode`` owns a pysyncobj ``SyncObj`` whose only replicated state is a
+``MachineConsumer``. It runs on an asyncio loop (the gRPC server's); pysyncobj runs its own tick
+thread. The node:
+- proposes only while it is the leader (it stamps time; see ``cluster.proposer``); a follower's
+  servicer forwards to the leader instead (``cluster.forward``);
+- proposes a ``Tick`` only when the machine's ``next_deadline_ms()`` has passed, so an idle
+  cluster writes nothing;
+- records itself in the replicated member directory when it leads, so followers can hint
+  clients at the leader's gRPC address;
+- changes membership one node at a time, and hands leadership over before removing itself.
+
+pysyncobj's sharp edges handled here (pysyncobj.md): ``password`` (the cluster secret) is
+always set, so every Raft message is authenticated before it is unpickled; ``bindAddress`` is
+the node's own Raft address, never 0.0.0.0; journal and dump file are both used; fsync follows
+``--fsync`` (``cluster.durability``); latency uses ``appendEntriesUseBatch=False``;
+``commandsWaitLeader=False`` so nothing waits forever for a leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+
+from cluster import envelope
+from cluster.clock import Clock, SystemClock
+from cluster.durability import JournalSync
+from cluster.errors import MembershipRefused, NotLeader
+from cluster.proposer import Proposer, Result
+from cluster.replicated import MachineConsumer, ReplicatedState
+from cluster.wakeups import WakeupHub
+from statemachine import codec
+from statemachine import commands as c
+from statemachine.machine import MachineConfig
+
+log = structlog.get_logger(__name__)
+_LEADER = 2
+_STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    raft_addr: str
+    grpc_addr: str
+    peers: list[str]  # the other members' Raft addresses
+    secret: str | None  # the cluster secret; None only with --insecure
+    fsync: str = "batch"
+    max_job_size: int = 65535
+    clock: Clock = field(default_factory=SystemClock)
+    # Raft timing: heartbeats every 50 ms, elections after 0.3-0.8 s of silence.
+    append_entries_period_s: float = 0.05
+    raft_min_timeout_s: float = 0.3
+    raft_max_timeout_s: float = 0.8
+    log_compaction_min_entries: int = 5000
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "raft.journal"
+
+    @property
+    def dump_path(self) -> Path:
+        return self.data_dir / "raft.dump"
+
+    @property
+    def seed_path(self) -> Path:
+        return self.data_dir / "seed.snapshot"
+
+
+class RaftNode:
+    def __init__(self, config: NodeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.leader_changes = 0
+        self.on_state_change: Callable[[int, int], None] = lambda old, new: None
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.hub = WakeupHub(loop, lambda: self.consumer.state.wakeups)
+        self.consumer = MachineConsumer(
+            MachineConfig(max_job_size=config.max_job_size),
+            seed_snapshot=self._seed(),
+            on_applied=self.hub.notify,
+        )
+        self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
+        self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
+        self.syncobj.addOnTickCallback(self._drain_tick_jobs)
+        # The leader syncs entries it just appended (and sent) at the end of the same tick, so
+        # its fsync overlaps the followers' network round trip and fsync instead of following it.
+        self.syncobj.addOnTickCallback(self.journal_sync.sync_if_dirty)
+        self.proposer = Proposer(
+            self.consumer.apply_batch,
+            config.clock,
+            self.journal_sync.sync_if_dirty,
+            lambda: int(self.syncobj.raftLastApplied),
+            loop,
+        )
+        self._tick_inflight = False
+        self._ticker: asyncio.Task[None] | None = None
+
+    def _seed(self) -> bytes | None:
+        # A restored cluster starts from a seed snapshot, but only on a brand-new data dir:
+        # once the journal exists, the journal and dump file are the truth.
+        seed = self.config.seed_path
+        if seed.exists() and not self.config.journal_path.exists():
+            log.info("seeding from snapshot", path=str(seed))
+            return seed.read_bytes()
+        return None
+
+    def _conf(self) -> SyncObjConf:
+        cfg = self.config
+        return SyncObjConf(
+            password=cfg.secret,
+            bindAddress=cfg.raft_addr,
+            journalFile=str(cfg.journal_path),
+            fullDumpFile=str(cfg.dump_path),
+            dynamicMembershipChange=True,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=cfg.append_entries_period_s,
+            raftMinTimeout=cfg.raft_min_timeout_s,
+            raftMaxTimeout=cfg.raft_max_timeout_s,
+            leaderFallbackTimeout=5.0,
+            commandsWaitLeader=False,
+            logCompactionMinEntries=cfg.log_compaction_min_entries,
+            logCompactionSplit=True,
+            onStateChanged=self._state_changed,
+        )
+
+    # --- Lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._ticker = self.loop.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        self.hub.close()
+        await asyncio.to_thread(self.syncobj.destroy_synchronous)
+
+    def _state_changed(self, old: int, new: int) -> None:  # tick thread
+        log.info(
+            "raft state changed",
+            node_id=self.config.node_id,
+            old=_STATE_NAMES.get(old),
+            new=_STATE_NAMES.get(new),
+            term=self.syncobj.raftCurrentTerm,
+        )
+        if new == _LEADER:
+            self.leader_changes += 1
+        self.on_state_change(old, new)
+
+    def _drain_tick_jobs(self) -> None:
+        while True:
+            try:
+                job = self._tick_jobs.get_nowait()
+            except queue.Empty:
+                return
+            job()
+
+    async def on_tick_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on pysyncobj's tick thread, between two applies, and return its result."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn()
+            except Exception as exc:
+                self.loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                self.loop.call_soon_threadsafe(_settle, future, result, None)
+
+        self._tick_jobs.put(job)
+        return await asyncio.wait_for(future, 10.0)
+
+    # --- Leadership -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> ReplicatedState:
+        return self.consumer.state
+
+    def is_leader(self) -> bool:
+        return bool(self.syncobj._isLeader())
+
+    def leader_raft_addr(self) -> str:
+        leader = self.syncobj._getLeader()
+        return leader.address if leader is not None else ""
+
+    def leader_info(self) -> tuple[str, str]:
+        """(node id, gRPC address) of the leader as this node knows it, or ("", "")."""
+        if self.is_leader():
+            return self.config.node_id, self.config.grpc_addr
+        return self.state.members.get(self.leader_raft_addr(), ("", ""))
+
+    def not_leader(self) -> NotLeader:
+        leader_id, leader_grpc = self.leader_info()
+        return NotLeader(self.config.node_id, leader_id, leader_grpc)
+
+    async def submit(self, requests: list[envelope.Request]) -> list[Result]:
+        if not self.is_leader():
+            raise self.not_leader()
+        return await self.proposer.submit_many(requests)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            delay_s = 0.05
+            try:
+                delay_s = await self._tick_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("tick proposal failed", exc_info=True)
+            await asyncio.sleep(delay_s)
+
+    async def _tick_once(self) -> float:
+        """Propose what the leader owes the log; return how long to sleep."""
+        if not self.is_leader():
+            return 0.05
+        me = (self.config.node_id, self.config.grpc_addr)
+        if self.state.members.get(self.config.raft_addr) != me:
+            payload = envelope.encode_member(*me, self.config.raft_addr)
+            await self.submit([envelope.Request(envelope.MEMBER, "", payload)])
+        deadline_ms = self.state.next_deadline_ms
+        if deadline_ms is None:
+            return 0.05
+        wait_ms = deadline_ms - self.config.clock.now_ms()
+        if wait_ms > 0:
+            return min(0.05, max(0.002, wait_ms / 1000))
+        if not self._tick_inflight:
+            self.loop.create_task(self._propose_tick())
+        return 0.002
+
+    async def _propose_tick(self) -> None:
+        self._tick_inflight = True
+        try:
+            request = envelope.Request(envelope.COMMAND, "", codec.encode_command(c.Tick()))
+            await self.submit([request])
+        except Exception as exc:  # a deposed leader's tick simply does not commit
+            log.debug("tick not committed", error=str(exc))
+        finally:
+            self._tick_inflight = False
+
+    # --- Membership -----------------------------------------------------------------------
+
+    async def add_member(self, node_id: str, raft_addr: str, grpc_addr: str) -> None:
+        """Add a voter (leader only). Already a member: only its directory entry is updated."""
+        if not self.is_leader():
+            raise self.not_leader()
+        members = {n.address for n in self.syncobj.otherNodes} | {self.config.raft_addr}
+        if raft_addr not in members:
+            await self._membership(self.syncobj.addNodeToCluster, raft_addr)
+            log.info("member added", node_id=node_id, raft_addr=raft_addr)
+        if grpc_addr:
+            payload = envelope.encode_member(node_id, grpc_addr, raft_addr)
+            await self.submit([envelope.Request(envelope.MEMBER, "", payload)])
+
+    async def remove_member(self, raft_addr: str) -> None:
+        """Remove a voter (leader only; the leader cannot remove itself: transfer first)."""
+        if not self.is_leader():
+            raise self.not_leader()
+        if raft_addr == self.config.raft_addr:
+            raise MembershipRefused("the leader cannot remove itself: transfer leadership first")
+        await self._membership(self.syncobj.removeNodeFromCluster, raft_addr)
+        await self.submit([envelope.Request(envelope.FORGET, "", raft_addr.encode())])
+        log.info("member removed", raft_addr=raft_addr)
+
+    async def transfer_leadership(self) -> None:
+        """Hand leadership to the most caught-up follower and wait until someone else leads."""
+        error = await self._call_with_callback(self.syncobj.transferLeadership, None)
+        if error != FAIL_REASON.SUCCESS:
+            raise MembershipRefused(
+                f"leadership transfer refused (reason {error}): no caught-up follower connected"
+            )
+        for _ in range(100):
+            if not self.is_leader():
+                log.info("leadership handed over", node_id=self.config.node_id)
+                return
+            await asyncio.sleep(0.05)
+        raise MembershipRefused("leadership transfer did not complete within 5 s: retry")
+
+    async def _membership(self, change: Callable[..., None], raft_addr: str) -> None:
+        error = await self._call_with_callback(change, raft_addr)
+        if error != FAIL_REASON.SUCCESS:
+            raise MembershipRefused(
+                f"membership change for {raft_addr} refused (reason {error}): another change "
+                "may be pending or the new leader's first entry is not applied yet; retry"
+            )
+
+    async def _call_with_callback(self, fn: Callable[..., None], arg: Any) -> int:
+        future: asyncio.Future[int] = self.loop.create_future()
+
+        def callback(_result: Any, error: int) -> None:
+            self.loop.call_soon_threadsafe(_settle, future, error, None)
+
+        # Run on the tick thread: pysyncobj's membership and transfer calls touch its state.
+        await self.on_tick_thread(lambda: fn(arg, callback=callback))
+        return await asyncio.wait_for(future, 10.0)
+
+    # --- Snapshots ------------------------------------------------------------------------
+
+    async def machine_snapshot(self) -> tuple[bytes, int]:
+        """The machine's snapshot bytes and the Raft index they reflect, taken between two
+        applies on the tick thread: consistent even under load."""
+
+        def take() -> tuple[bytes, int]:
+            return self.state.machine.snapshot(), int(self.syncobj.raftLastApplied)
+
+        result: tuple[bytes, int] = await self.on_tick_thread(take)
+        return result
+
+    def member_addrs(self) -> list[str]:
+        return sorted([self.config.raft_addr, *(n.address for n in self.syncobj.otherNodes)])
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -1,0 +1,166 @@
+"""The leader's proposer: stamps time, batches requests into log entries, resolves outcomes.
+
+Theory of operation. Requests arrive on the node's asyncio loop. They wait in ``pending`` until
+the next flush, which runs at the end of the current loop iteration, so every request that
+arrived together goes into one log entry (group commit). Up to ``max_inflight`` entries are in
+flight at once; a single client therefore pays one Raft round trip, and a crowd of clients
+shares round trips. The flush stamps ``now_ms`` from the leader's clock; the state machine clamps
+it.
+
+pysyncobj calls back on its tick thread; the callback first makes the leader's journal durable
+(``JournalSync``: the follower side already synced before acknowledging), then hands the result
+to the loop. pysyncobj's fail reasons are split by what they mean for a retry (pysyncobj.md
+section 4): never applied -> ``NotApplied``; maybe applied -> ``Ambiguous``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pysyncobj import FAIL_REASON
+
+from cluster import envelope
+from cluster.clock import Clock
+from cluster.errors import Ambiguous, NotApplied
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH_REQUESTS = 2048
+MAX_BATCH_BYTES = 1 << 20
+_NOT_APPLIED = {
+    FAIL_REASON.QUEUE_FULL: "the leader's proposal queue is full",
+    FAIL_REASON.MISSING_LEADER: "no leader",
+    FAIL_REASON.DISCARDED: "a new leader replaced the entry",
+    FAIL_REASON.NOT_LEADER: "this node stopped being the leader",
+    FAIL_REASON.REQUEST_DENIED: "the leader refused the entry",
+}
+
+Result = tuple[int, bytes, int]  # (replicated.OK | REFUSED, payload, raft index)
+_Pending = tuple[envelope.Request, "asyncio.Future[Result]"]
+
+
+class Proposer:
+    def __init__(
+        self,
+        propose: Callable[..., None],
+        clock: Clock,
+        before_ack: Callable[[], None],
+        last_applied: Callable[[], int],
+        loop: asyncio.AbstractEventLoop,
+        max_inflight: int = 8,
+        timeout_s: float = 10.0,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
+        self._propose = propose  # MachineConsumer.apply_batch
+        self._clock = clock
+        self._before_ack = before_ack
+        self._last_applied = last_applied
+        self._loop = loop
+        self._max_inflight = max_inflight
+        self._timeout_s = timeout_s
+        self._on_commit = on_commit or (lambda seconds: None)
+        self._pending: deque[_Pending] = deque()
+        self._inflight = 0
+        self._flush_scheduled = False
+
+    async def submit(self, request: envelope.Request) -> Result:
+        """Replicate one request and return its result; raise NotApplied or Ambiguous."""
+        return (await self.submit_many([request]))[0]
+
+    async def submit_many(self, requests: list[envelope.Request]) -> list[Result]:
+        """Replicate requests in this order (they may share a log entry)."""
+        futures = [self._loop.create_future() for _ in requests]
+        self._pending.extend(zip(requests, futures, strict=True))
+        self._schedule_flush()
+        try:
+            done, _ = await asyncio.wait(futures, timeout=self._timeout_s)
+        finally:
+            for future in futures:
+                future.cancel()  # no-op when done; _take_batch skips unsent cancelled ones
+        if len(done) == len(futures):
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                raise errors[0]  # type: ignore[misc]
+            return [future.result() for future in futures]
+        raise Ambiguous(
+            f"no outcome within {self._timeout_s:.0f} s (the cluster may have lost its "
+            "quorum): it may still be applied; retry with the same request id"
+        )
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending and self._inflight < self._max_inflight:
+            batch = self._take_batch()
+            if batch:
+                self._send(batch)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        while self._pending and len(batch) < MAX_BATCH_REQUESTS and size < MAX_BATCH_BYTES:
+            request, future = self._pending.popleft()
+            if not future.done():  # the caller gave up (timeout or cancel): skip it
+                batch.append((request, future))
+                size += len(request.payload)
+        return batch
+
+    def _send(self, batch: list[_Pending]) -> None:
+        entry = envelope.encode_batch([request for request, _ in batch])
+        started = time.perf_counter()
+        self._inflight += 1
+
+        def on_result(result: Any, error: int) -> None:  # runs on pysyncobj's tick thread
+            index = self._last_applied() + 1  # called just before pysyncobj counts the entry
+            if error == FAIL_REASON.SUCCESS:
+                self._before_ack()
+            self._loop.call_soon_threadsafe(self._resolve, batch, result, error, index, started)
+
+        try:
+            self._propose(entry, self._clock.now_ms(), callback=on_result)
+        except Exception as exc:  # the proposal never entered the queue
+            self._resolve(batch, None, -1, 0, started, exc)
+
+    def _resolve(
+        self,
+        batch: list[_Pending],
+        result: Any,
+        error: int,
+        index: int,
+        started: float,
+        exc: BaseException | None = None,
+    ) -> None:
+        self._inflight -= 1
+        if error == FAIL_REASON.SUCCESS:
+            self._on_commit(time.perf_counter() - started)
+            for (_, future), (status, payload) in zip(batch, result, strict=True):
+                if not future.done():
+                    future.set_result((status, payload, index))
+        else:
+            failure = self._failure(error, exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+        if self._pending:
+            self._schedule_flush()
+
+    @staticmethod
+    def _failure(error: int, exc: BaseException | None) -> Exception:
+        if exc is not None:
+            return NotApplied(f"could not propose: {exc}: safe to retry")
+        reason = _NOT_APPLIED.get(error)
+        if reason is not None:
+            return NotApplied(f"not applied ({reason}): safe to retry")
+        return Ambiguous(
+            f"outcome unknown (pysyncobj reason {error}: leader changed or stale index): "
+            "retry with the same request id"
+        )

@@ -1,0 +1,199 @@
+"""The pysyncobj adapter: one replicated entry point around the job state machine.
+
+Theory of operation. Everything replicated lives in one ``ReplicatedState`` held by a
+``MachineConsumer`` (a pysyncobj consumer): the job state machine, the recent request ids with
+their outcomes (so a retry after an ambiguous outcome is answered, not applied twice), a bounded
+ring of recent wake-ups numbered by a replicated sequence (so a proxy's wake-up stream can resume
+on any node after a leader change), and the member directory (Raft address -> node id and gRPC
+address, for leader hints).
+
+Rules:
+- ``apply_batch(entry, now_ms)`` is the only ``@replicated`` method, so adding commands never
+  renumbers pysyncobj's method ids (pysyncobj.md section 8.6). ``entry`` is an
+  ``cluster.envelope`` batch of ``statemachine.codec`` bytes; ``now_ms`` is stamped by the leader.
+- The apply is deterministic: it reads no clock and no randomness; it evicts old request ids by
+  the machine's (clamped) time and the ring by count, so every replica evicts the same ones.
+- A state machine exception is a bug: the process exits (StateMachineBug) rather than apply a
+  half-done entry; the other replicas carry on or fail the same way (style guide, "Errors").
+- Snapshots pickle ``ReplicatedState`` through ``__reduce__`` as the machine's own versioned
+  snapshot bytes plus plain data: no live object, lock or thread is ever pickled.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pysyncobj import SyncObjConsumer, replicated
+
+from cluster import envelope
+from statemachine import codec
+from statemachine.machine import JobStateMachine, MachineConfig
+
+log = structlog.get_logger(__name__)
+
+REQUEST_WINDOW_MS = 600_000  # how long a request id is remembered (the machine's own window)
+REQUEST_WINDOW_MAX = 200_000  # and at most this many, so memory stays bounded under load
+WAKEUP_RING_MAX = 100_000  # recent wake-ups kept for streams that resume after a reconnect
+
+# Per-request results of apply_batch: (OK, outcome bytes) or (REFUSED, message).
+OK = 0
+REFUSED = 1
+
+
+@dataclass(slots=True)
+class Wakeups:
+    """Recent wake-ups: (seq, proxy_id, encoded Wakeup), oldest first."""
+
+    ring: deque[tuple[int, str, bytes]]
+    last_seq: int
+
+    def first_seq(self) -> int:
+        return self.ring[0][0] if self.ring else self.last_seq + 1
+
+
+class ReplicatedState:
+    """Everything the Raft log builds, and nothing else."""
+
+    def __init__(
+        self,
+        machine: JobStateMachine,
+        requests: OrderedDict[str, tuple[int, bytes]] | None = None,
+        wakeups: Wakeups | None = None,
+        members: dict[str, tuple[str, str]] | None = None,
+        max_now_ms: int = 0,
+    ) -> None:
+        self.machine = machine
+        self.requests = requests if requests is not None else OrderedDict()
+        self.wakeups = wakeups or Wakeups(deque(maxlen=WAKEUP_RING_MAX), 0)
+        self.members = members if members is not None else {}
+        self.max_now_ms = max_now_ms
+        self.next_deadline_ms = machine.next_deadline_ms()
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (_state_from_bytes, (self.to_bytes(),))
+
+    def to_bytes(self) -> bytes:
+        plain = {
+            "version": 1,
+            "machine": self.machine.snapshot(),
+            "requests": list(self.requests.items()),
+            "wakeups": list(self.wakeups.ring),
+            "last_seq": self.wakeups.last_seq,
+            "members": self.members,
+            "max_now_ms": self.max_now_ms,
+        }
+        return pickle.dumps(plain, protocol=5)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReplicatedState:
+        plain = pickle.loads(data)  # our own dump file or a snapshot from an authenticated peer
+        if plain.get("version") != 1:
+            raise ValueError(f"unknown replicated state version {plain.get('version')}")
+        return cls(
+            JobStateMachine.restore(plain["machine"]),
+            OrderedDict(plain["requests"]),
+            Wakeups(deque(plain["wakeups"], maxlen=WAKEUP_RING_MAX), plain["last_seq"]),
+            plain["members"],
+            plain["max_now_ms"],
+        )
+
+
+def _state_from_bytes(data: bytes) -> ReplicatedState:
+    return ReplicatedState.from_bytes(data)
+
+
+class StateMachineBug(Exception):
+    pass
+
+
+class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
+    """The replicated half of a node. ``on_applied(raft_index)`` runs on the tick thread after
+    every applied entry (and after a snapshot is installed) so the node can wake streams."""
+
+    def __init__(
+        self,
+        config: MachineConfig,
+        seed_snapshot: bytes | None = None,
+        on_applied: Callable[[], None] | None = None,
+    ) -> None:
+        # Attributes set before SyncObjConsumer.__init__ are local, never snapshotted.
+        self.on_applied = on_applied or (lambda: None)
+        super().__init__()
+        machine = (
+            JobStateMachine.restore(seed_snapshot) if seed_snapshot else JobStateMachine(config)
+        )
+        self.state = ReplicatedState(machine)
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        super()._deserialize(data)
+        log.info("snapshot loaded", applied_seq=self.state.wakeups.last_seq)
+        self.on_applied()
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_batch(self, entry: bytes, now_ms: int) -> list[tuple[int, bytes]]:
+        """Apply one log entry: every request in it, in order, at the leader's ``now_ms``."""
+        try:
+            state = self.state
+            state.max_now_ms = max(state.max_now_ms, now_ms)
+            results = [self._apply_one(state, request, now_ms) for request in _requests(entry)]
+            _forget_old_requests(state)
+            state.next_deadline_ms = state.machine.next_deadline_ms()
+        except Exception:
+            log.critical("state machine failed applying an entry: exiting", exc_info=True)
+            os._exit(70)  # a bug: do not go on with a half-applied entry
+        self.on_applied()
+        return results
+
+    def _apply_one(
+        self, state: ReplicatedState, request: envelope.Request, now_ms: int
+    ) -> tuple[int, bytes]:
+        if request.kind == envelope.MEMBER:
+            node_id, grpc_addr, raft_addr = envelope.decode_member(request.payload)
+            state.members[raft_addr] = (node_id, grpc_addr)
+            return (OK, b"")
+        if request.kind == envelope.FORGET:
+            state.members.pop(request.payload.decode(), None)
+            return (OK, b"")
+        remembered = state.requests.get(request.request_id) if request.request_id else None
+        if remembered is not None:
+            return (OK, remembered[1])  # a retry: the first outcome, nothing applied again
+        try:
+            command = codec.decode_command(request.payload)
+        except codec.CodecError as exc:
+            return (REFUSED, str(exc).encode())
+        outcome = state.machine.apply(command, now_ms)
+        encoded = codec.encode_outcome(outcome)
+        for wakeup in outcome.wakeups:
+            state.wakeups.last_seq += 1
+            state.wakeups.ring.append(
+                (state.wakeups.last_seq, wakeup.proxy_id, codec.encode_wakeup(wakeup))
+            )
+        if request.request_id:
+            state.requests[request.request_id] = (state.max_now_ms, encoded)
+        return (OK, encoded)
+
+
+def _requests(entry: bytes) -> list[envelope.Request]:
+    try:
+        return envelope.decode_batch(entry)
+    except (ValueError, UnicodeDecodeError) as exc:
+        # Only the leader proposes and it builds entries itself: this is a bug, but not one
+        # worth crashing every replica for. Every replica skips the entry the same way.
+        log.error("skipping a malformed log entry", error=str(exc))
+        return []
+
+
+def _forget_old_requests(state: ReplicatedState) -> None:
+    requests = state.requests
+    horizon_ms = state.max_now_ms - REQUEST_WINDOW_MS
+    while requests:
+        first_id, (seen_ms, _) = next(iter(requests.items()))
+        if seen_ms >= horizon_ms and len(requests) <= REQUEST_WINDOW_MAX:
+            break
+        del requests[first_id]

@@ -1,0 +1,115 @@
+"""The node's queue service: apply commands here if leading, else forward them to the leader.
+
+Any node accepts any request. The leader proposes it (``RaftNode.submit``); a follower forwards
+the encoded command, unchanged and with its request id, to the leader's ``Apply`` RPC, so the
+leader's clock stamps every command and the leader batches it with everything else. During an
+election the service waits up to ``LEADER_WAIT_S`` for a leader before answering UNAVAILABLE.
+
+Reads are linearizable: every command, reads included (peek, stats, list), is a log entry, and
+its reply is computed when the entry is applied, after every entry committed before it. A
+deposed or partitioned leader cannot commit, so it cannot answer from stale state (pysyncobj has
+no ReadIndex or lease read; pysyncobj.md section 5). Only ``Cluster.Status`` reads local state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from api import jsm_pb2, jsm_pb2_grpc
+from cluster import envelope
+from cluster.errors import LEADER_HINT_KEY, ClusterError, Refused
+from cluster.node import RaftNode
+from cluster.replicated import REFUSED
+from statemachine import codec
+from statemachine.commands import Command
+from statemachine.replies import Outcome
+
+LEADER_WAIT_S = 3.0
+FORWARD_TIMEOUT_S = 12.0
+
+
+@dataclass
+class Forwarded(ClusterError):
+    """The leader answered a forwarded request with an error status: pass it on unchanged."""
+
+    code: grpc.StatusCode
+    details: str
+    leader_hint: str = ""
+
+    def __str__(self) -> str:
+        return self.details
+
+
+class QueueService:
+    def __init__(self, node: RaftNode, tls_dir: Path | None) -> None:
+        self.node = node
+        self._tls_dir = tls_dir
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def apply(self, command: Command, request_id: str = "") -> tuple[Outcome, int]:
+        """Apply one command; return its outcome and the Raft index it was applied at."""
+        encoded, index = await self.apply_encoded(codec.encode_command(command), request_id)
+        return codec.decode_outcome(encoded), index
+
+    async def apply_encoded(self, command: bytes, request_id: str) -> tuple[bytes, int]:
+        codec.decode_command(command)  # refuse malformed input here, before it is replicated
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + LEADER_WAIT_S
+        while True:
+            if self.node.is_leader():
+                request = envelope.Request(envelope.COMMAND, request_id, command)
+                status, payload, index = (await self.node.submit([request]))[0]
+                if status == REFUSED:
+                    raise Refused(payload.decode(errors="replace"))
+                return payload, index
+            _, leader_grpc = self.node.leader_info()
+            if leader_grpc:
+                return await self._forward(leader_grpc, command, request_id)
+            if loop.time() > give_up:
+                raise self.node.not_leader()
+            await asyncio.sleep(0.02)
+
+    async def _forward(
+        self, leader_grpc: str, command: bytes, request_id: str
+    ) -> tuple[bytes, int]:
+        stub = jsm_pb2_grpc.JobStateMachineStub(self._channel(leader_grpc))
+        try:
+            reply = await stub.Apply(
+                jsm_pb2.ApplyRequest(command=command, request_id=request_id),
+                timeout=FORWARD_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            hint = dict(exc.trailing_metadata() or ()).get(LEADER_HINT_KEY, "")
+            code = exc.code()
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                code = grpc.StatusCode.UNAVAILABLE
+            details = exc.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and "leader" not in details:
+                details = (
+                    f"forwarding to the leader at {leader_grpc} failed ({details}); the outcome "
+                    "is unknown: retry with the same request id"
+                )
+            raise Forwarded(code, details, str(hint)) from None
+        return reply.outcome, reply.applied_index
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            if self._tls_dir is None:
+                channel = grpc.aio.insecure_channel(target)
+            else:
+                from cluster.tls import channel_credentials
+
+                name = f"node-{self.node.config.node_id}"
+                channel = grpc.aio.secure_channel(target, channel_credentials(self._tls_dir, name))
+            self._channels[target] = channel
+        return channel
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

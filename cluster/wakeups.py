@@ -1,0 +1,80 @@
+"""Wake-up streams: every replica holds the same numbered ring of recent wake-ups; any node
+serves a proxy's stream from it.
+
+Theory of operation. Applying an entry appends the wake-ups it produced to the replicated ring
+(``cluster.replicated``), each with the next sequence number. All replicas apply the same log, so
+wake-up number N is the same on every node. A proxy's stream asks for the wake-ups of its
+proxy id after the last number it saw (``after_seq``); when the node it talks to dies or stops
+leading, the proxy reconnects anywhere with the same ``after_seq`` and loses nothing. If the
+ring no longer holds what the proxy missed (it was away too long), the stream says so with a
+``gap`` event and the proxy recovers its clients with CheckClientState.
+
+The tick thread calls ``notify`` after each apply; streams wait on an asyncio event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from cluster.replicated import Wakeups
+
+HEARTBEAT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    seq: int
+    wakeup: bytes  # encoded statemachine.replies.Wakeup; b"" for a heartbeat or a gap
+    gap: bool = False
+
+
+class WakeupHub:
+    def __init__(self, loop: asyncio.AbstractEventLoop, ring: Callable[[], Wakeups]) -> None:
+        self._loop = loop
+        self._ring = ring  # read through a function: a snapshot install replaces the ring
+        self._event = asyncio.Event()
+        self._closed = False
+
+    def notify(self) -> None:
+        """Thread-safe: new wake-ups may be in the ring."""
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    def close(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    def last_seq(self) -> int:
+        return self._ring().last_seq
+
+    async def stream(self, proxy_id: str, after_seq: int) -> AsyncIterator[StreamEvent]:
+        """Wake-ups for ``proxy_id`` numbered above ``after_seq`` (0: from now on), forever."""
+        cursor = after_seq if after_seq > 0 else self.last_seq()
+        yield StreamEvent(cursor, b"")  # attached: the client may now rely on the stream
+        while not self._closed:
+            events, cursor = self._collect(proxy_id, cursor)
+            for event in events:
+                yield event
+            if events:
+                continue
+            self._event.clear()
+            if self._ring().last_seq > cursor:
+                continue  # something arrived between collect and clear
+            try:
+                await asyncio.wait_for(self._event.wait(), HEARTBEAT_S)
+            except TimeoutError:
+                yield StreamEvent(cursor, b"")  # heartbeat: the stream is alive
+
+    def _collect(self, proxy_id: str, cursor: int) -> tuple[list[StreamEvent], int]:
+        wakeups = self._ring()
+        if wakeups.last_seq <= cursor:
+            return [], cursor
+        ring = list(wakeups.ring)  # one C-level copy: atomic with respect to the tick thread
+        first = ring[0][0] if ring else wakeups.last_seq + 1
+        events = []
+        if first > cursor + 1:
+            events.append(StreamEvent(first - 1, b"", gap=True))
+        start = max(0, cursor + 1 - first)
+        events.extend(StreamEvent(seq, data) for seq, pid, data in ring[start:] if pid == proxy_id)
+        return events, (ring[-1][0] if ring else wakeups.last_seq)
