@@ -30,6 +30,9 @@ class UpProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self._start_reader()
+
+    def _start_reader(self) -> None:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

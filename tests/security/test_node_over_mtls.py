@@ -1,0 +1,120 @@
+"""A real ``beanraft node`` started with --tls-dir: it serves a client whose certificate is
+right for the call, and refuses a wrong certificate, a missing one and a wrong role."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cluster import tls
+
+pytest.importorskip("cluster.server", reason="the cluster node (cluster/server.py) is not here yet")
+
+from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, tls_dir: Path) -> Iterator[str]:
+    """One single-member node with mTLS; yields its gRPC address once it answers health checks."""
+    data = tmp_path_factory.mktemp("node")
+    secret = data / "cluster.secret"
+    secret.write_text("a-test-secret-of-enough-length\n")
+    grpc_addr = f"127.0.0.1:{_free_port()}"
+    argv = [sys.executable, "-m", "beanraft", "node", "--node-id", "1"]
+    argv += ["--data-dir", str(data / "node-1"), "--raft-addr", f"127.0.0.1:{_free_port()}"]
+    argv += ["--grpc-addr", grpc_addr, "--tls-dir", str(tls_dir)]
+    argv += ["--cluster-secret-file", str(secret)]
+    log = open(data / "node.log", "wb")  # noqa: SIM115 (closed in finally)
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_leader(grpc_addr, tls_dir, process, data / "node.log")
+        yield grpc_addr
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wait_for_leader(addr: str, tls_dir: Path, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    with grpc.secure_channel(addr, tls.channel_credentials(tls_dir, "admin")) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+
+def _put(channel: grpc.Channel) -> int:
+    request = jsm_pb2.PutRequest(priority=1, ttr=60, tube_name="default", body=b"x", body_size=1)
+    return int(jsm_pb2_grpc.JobStateMachineStub(channel).Put(request, timeout=20).job_id)
+
+
+def test_node_serves_a_put_from_a_proxy_certificate(node: str, tls_dir: Path) -> None:
+    with grpc.secure_channel(node, tls.channel_credentials(tls_dir, "proxy")) as channel:
+        assert _put(channel) >= 1
+
+
+def test_node_lets_a_viewer_read_status_but_not_put(node: str, tls_dir: Path) -> None:
+    with grpc.secure_channel(node, tls.channel_credentials(tls_dir, "viewer")) as channel:
+        cluster_pb2_grpc.ClusterStub(channel).Status(empty_pb2.Empty(), timeout=20)
+        with pytest.raises(grpc.RpcError) as caught:
+            _put(channel)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert caught.value.details() == (
+        "role 'viewer' (certificate 'viewer') may not call /coolbeans.api.v1.JobStateMachine/Put; "
+        "allowed roles: admin, node, proxy, worker"
+    )
+
+
+def test_node_refuses_a_certificate_from_another_ca(
+    node: str, tls_dir: Path, foreign_tls_dir: Path
+) -> None:
+    # The client trusts the node's CA, as a real client would, but presents a foreign certificate.
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(tls_dir / "ca.crt").read_bytes(),
+        private_key=(foreign_tls_dir / "admin.key").read_bytes(),
+        certificate_chain=(foreign_tls_dir / "admin.crt").read_bytes(),
+    )
+    with grpc.secure_channel(node, creds) as channel, pytest.raises(grpc.RpcError) as caught:
+        _put(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_node_refuses_a_client_without_a_certificate(node: str, tls_dir: Path) -> None:
+    creds = grpc.ssl_channel_credentials((tls_dir / "ca.crt").read_bytes())
+    with grpc.secure_channel(node, creds) as channel, pytest.raises(grpc.RpcError) as caught:
+        _put(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_node_refuses_plaintext(node: str) -> None:
+    with grpc.insecure_channel(node) as channel, pytest.raises(grpc.RpcError) as caught:
+        _put(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

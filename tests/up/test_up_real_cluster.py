@@ -1,0 +1,80 @@
+"""The README's first command for real: ``python -m beanraft up`` runs 3 nodes and a proxy; a
+beanstalkd client (greenstalk) puts and reserves; SIGTERM stops everything; the next run has
+the jobs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import greenstalk
+import pytest
+
+from beanraft.up_plan import free_ports
+
+from .test_up_orchestration import UpProcess, _alive
+
+pytest.importorskip("cluster.server", reason="the cluster node (cluster/server.py) is not here yet")
+pytest.importorskip("proxy.cli", reason="the proxy (proxy/cli.py) is not here yet")
+
+pytestmark = pytest.mark.slow
+
+
+class RealUp(UpProcess):
+    def __init__(self, *flags: str) -> None:
+        self.lines = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "beanraft", "up", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._start_reader()
+
+
+def _up(data_dir: Path, listen: str) -> RealUp:
+    up = RealUp("--nodes", "3", "--workers", "0", "--data-dir", str(data_dir), "--listen", listen)
+    up.wait_for("beanraft is up", timeout_s=180)
+    return up
+
+
+def _stop(up: RealUp) -> None:
+    up.process.send_signal(signal.SIGTERM)
+    assert up.finish(timeout_s=90) == 0, up.output()
+    assert not [name for name, pid in up.child_pids().items() if _alive(pid)], up.output()
+
+
+def test_up_serves_greenstalk_stops_cleanly_and_keeps_jobs_across_runs(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    up = _up(tmp_path, f"127.0.0.1:{port}")
+    try:
+        assert sorted(up.child_pids()) == ["node-1", "node-2", "node-3", "proxy"]
+        with greenstalk.Client(("127.0.0.1", port)) as client:
+            held_id = client.put("reserved when stopped", ttr=120)
+            ready_id = client.put(b"\x00binary\r\nbody", ttr=120)
+            job = client.reserve(timeout=30)
+            assert (job.id, job.body) == (held_id, "reserved when stopped")
+        _stop(up)
+    finally:
+        up.kill()
+    assert stat.S_IMODE((tmp_path / "cluster.secret").stat().st_mode) == 0o600
+    assert (tmp_path / "tls" / "node-3.crt").exists()
+    addresses = json.loads((tmp_path / "up.json").read_text())
+
+    again = _up(tmp_path, f"127.0.0.1:{port}")
+    try:
+        assert "resuming a 3-node cluster" in again.output()
+        assert json.loads((tmp_path / "up.json").read_text()) == addresses
+        with greenstalk.Client(("127.0.0.1", port), encoding=None) as client:
+            assert client.peek(ready_id).body == b"\x00binary\r\nbody"
+            # The stopped proxy released its client's job, so both are ready again.
+            reserved = {client.reserve(timeout=30).id for _ in range(2)}
+            assert reserved == {held_id, ready_id}
+            assert client.stats()["total-jobs"] == 2
+        _stop(again)
+    finally:
+        again.kill()
