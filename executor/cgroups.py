@@ -217,14 +217,17 @@ def kill_processes(directories: list[str], freezer_dir: str | None) -> None:
 
 def _set_freezer(directory: str, state: str) -> None:
     path = os.path.join(directory, "freezer.state")
-    if not os.path.exists(path):
-        return
-    write_file(path, state)
-    # FREEZING becomes FROZEN once every task stopped; the kernel needs no more than a few ms.
-    for attempt in range(200):
-        if state == "THAWED" or _read(path) == state:
-            return
-        time.sleep(0.0005 * (attempt + 1))
+    try:
+        write_file(path, state)
+        # FREEZING becomes FROZEN once every task stopped; the kernel needs a few ms at most.
+        for attempt in range(200):
+            if state == "THAWED" or _read(path) == state:
+                return
+            time.sleep(0.0005 * (attempt + 1))
+    except (CgroupError, OSError):
+        if os.path.isdir(directory):
+            raise
+        # The cgroup is gone (its owner removed it after the job ended): nothing to freeze.
 
 
 def remove_dirs(directories: list[str], timeout_s: float = 5.0) -> None:

@@ -103,10 +103,26 @@ def start(plan: Plan, backend: CgroupBackend, stdout_path: str, stderr_path: str
         for fd in (out_fd, err_fd, status_w):
             os.close(fd)
         os.set_blocking(status_r, False)
-        return RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms)
+        job = RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms)
+        _await_init(job)
+        return job
     except BaseException:
         cgroup.remove()
         raise
+
+
+def _await_init(job: RunningJob) -> None:
+    """Wait (on the pipe and the launcher's pidfd, no sleep) for the launcher to report its
+    init's pid, so that whoever stops the job can signal the init from the first moment."""
+    poller = select.poll()
+    poller.register(job.status_fd, select.POLLIN)
+    poller.register(job.launcher_fd, select.POLLIN)
+    while job.init_pid is None:
+        events = poller.poll()
+        if any(fd == job.launcher_fd for fd, _ in events):
+            return  # it failed before forking init; wait() reads why
+        if not job.read_status():
+            return
 
 
 def wait(

@@ -1,0 +1,210 @@
+"""The worker pool end to end: a real beanstalkd, a real `beanraft worker` process, real
+greenstalk clients, and the `beanraft submit/logs/stop` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import greenstalk
+import pytest
+
+from executor.client import submit, wait_result
+
+pytestmark = [pytest.mark.root, pytest.mark.beanstalkd]
+
+
+def sh(script: str, **extra: object) -> dict[str, object]:
+    return {"command": "/bin/sh", "args": ["-c", script], **extra}
+
+
+def beanraft(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "beanraft", *args], capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def results(log_dir: Any, job_id: int) -> list[dict[str, Any]]:
+    path = log_dir / f"job-{job_id}.results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_successful_job_is_deleted_and_its_result_reaches_the_result_tube(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker()
+    job_id = submit(beanstalkd, sh("echo out; echo err >&2", result_tube="results"))
+    record = wait_result(beanstalkd, "results", job_id, timeout_s=30)
+    assert record["status"] == "exited" and record["exit_code"] == 0
+    assert record["action"] == "delete"
+    assert record["worker_id"].endswith(f":{worker.proc.pid}")
+    for key in ("duration_ms", "peak_memory_bytes", "cpu_time_ms", "signal", "oom_killed"):
+        assert key in record
+    # The record is put before the delete, so a crash in between cannot lose it.
+    wait_until(lambda: job_state(beanstalkd, job_id) is None, 30, "the job to be deleted")
+    assert (worker.log_dir / f"job-{job_id}.stdout.log").read_text() == "out\n"
+    assert (worker.log_dir / f"job-{job_id}.stderr.log").read_text() == "err\n"
+
+
+def test_bad_spec_is_buried_with_a_reason_and_the_worker_goes_on(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker()
+    with greenstalk.Client(beanstalkd) as client:
+        bad_id = client.put("this is not a job spec")
+        root_id = client.put(json.dumps({"command": "true", "run_as_root": True}))
+    good_id = submit(beanstalkd, sh("true"))
+    wait_until(lambda: job_state(beanstalkd, good_id) is None, 30, "the good job to finish")
+    assert job_state(beanstalkd, bad_id) == "buried"
+    assert job_state(beanstalkd, root_id) == "buried"
+    (bad,) = results(worker.log_dir, bad_id)
+    assert bad["status"] == "invalid_spec" and "not JSON" in bad["error"]
+    (root,) = results(worker.log_dir, root_id)
+    assert "allow-root" in root["error"]
+    assert "invalid job spec" in (worker.log_dir / f"job-{bad_id}.stderr.log").read_text()
+    assert worker.proc.poll() is None
+
+
+def test_failing_job_is_released_with_backoff_while_retries_remain_then_buried(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker()
+    job_id = submit(beanstalkd, sh("exit 5", retry={"max_retries": 1, "backoff_s": 1}))
+    wait_until(lambda: job_state(beanstalkd, job_id) == "buried", 30, "the job to be buried")
+    records = results(worker.log_dir, job_id)
+    assert [r["action"] for r in records] == ["release", "bury"]
+    assert all(r["exit_code"] == 5 for r in records)
+    assert [r["attempt"] for r in records] == [1, 2]
+    assert records[1]["finished_at_ms"] - records[0]["finished_at_ms"] >= 900  # the back-off
+
+
+def test_ten_second_job_with_three_second_ttr_stays_reserved(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    start_worker()
+    with greenstalk.Client(beanstalkd) as client:
+        body = json.dumps({"command": "/bin/sleep", "args": ["10"]})
+        job_id = client.put(body, ttr=3)
+        wait_until(lambda: job_state(beanstalkd, job_id) == "reserved", 30, "a reservation")
+        for _ in range(8):  # well past several TTRs
+            time.sleep(1)
+            stats = client.stats_job(job_id)
+            assert stats["state"] == "reserved"
+            assert stats["reserves"] == 1 and stats["timeouts"] == 0
+    wait_until(lambda: job_state(beanstalkd, job_id) is None, 30, "the job to be deleted")
+
+
+def test_killed_worker_loses_nothing_job_comes_back_and_cgroups_are_swept(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any, cgroup_root: str
+) -> None:
+    worker = start_worker()
+    with greenstalk.Client(beanstalkd) as client:
+        job_id = client.put(json.dumps({"command": "/bin/sleep", "args": ["300"]}), ttr=2)
+    state_file = worker.log_dir / f"job-{job_id}.state.json"
+    state = wait_until(lambda: state_file.exists() and json.loads(state_file.read_text()), 30, "")
+    job_dirs = list(state["cgroup"]["dirs"].values())
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.proc.wait()
+    # The job's processes die with the worker (PR_SET_PDEATHSIG); beanstalkd gives it back.
+    wait_until(lambda: job_state(beanstalkd, job_id) == "ready", 15, "the job to come back")
+    wait_until(lambda: not _procs(job_dirs), 15, "the job's processes to die")
+    worker_dirs = {os.path.dirname(d) for d in job_dirs}
+    assert all(os.path.isdir(d) for d in worker_dirs)  # left behind by the crash...
+    with greenstalk.Client(beanstalkd) as client:
+        again = client.reserve(timeout=5)  # any client can take the job again
+        assert again.id == job_id
+        client.delete(again)
+    second = start_worker()
+    # ...and swept by the next worker on this host at its start.
+    wait_until(lambda: not any(os.path.isdir(d) for d in worker_dirs), 30, "the sweep")
+    assert second.stop() == 0
+    assert "swept stale worker cgroups" in second.log()
+
+
+def _procs(dirs: list[str]) -> list[str]:
+    found = []
+    for d in dirs:
+        try:
+            with open(os.path.join(d, "cgroup.procs")) as f:
+                found.extend(f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def test_sigterm_lets_the_worker_stop_and_release_its_unfinished_job(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker("--shutdown-grace", "1", "--grace", "1")
+    job_id = submit(beanstalkd, sh("sleep 300"))
+    wait_until(lambda: job_state(beanstalkd, job_id) == "reserved", 30, "a reservation")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    assert job_state(beanstalkd, job_id) == "ready"
+    (record,) = results(worker.log_dir, job_id)
+    assert record["action"] == "release_on_shutdown"
+
+
+def test_stop_command_stops_a_running_job_and_it_is_buried_as_stopped(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker()
+    job_id = submit(beanstalkd, sh("trap '' TERM; echo started; sleep 300 & wait"))
+    state_file = worker.log_dir / f"job-{job_id}.state.json"
+    wait_until(state_file.exists, 30, "the job to start")
+    done = beanraft("stop", str(job_id), "--log-dir", str(worker.log_dir), "--grace", "1")
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: job_state(beanstalkd, job_id) == "buried", 30, "the job to be buried")
+    (record,) = results(worker.log_dir, job_id)
+    assert record["status"] == "stopped" and record["stopped"]
+    again = beanraft("stop", str(job_id), "--log-dir", str(worker.log_dir))
+    assert again.returncode == 1 and "not running" in again.stderr
+
+
+def test_logs_command_shows_and_follows_a_running_job(
+    beanstalkd: Any, start_worker: Any, wait_until: Any
+) -> None:
+    worker = start_worker()
+    job_id = submit(beanstalkd, sh("for i in 1 2 3; do echo line$i; sleep 0.5; done; echo e >&2"))
+    wait_until((worker.log_dir / f"job-{job_id}.stdout.log").exists, 30, "the log file")
+    followed = beanraft("logs", str(job_id), "-f", "--log-dir", str(worker.log_dir))
+    assert followed.returncode == 0
+    assert followed.stdout == "line1\nline2\nline3\n"
+    assert followed.stderr == "e\n"
+    missing = beanraft("logs", "999999", "--log-dir", str(worker.log_dir))
+    assert missing.returncode == 1 and "no logs" in missing.stderr
+
+
+def test_submit_command_puts_a_valid_spec_and_rejects_a_bad_one(beanstalkd: Any) -> None:
+    address = f"{beanstalkd[0]}:{beanstalkd[1]}"
+    put = beanraft(
+        "submit",
+        "--beanstalkd",
+        address,
+        "--tube",
+        "t1",
+        "--max-memory",
+        "256",
+        "--env",
+        "A=1",
+        "--",
+        "echo",
+        "hi",
+    )
+    assert put.returncode == 0, put.stderr
+    job_id = json.loads(put.stdout)["job_id"]
+    with greenstalk.Client(beanstalkd, watch="t1") as client:
+        job = client.reserve(timeout=5)
+        assert job.id == job_id
+        spec = json.loads(job.body)
+    assert spec["command"] == "echo" and spec["args"] == ["hi"]
+    assert spec["limits"]["memory_mb"] == 256 and spec["env"] == {"A": "1"}
+    bad = beanraft("submit", "--beanstalkd", address, "--max-memory", "1", "--", "true")
+    assert bad.returncode == 2 and "memory_mb" in bad.stderr
