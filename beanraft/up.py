@@ -250,6 +250,7 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
     ]
     if workers:
         lines.append(f"  beanraft submit --beanstalkd {beanstalkd} -- echo hello")
+        lines.append(f"  beanraft logs JOB_ID --log-dir {data_dir / 'logs'}")
     lines.append("stop with Ctrl-C; run the same command again to resume")
     return lines
 
