@@ -33,7 +33,7 @@ import struct
 import sys
 from array import array
 from heapq import heapify
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from operator import attrgetter
 
 from statemachine.counters import FIELDS
@@ -327,7 +327,7 @@ def _decode_jobs(reader: _Reader, state: State, clients: list[Client]) -> None:
     reader.take(sum(sizes))
     ends = list(accumulate(sizes, initial=start))
     data = reader.raw
-    bodies = [data[a:b] for a, b in zip(ends, ends[1:])]  # noqa: RUF007 (faster than pairwise)
+    bodies = [data[a:b] for a, b in pairwise(ends)]
     priority, delay, ttr, created, job_state, deadline = ints
     jobs = list(
         map(Job, ids, job_tubes, priority, delay, ttr, bodies, created, job_state, deadline,
