@@ -56,6 +56,9 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Connections the harness made before the test (the readiness probe): they count in
+    # total-connections.
+    probe_connections: int = 0
 
     def connect(self) -> Client:
         return Client("127.0.0.1", self.port)
@@ -77,7 +80,7 @@ def start_beanstalkd(max_job_size: int | None = None) -> Server:
         args += ["-z", str(max_job_size)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process, 10)
-    return Server("beanstalkd", port, process)
+    return Server("beanstalkd", port, process, probe_connections=1)
 
 
 def start_proxy(
