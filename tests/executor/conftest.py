@@ -135,6 +135,12 @@ class JobRunner:
 
 
 @pytest.fixture
+def job_runner_for(tmp_path: Path) -> Any:
+    """A JobRunner on a given backend (for the v2 test on a v1 host's unified hierarchy)."""
+    return lambda backend: JobRunner(backend, tmp_path)
+
+
+@pytest.fixture
 def jobs(backend: CgroupBackend, tmp_path: Path) -> JobRunner:
     return JobRunner(backend, tmp_path)
 
@@ -175,6 +181,31 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.output.read_text()
+
+
+@pytest.fixture
+def free_port_and_wait() -> tuple[Any, Any]:
+    return free_port, wait_for_port
+
+
+@pytest.fixture
+def worker_for(tmp_path: Path, cgroup_root: str) -> Iterator[Any]:
+    """Start `beanraft worker` processes against any beanstalkd-protocol endpoint."""
+    require_root()
+    workers: list[WorkerProcess] = []
+
+    def start(address: tuple[str, int], *extra: str) -> WorkerProcess:
+        log_dir = tmp_path / f"logs-{len(workers)}"
+        log_dir.mkdir()
+        worker = WorkerProcess(address, log_dir, cgroup_root, *extra)
+        workers.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 @pytest.fixture

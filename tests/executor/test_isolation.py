@@ -205,3 +205,75 @@ def test_job_cgroups_are_removed_after_the_job(jobs: JobRunner) -> None:
     assert all(os.path.isdir(d) for d in dirs)
     jobs.finish(job)
     assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_limit_that_cannot_be_applied_fails_the_job_instead_of_running_unlimited(
+    jobs: JobRunner,
+) -> None:
+    from executor.cgroups import CgroupError
+
+    with pytest.raises(CgroupError, match=r"cpuset\.cpus"):
+        jobs.start({"command": "/bin/true", "limits": {"cpu_cores": "999"}})
+
+
+def test_io_limit_is_written_for_every_real_block_device(jobs: JobRunner, wait_until: Any) -> None:
+    from executor.cgroups import block_devices
+
+    devices = block_devices()
+    if not devices:
+        pytest.skip("no real block device on this host")
+    job = jobs.start(sh("echo ready; sleep 300", limits={"io_bps": 1 << 20}))
+    try:
+        if job.cgroup.version == 1:
+            path = os.path.join(job.cgroup.dirs["blkio"], "blkio.throttle.write_bps_device")
+            expected = [f"{dev} {1 << 20}" for dev in devices]
+        else:
+            path = os.path.join(job.cgroup.dirs[""], "io.max")
+            expected = [f"{dev} rbps={1 << 20} wbps={1 << 20}" for dev in devices]
+        with open(path) as f:
+            written = f.read()
+        for line in expected:
+            assert line in written
+    finally:
+        jobs.finish(job, should_stop=lambda: True)
+
+
+V2_MOUNT = "/sys/fs/cgroup/unified"
+
+
+def test_cgroup_v2_memory_and_pids_limits_for_real_when_a_v2_hierarchy_has_controllers(
+    cgroup_root: str, job_runner_for: Any
+) -> None:
+    from executor.cgroup_backends import CgroupV2
+    from executor.cgroups import worker_dir_name
+
+    mount = _v2_mount()
+    if mount is None:
+        pytest.skip(
+            "no cgroup2 hierarchy with cpu, memory and pids controllers on this host (v1 host, "
+            f"{V2_MOUNT} has none); the v2 file writes are tested against a temp dir"
+        )
+    backend = CgroupV2(mount, cgroup_root, worker_dir_name(os.getpid()))
+    try:
+        runner_v2 = job_runner_for(backend)
+        run = runner_v2.run(py("x = b'a' * (256 << 20)", limits={"memory_mb": 48}))
+        assert run.result.status == "oom"
+        run = runner_v2.run(py(FORK_UNTIL_REFUSED, limits={"pids": 20}))
+        assert int(run.stdout.split()[0]) < 20
+    finally:
+        backend.close()
+        os.rmdir(os.path.join(mount, cgroup_root))
+
+
+def _v2_mount() -> str | None:
+    from executor.cgroups import CGROUP_MOUNT, detect_version
+
+    for mount in (CGROUP_MOUNT, V2_MOUNT):
+        try:
+            with open(os.path.join(mount, "cgroup.controllers")) as f:
+                controllers = f.read().split()
+        except OSError:
+            continue
+        if detect_version(mount) == 2 and {"memory", "pids", "cpu"} <= set(controllers):
+            return mount
+    return None
