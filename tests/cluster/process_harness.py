@@ -1,0 +1,170 @@
+"""Multi-process clusters for fault tests: each node is ``python -m beanraft node`` on free
+loopback ports, killed with SIGKILL, paused with SIGSTOP, restarted on the same data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
+from api.client import RemoteQueue, open_channel
+from cluster_harness import SECRET, free_ports
+
+STARTUP_S = 30.0
+
+
+class Node:
+    def __init__(self, root: Path, node_id: str, raft_addr: str, grpc_addr: str) -> None:
+        self.node_id = node_id
+        self.raft_addr = raft_addr
+        self.grpc_addr = grpc_addr
+        self.data_dir = root / f"node-{node_id}"
+        self.log_path = root / f"node-{node_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
+
+    def argv(self, peers: list[str], security: list[str], fsync: str) -> list[str]:
+        argv = [sys.executable, "-m", "beanraft", "node", "--node-id", self.node_id]
+        argv += ["--data-dir", str(self.data_dir), "--raft-addr", self.raft_addr]
+        argv += ["--grpc-addr", self.grpc_addr, "--fsync", fsync, *security]
+        if peers:
+            argv += ["--peers", ",".join(peers)]
+        return argv + self.extra
+
+    def start(self, argv: list[str]) -> None:
+        self._argv = argv
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=Path(__file__).parents[2])
+        log.close()
+
+    def restart(self) -> None:
+        self.start(self._argv)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class ProcessCluster:
+    def __init__(
+        self, root: Path, size: int = 3, tls_dir: Path | None = None, fsync: str = "batch"
+    ) -> None:
+        self.root = root
+        self.tls_dir = tls_dir
+        self.fsync = fsync
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "secret").write_text(SECRET)
+        self.nodes: list[Node] = []
+        for _ in range(size):
+            self.add_node_slot()
+
+    def add_node_slot(self) -> Node:
+        raft, grpc_port = free_ports(2)
+        node_id = str(len(self.nodes) + 1)
+        node = Node(self.root, node_id, f"127.0.0.1:{raft}", f"127.0.0.1:{grpc_port}")
+        self.nodes.append(node)
+        return node
+
+    def security(self) -> list[str]:
+        tls = ["--tls-dir", str(self.tls_dir)] if self.tls_dir else ["--insecure"]
+        return [*tls, "--cluster-secret-file", str(self.root / "secret")]
+
+    def start(self, node: Node, peers: list[Node] | None = None) -> None:
+        others = [n.raft_addr for n in (peers or self.nodes) if n is not node]
+        node.start(node.argv(others, self.security(), self.fsync))
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            self.start(node)
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def running(self) -> list[Node]:
+        return [n for n in self.nodes if n.running]
+
+    def queue(self, proxy: bool = True) -> RemoteQueue:
+        return RemoteQueue([n.grpc_addr for n in self.nodes], self.tls_dir, "admin")
+
+    def channel(self, node: Node) -> grpc.aio.Channel:
+        return open_channel(node.grpc_addr, self.tls_dir, "admin")
+
+    async def status(self, node: Node) -> cluster_pb2.ClusterStatus | None:
+        async with self.channel(node) as channel:
+            try:
+                status: cluster_pb2.ClusterStatus = await cluster_pb2_grpc.ClusterStub(
+                    channel
+                ).Status(empty_pb2.Empty(), timeout=3)
+                return status
+            except grpc.aio.AioRpcError:
+                return None
+
+    async def wait_for_leader(self, timeout_s: float = STARTUP_S) -> Node:
+        give_up = time.monotonic() + timeout_s
+        while time.monotonic() < give_up:
+            for node in self.running():
+                status = await self.status(node)
+                if status is not None and status.is_leader and status.ready:
+                    if all(m.grpc_addr for m in status.members if m.connected):
+                        return node
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no leader within {timeout_s} s; see logs in {self.root}")
+
+    async def snapshot(self, node: Node) -> tuple[bytes, int]:
+        async with self.channel(node) as channel:
+            data = b""
+            index = 0
+            stub = cluster_pb2_grpc.ClusterStub(channel)
+            async for chunk in stub.StreamSnapshot(empty_pb2.Empty(), timeout=30):
+                data += chunk.data
+                index = index or chunk.applied_index
+            return data, index
+
+    async def assert_converged(self, timeout_s: float = 30.0) -> bytes:
+        """Every running replica reaches the same applied index and equal snapshots."""
+        give_up = time.monotonic() + timeout_s
+        while True:
+            try:
+                snaps = [await self.snapshot(n) for n in self.running()]
+            except grpc.aio.AioRpcError:  # a restarted node is not serving yet
+                snaps = [(b"", -1), (b"?", -2)]
+            if len({s for s, _ in snaps}) == 1 and len({i for _, i in snaps}) == 1:
+                return snaps[0][0]
+            if time.monotonic() > give_up:
+                indexes = [i for _, i in snaps]
+                raise AssertionError(f"replicas did not converge (applied {indexes})")
+            await asyncio.sleep(0.2)

@@ -1,0 +1,224 @@
+"""Fault tests with real node processes: kill -9, restarts, membership, snapshot and restore.
+
+Each test ends by checking that every running replica holds an equal snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.client import RemoteQueue
+from process_harness import ProcessCluster
+from statemachine import commands as c
+from statemachine import replies as r
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
+    cluster = ProcessCluster(tmp_path)
+    cluster.start_all()
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def _put(body: bytes) -> c.Put:
+    return c.Put("default", 1, 0, 120_000, body)
+
+
+async def _bodies(queue: RemoteQueue, max_id: int) -> list[bytes]:
+    bodies = []
+    for job_id in range(1, max_id + 1):
+        reply = await queue.apply(c.Peek(job_id))
+        if isinstance(reply, r.Found):
+            bodies.append(reply.body)
+    return bodies
+
+
+def test_killing_the_leader_during_puts_loses_no_acknowledged_put_and_applies_none_twice(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        queue = cluster.queue()
+        acknowledged: dict[bytes, int] = {}
+        failed: list[bytes] = []
+        stop = asyncio.Event()
+
+        async def producer(worker: int) -> None:
+            n = 0
+            while not stop.is_set():
+                body = b"w%d-%d" % (worker, n)
+                n += 1
+                try:
+                    reply = await queue.apply(_put(body))
+                    assert isinstance(reply, r.Inserted)
+                    acknowledged[body] = reply.job_id
+                except Exception:
+                    failed.append(body)
+
+        producers = [asyncio.create_task(producer(w)) for w in range(8)]
+        await asyncio.sleep(1.5)
+        leader.kill()
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(*producers)
+        assert len(acknowledged) > 50
+        stats = await queue.apply(c.Stats())
+        assert isinstance(stats, r.ServerStats)
+        bodies = await _bodies(queue, stats.total_jobs)
+        assert len(bodies) == len(set(bodies)), "a put was applied twice"
+        assert set(acknowledged) <= set(bodies), "an acknowledged put was lost"
+        assert stats.current_jobs_ready == len(bodies)
+        leader.restart()
+        await cluster.assert_converged()
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_killing_every_node_at_once_and_restarting_brings_the_state_back(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        await cluster.wait_for_leader()
+        queue = cluster.queue()
+        for i in range(30):
+            assert await queue.apply(_put(b"job-%d" % i)) == r.Inserted(i + 1)
+        await queue.apply(c.Delete("", 3))
+        before = await cluster.assert_converged()
+        await queue.close()
+        for node in cluster.nodes:
+            node.kill()
+        for node in cluster.nodes:
+            node.restart()
+        await cluster.wait_for_leader()
+        assert await cluster.assert_converged() == before
+        queue = cluster.queue()
+        assert await queue.apply(_put(b"after")) == r.Inserted(31)
+        await queue.close()
+        await cluster.assert_converged()
+
+    asyncio.run(scenario())
+
+
+def test_a_fourth_node_joins_and_catches_up_then_the_leader_leaves(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        await cluster.wait_for_leader()
+        queue = cluster.queue()
+        for i in range(20):
+            await queue.apply(_put(b"early-%d" % i))
+        fourth = cluster.add_node_slot()
+        fourth.extra = ["--join", cluster.nodes[0].grpc_addr]
+        cluster.start(fourth, peers=[])
+        await _wait_members(cluster, 4)
+        await queue.apply(_put(b"with-four"))
+        await cluster.assert_converged()
+
+        leader = await cluster.wait_for_leader()
+        _admin(cluster, "leave", "--node-id", leader.node_id)
+        leader.stop()
+        await _wait_members(cluster, 3)
+        assert isinstance(await queue.apply(_put(b"after-leave")), r.Inserted)
+        await cluster.assert_converged()
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+async def _wait_members(cluster: ProcessCluster, count: int) -> None:
+    for _ in range(300):
+        leader = await cluster.wait_for_leader()
+        status = await cluster.status(leader)
+        if status is not None and len(status.members) == count:
+            if all(m.connected for m in status.members):
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the cluster never had {count} connected members")
+
+
+def _admin(cluster: ProcessCluster, *args: str) -> str:
+    addresses = ",".join(n.grpc_addr for n in cluster.running())
+    argv = [sys.executable, "-m", "beanraft", "cluster", args[0], "--cluster", addresses]
+    argv += ["--tls-dir", str(cluster.tls_dir)] if cluster.tls_dir else ["--insecure"]
+    result = subprocess.run([*argv, *args[1:]], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_snapshot_restores_into_a_new_cluster_with_the_same_jobs_and_numbering(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        await cluster.wait_for_leader()
+        queue = cluster.queue()
+        for i in range(10):
+            await queue.apply(c.Put("emails", i, 0, 60_000, b"mail-%d" % i))
+        await queue.apply(c.Put("later", 5, 3_600_000, 60_000, b"delayed"))
+        await queue.apply(c.Delete("", 10))
+        await queue.apply(c.Delete("", 11))  # the highest ids are gone: numbering must go on
+        original = await cluster.assert_converged()
+        out = tmp_path / "backup.snap"
+        _admin(cluster, "snapshot", "--out", str(out))
+        assert out.read_bytes() == original
+        await queue.close()
+
+        restored = ProcessCluster(tmp_path / "restored")
+        dirs = [a for n in restored.nodes for a in ("--data-dir", str(n.data_dir))]
+        result = subprocess.run(
+            [sys.executable, "-m", "beanraft", "cluster", "restore", str(out), *dirs],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        restored.start_all()
+        try:
+            await restored.wait_for_leader()
+            assert await restored.assert_converged() == original
+            queue = restored.queue()
+            assert await queue.apply(_put(b"next")) == r.Inserted(12)
+            assert await queue.apply(c.Peek(3)) == r.Found(3, b"mail-2")
+            await restored.assert_converged()
+            await queue.close()
+        finally:
+            restored.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        proxy = cluster.queue()
+        wakeups: list[r.Wakeup] = []
+        proxy.subscribe("proxy-1", wakeups.append)
+        await proxy.apply(c.Connect("worker-1", "proxy-1"))
+        assert await proxy.apply(c.Reserve("worker-1", None, "rsv-1")) == r.Waiting()
+        leader.kill()
+        producer = cluster.queue()
+        assert await producer.apply(_put(b"work")) == r.Inserted(1)
+        for _ in range(100):
+            if wakeups:
+                break
+            await asyncio.sleep(0.1)
+        assert wakeups == [r.Wakeup("worker-1", "proxy-1", "rsv-1", r.Reserved(1, b"work"))]
+        await proxy.close()
+        await producer.close()
+        leader.restart()
+        await cluster.assert_converged()
+
+    asyncio.run(scenario())
