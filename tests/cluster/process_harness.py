@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import grpc
+from cluster_harness import SECRET, free_ports
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from api.client import RemoteQueue, open_channel
-from cluster_harness import SECRET, free_ports
 
 STARTUP_S = 30.0
 
@@ -138,9 +138,10 @@ class ProcessCluster:
         while time.monotonic() < give_up:
             for node in self.running():
                 status = await self.status(node)
-                if status is not None and status.is_leader and status.ready:
-                    if all(m.grpc_addr for m in status.members if m.connected):
-                        return node
+                if status is None or not (status.is_leader and status.ready):
+                    continue
+                if all(m.grpc_addr for m in status.members if m.connected):
+                    return node
             await asyncio.sleep(0.1)
         raise AssertionError(f"no leader within {timeout_s} s; see logs in {self.root}")
 

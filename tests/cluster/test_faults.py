@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from process_harness import ProcessCluster
 
 from api.client import RemoteQueue
-from process_harness import ProcessCluster
 from statemachine import commands as c
 from statemachine import replies as r
 
@@ -141,9 +141,9 @@ async def _wait_members(cluster: ProcessCluster, count: int) -> None:
     for _ in range(300):
         leader = await cluster.wait_for_leader()
         status = await cluster.status(leader)
-        if status is not None and len(status.members) == count:
-            if all(m.connected for m in status.members):
-                return
+        members = status.members if status is not None else []
+        if len(members) == count and all(m.connected for m in members):
+            return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the cluster never had {count} connected members")
 
