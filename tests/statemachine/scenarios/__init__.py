@@ -1,0 +1,1 @@
+"""Scenario-test support: the Driver that applies commands and checks after each step."""
