@@ -146,3 +146,27 @@ def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
         assert up.finish() == 0
     finally:
         up.kill()
+
+
+def test_a_child_that_dies_later_is_reported_and_up_exits_non_zero(tmp_path: Path) -> None:
+    up = _run_until_up(tmp_path, f"127.0.0.1:{free_ports(1)[0]}")
+    try:
+        os.kill(up.child_pids()["node-3"], signal.SIGKILL)
+        up.wait_for("node-3 exited unexpectedly (signal 9); the others keep running")
+        assert _alive(up.child_pids()["node-1"])
+        up.process.send_signal(signal.SIGTERM)
+        assert up.finish() == 1
+    finally:
+        up.kill()
+    assert not [name for name, pid in up.child_pids().items() if _alive(pid)]
+
+
+def test_killing_up_with_sigkill_takes_its_children_down(tmp_path: Path) -> None:
+    up = _run_until_up(tmp_path, f"127.0.0.1:{free_ports(1)[0]}")
+    pids = up.child_pids()
+    up.process.kill()  # no chance to clean up: the kernel's parent-death signal must do it
+    up.finish()
+    deadline = time.monotonic() + 30
+    while [pid for pid in pids.values() if _alive(pid)]:
+        assert time.monotonic() < deadline, [n for n, p in pids.items() if _alive(p)]
+        time.sleep(0.1)

@@ -16,6 +16,7 @@ import pytest
 
 from beanraft.up_plan import free_ports
 
+from .listening import listening_addresses
 from .test_up_orchestration import UpProcess, _alive
 
 pytest.importorskip("cluster.server", reason="the cluster node (cluster/server.py) is not here yet")
@@ -48,11 +49,20 @@ def _stop(up: RealUp) -> None:
     assert not [name for name, pid in up.child_pids().items() if _alive(pid)], up.output()
 
 
+def _assert_loopback_only(up: RealUp) -> None:
+    """pysyncobj binds every interface by default: nothing of ours may."""
+    for name, pid in up.child_pids().items():
+        addresses = listening_addresses(pid)
+        assert addresses, f"{name} listens nowhere"
+        assert {host for host, _ in addresses} == {"127.0.0.1"}, (name, addresses)
+
+
 def test_up_serves_greenstalk_stops_cleanly_and_keeps_jobs_across_runs(tmp_path: Path) -> None:
     port = free_ports(1)[0]
     up = _up(tmp_path, f"127.0.0.1:{port}")
     try:
         assert sorted(up.child_pids()) == ["node-1", "node-2", "node-3", "proxy"]
+        _assert_loopback_only(up)
         with greenstalk.Client(("127.0.0.1", port)) as client:
             held_id = client.put("reserved when stopped", ttr=120)
             ready_id = client.put(b"\x00binary\r\nbody", ttr=120)
