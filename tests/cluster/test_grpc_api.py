@@ -1,0 +1,184 @@
+"""The gRPC API of real node processes: coolbeans-compatible calls, errors, and follower writes.
+
+One three-node cluster serves the module; every test ends with equal snapshots everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
+from process_harness import Node, ProcessCluster
+from statemachine import codec
+from statemachine import commands as c
+from statemachine import replies as r
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    cluster = ProcessCluster(tmp_path_factory.mktemp("grpc-api"))
+    cluster.start_all()
+    try:
+        asyncio.run(cluster.wait_for_leader())
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+async def _follower(cluster: ProcessCluster) -> Node:
+    leader = await cluster.wait_for_leader()
+    return next(n for n in cluster.nodes if n is not leader)
+
+
+def _run(cluster: ProcessCluster, scenario: object) -> None:
+    async def with_convergence() -> None:
+        await scenario  # type: ignore[misc]
+        await cluster.assert_converged()
+
+    asyncio.run(with_convergence())
+
+
+def test_a_follower_accepts_a_write_and_forwards_it_to_the_leader(cluster: ProcessCluster) -> None:
+    async def scenario() -> None:
+        follower = await _follower(cluster)
+        async with cluster.channel(follower) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            command = codec.encode_command(c.Put("forwarded", 1, 0, 60_000, b"via follower"))
+            call = stub.Apply(jsm_pb2.ApplyRequest(command=command, request_id="f-1"))
+            response = await call
+            reply = codec.decode_outcome(response.outcome).reply
+            assert isinstance(reply, r.Inserted)
+            hint = dict(await call.trailing_metadata())["leader-grpc-addr"]
+            assert hint == (await cluster.wait_for_leader()).grpc_addr
+            peek = await stub.Apply(
+                jsm_pb2.ApplyRequest(command=codec.encode_command(c.Peek(reply.job_id)))
+            )
+            assert codec.decode_outcome(peek.outcome).reply == r.Found(
+                reply.job_id, b"via follower"
+            )
+
+    _run(cluster, scenario())
+
+
+def test_coolbeans_calls_put_reserve_and_delete_without_a_connect(cluster: ProcessCluster) -> None:
+    async def scenario() -> None:
+        follower = await _follower(cluster)
+        async with cluster.channel(follower) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            put = await stub.Put(
+                jsm_pb2.PutRequest(priority=5, ttr=30, tube_name="cb", body=b"hi", body_size=2)
+            )
+            reserve = await stub.Reserve(
+                jsm_pb2.ReserveRequest(
+                    client_id="conn-1",
+                    request_id="req-1",
+                    timeout_secs=0,
+                    watched_tubes=["cb"],
+                    proxy_id="proxy-cb",
+                )
+            )
+            resv = reserve.reservation
+            assert (resv.Status, resv.job_id, resv.body) == (jsm_pb2.Matched, put.job_id, b"hi")
+            assert (resv.client_id, resv.proxy_id, resv.request_id) == (
+                "conn-1",
+                "proxy-cb",
+                "req-1",
+            )
+            job = await stub.GetJob(jsm_pb2.GetJobRequest(job_id=put.job_id))
+            assert (job.job.id, job.job.body_size) == (put.job_id, 2)
+            await stub.Delete(
+                jsm_pb2.DeleteRequest(job_id=put.job_id, proxy_id="proxy-cb", client_id="conn-1")
+            )
+            tubes = await stub.ListTubes(empty_pb2.Empty())
+            assert "default" in tubes.tubes
+            stats = await stub.GetStatsYaml(empty_pb2.Empty())
+            assert b"cmd-delete: " in stats.stats_yaml
+
+    _run(cluster, scenario())
+
+
+@pytest.mark.parametrize(
+    ("call", "request_message", "code", "fragment"),
+    [
+        ("Delete", jsm_pb2.DeleteRequest(job_id=999_999, proxy_id="p", client_id="c"),
+         grpc.StatusCode.NOT_FOUND, "no such job"),
+        ("Delete", jsm_pb2.DeleteRequest(job_id=1), grpc.StatusCode.INVALID_ARGUMENT,
+         "proxy_id and client_id"),
+        ("GetJob", jsm_pb2.GetJobRequest(job_id=999_999), grpc.StatusCode.NOT_FOUND, "no such"),
+        ("Put", jsm_pb2.PutRequest(tube_name="-bad", ttr=1), grpc.StatusCode.INVALID_ARGUMENT,
+         "tube"),
+        ("Apply", jsm_pb2.ApplyRequest(command=b"\x01junk"), grpc.StatusCode.INVALID_ARGUMENT,
+         "unknown value tag"),
+        ("PeekReady", jsm_pb2.PeekRequest(tube_name="nothing-here"), grpc.StatusCode.NOT_FOUND,
+         "no such"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_a_precise_status_with_a_message_never_unknown(
+    cluster: ProcessCluster,
+    call: str,
+    request_message: object,
+    code: grpc.StatusCode,
+    fragment: str,
+) -> None:
+    async def scenario() -> None:
+        async with cluster.channel(cluster.nodes[0]) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await getattr(stub, call)(request_message, timeout=10)
+            assert raised.value.code() == code
+            assert fragment in (raised.value.details() or "")
+
+    _run(cluster, scenario())
+
+
+def test_status_names_every_member_the_leader_and_their_lag(cluster: ProcessCluster) -> None:
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        async with cluster.channel(cluster.nodes[0]) as channel:
+            status = await cluster_pb2_grpc.ClusterStub(channel).Status(empty_pb2.Empty())
+        assert status.leader_grpc_addr == leader.grpc_addr
+        assert sorted(m.raft_addr for m in status.members) == sorted(
+            n.raft_addr for n in cluster.nodes
+        )
+        assert {m.node_id for m in status.members} == {"1", "2", "3"}
+
+    _run(cluster, scenario())
+
+
+def test_a_write_without_quorum_gets_unavailable_saying_to_retry_with_its_request_id(
+    tmp_path: Path,
+) -> None:
+    """With no quorum (two of three nodes paused) a node answers UNAVAILABLE, not UNKNOWN."""
+    cluster = ProcessCluster(tmp_path, fsync="never")
+    cluster.start_all()
+
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        others = [n for n in cluster.nodes if n is not leader]
+        for node in others:
+            node.pause()
+        try:
+            async with cluster.channel(leader) as channel:
+                stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+                command = codec.encode_command(c.Put("default", 1, 0, 60_000, b"x"))
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.Apply(jsm_pb2.ApplyRequest(command=command, request_id="q"))
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "request id" in (raised.value.details() or "")
+        finally:
+            for node in others:
+                node.resume()
+        await cluster.wait_for_leader()
+        await cluster.assert_converged()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.stop_all()
