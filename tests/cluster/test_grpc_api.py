@@ -11,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from process_harness import Node, ProcessCluster
 
 from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
-from process_harness import Node, ProcessCluster
 from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r
