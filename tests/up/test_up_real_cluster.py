@@ -88,3 +88,20 @@ def test_up_serves_greenstalk_stops_cleanly_and_keeps_jobs_across_runs(tmp_path:
         _stop(again)
     finally:
         again.kill()
+
+
+def test_up_insecure_warns_loudly_and_still_serves(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    up = RealUp(
+        "--nodes", "1", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}", "--insecure"
+    )
+    try:
+        up.wait_for("beanraft is up", timeout_s=180)
+        assert "WARNING: --insecure: gRPC without TLS or roles" in up.output()
+        assert not (tmp_path / "tls").exists()
+        with greenstalk.Client(("127.0.0.1", port)) as client:
+            job_id = client.put("insecure but working")
+            assert client.reserve(timeout=30).id == job_id
+        _stop(up)
+    finally:
+        up.kill()
