@@ -51,6 +51,9 @@ def launcher_main(
     try:
         _reset_signals()
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The launcher and init are forks of the worker: its memory and its exec-time
+        # environment (/proc/PID/environ) must not be readable from the job, even by uid 0.
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
         os.setsid()  # a Ctrl-C at the worker's terminal is not the job's business
         _keep_only_fds({status_fd, out_fd, err_fd})
         for path in procs_files:

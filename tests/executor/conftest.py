@@ -111,14 +111,15 @@ class JobRun:
 class JobRunner:
     """Runs one spec through the real runner (no beanstalkd) and returns what happened."""
 
-    def __init__(self, backend: CgroupBackend, log_dir: Path) -> None:
+    def __init__(self, backend: CgroupBackend, log_dir: Path, allow_root: bool = False) -> None:
         self.backend = backend
         self.log_dir = log_dir
+        self.policy = WorkerPolicy(allow_root=allow_root)
         self.count = 0
 
     def start(self, raw: dict[str, Any]) -> runner.RunningJob:
         self.count += 1
-        plan = make_plan(spec_from_dict(raw), self.count, 1, host_layout(), WorkerPolicy())
+        plan = make_plan(spec_from_dict(raw), self.count, 1, host_layout(), self.policy)
         out, err = self.paths()
         return runner.start(plan, self.backend, str(out), str(err))
 
@@ -137,7 +138,7 @@ class JobRunner:
 @pytest.fixture
 def job_runner_for(tmp_path: Path) -> Any:
     """A JobRunner on a given backend (for the v2 test on a v1 host's unified hierarchy)."""
-    return lambda backend: JobRunner(backend, tmp_path)
+    return lambda backend, allow_root=False: JobRunner(backend, tmp_path, allow_root)
 
 
 @pytest.fixture

@@ -277,3 +277,13 @@ def _v2_mount() -> str | None:
         if detect_version(mount) == 2 and {"memory", "pids", "cpu"} <= set(controllers):
             return mount
     return None
+
+
+def test_root_job_cannot_read_the_worker_environment_through_its_init(
+    backend: Any, job_runner_for: Any
+) -> None:
+    runner_root = job_runner_for(backend, allow_root=True)
+    run = runner_root.run(sh("id -u; cat /proc/1/environ || echo denied", run_as_root=True))
+    assert run.stdout.splitlines()[0] == "0"
+    assert "denied" in run.stdout
+    assert "PATH=" not in run.stdout.split("denied")[0]
