@@ -20,6 +20,7 @@ session (its proxy's lease ran out): connect again, restore use and watches, ret
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ from statemachine import replies as r
 log = structlog.get_logger(__name__)
 
 _PEER_GONE: Final = object()
+# Job ids are uint64 on the wire but the machine's ids come from a counter that never leaves
+# int64 (the command codec's range). A larger id can name no job: it is sent as the largest
+# int64, which names none either, so the machine still counts the command and says NOT_FOUND.
+JOB_ID_MAX: Final = 2**63 - 1
 _BACKOFF_FIRST_S: Final = 0.02
 _BACKOFF_MAX_S: Final = 0.5
 
@@ -107,6 +112,11 @@ class Session:
         except QueueUnavailable:
             log.error("queue_unavailable", client_id=self.client_id, event=type(event).__name__)
             return render.INTERNAL_ERROR
+        except (ValueError, PermissionError) as error:
+            # The queue refused the command itself (a codec limit, a missing permission):
+            # this client gets beanstalkd's server-error reply and keeps its connection.
+            log.error("command_refused", client_id=self.client_id, error=str(error))
+            return render.INTERNAL_ERROR
 
     async def _handle(self, event: e.Event) -> bytes:
         match event:
@@ -133,6 +143,8 @@ class Session:
 
     def _command(self, event: e.Command) -> sm.Command:
         c = self.client_id
+        if getattr(event, "job_id", 0) > JOB_ID_MAX:
+            event = dataclasses.replace(event, job_id=JOB_ID_MAX)  # type: ignore[arg-type]
         match event:
             case e.Use(tube=tube):
                 return sm.Use(c, tube)

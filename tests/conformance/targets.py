@@ -129,6 +129,8 @@ def start_cluster(max_job_size: int | None = None) -> Server:
             "--data-dir", str(data / f"n{i + 1}"), "--raft-addr", raft[i],
             "--grpc-addr", grpc[i], "--peers", peers, "--insecure",
         ]  # fmt: skip
+        if max_job_size is not None:
+            args += ["--max-job-size", str(max_job_size)]
         log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
         nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     try:
