@@ -208,3 +208,30 @@ def test_submit_command_puts_a_valid_spec_and_rejects_a_bad_one(beanstalkd: Any)
     assert spec["limits"]["memory_mb"] == 256 and spec["env"] == {"A": "1"}
     bad = beanraft("submit", "--beanstalkd", address, "--max-memory", "1", "--", "true")
     assert bad.returncode == 2 and "memory_mb" in bad.stderr
+
+
+def test_sigterm_lets_a_running_job_finish_within_the_grace_period(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker("--shutdown-grace", "20")
+    job_id = submit(beanstalkd, sh("sleep 1.5; echo finished"))
+    wait_until(lambda: job_state(beanstalkd, job_id) == "reserved", 30, "a reservation")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    assert job_state(beanstalkd, job_id) is None  # finished and deleted, not released
+    assert (worker.log_dir / f"job-{job_id}.stdout.log").read_text() == "finished\n"
+
+
+def test_job_past_its_timeout_is_stopped_reported_and_retried_per_its_policy(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker("--grace", "1")
+    spec = sh("sleep 300", timeout_s=1, retry={"max_retries": 1, "backoff_s": 0})
+    job_id = submit(beanstalkd, spec)
+    wait_until(lambda: job_state(beanstalkd, job_id) == "buried", 60, "the job to be buried")
+    records = results(worker.log_dir, job_id)
+    assert [(r["status"], r["action"]) for r in records] == [
+        ("timeout", "release"),
+        ("timeout", "bury"),
+    ]
+    assert all(r["timed_out"] and r["duration_ms"] >= 1000 for r in records)
