@@ -14,11 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster import tls
-
-pytest.importorskip("cluster.server", reason="the cluster node (cluster/server.py) is not here yet")
-
 from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
+from cluster import tls
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,6 @@ from beanraft.up_plan import free_ports
 from .listening import listening_addresses
 from .test_up_orchestration import UpProcess, _alive
 
-pytest.importorskip("cluster.server", reason="the cluster node (cluster/server.py) is not here yet")
-pytest.importorskip("proxy.cli", reason="the proxy (proxy/cli.py) is not here yet")
-
 pytestmark = pytest.mark.slow
 
 
