@@ -163,3 +163,41 @@ def test_a_deadline_soon_instant_already_past_when_the_wait_starts_fires_on_the_
     assert q.reserve("c1") == r.Waiting()
     assert q.machine.next_deadline_ms() == 0
     assert q.tick(100) == (wakeup("c1", r.DeadlineSoon()),)
+
+
+def test_proxies_whose_leases_end_together_disconnect_in_proxy_id_order(q: Driver) -> None:
+    # Sorted by id, "pa" goes before "pb" although "pb" renewed first; each client's job
+    # returns to ready and goes to the earliest waiter still connected.
+    q.connect("b1", proxy="pb")
+    q.connect("a1", proxy="pa")
+    q.connect("w1", "w2", proxy="keep")
+    q.put(body=b"1")
+    q.put(body=b"2")
+    assert q.reserve("b1") == r.Reserved(1, b"1")
+    assert q.reserve("a1") == r.Reserved(2, b"2")
+    q.reserve("w1")
+    q.reserve("w2")
+    q.do(c.RenewLease("pb", 1_000))
+    q.do(c.RenewLease("pa", 1_000))
+    assert q.tick(1_000) == (
+        wakeup("w1", r.Reserved(2, b"2"), proxy="keep"),
+        wakeup("w2", r.Reserved(1, b"1"), proxy="keep"),
+    )
+
+
+def test_waits_that_time_out_together_wake_in_arrival_order(q: Driver) -> None:
+    q.connect("late", "early")
+    q.reserve("early", 5_000)
+    q.at(1_000)
+    q.reserve("late", 4_000)
+    assert q.tick(5_000) == (wakeup("early", r.TimedOut()), wakeup("late", r.TimedOut()))
+
+
+def test_deadline_soon_wakes_together_in_arrival_order(q: Driver) -> None:
+    q.connect("a", "b")
+    q.put_ids(2, ttr_ms=3_000)
+    q.reserve("b")
+    q.reserve("a")
+    q.reserve("a")  # a waits first
+    q.reserve("b")
+    assert q.tick(2_000) == (wakeup("a", r.DeadlineSoon()), wakeup("b", r.DeadlineSoon()))
