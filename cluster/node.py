@@ -104,6 +104,7 @@ class RaftNode:
             loop,
         )
         self._tick_inflight = False
+        self._last_ticked_deadline_ms: int | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     def _seed(self) -> bytes | None:
@@ -233,8 +234,16 @@ class RaftNode:
         wait_ms = deadline_ms - self.config.clock.now_ms()
         if wait_ms > 0:
             return min(0.05, max(0.002, wait_ms / 1000))
-        if not self._tick_inflight:
-            self.loop.create_task(self._propose_tick())
+        if self._tick_inflight:
+            return 0.002
+        if deadline_ms == self._last_ticked_deadline_ms:
+            # A committed Tick left this deadline due: the machine disagrees with itself about
+            # what is due. Do not flood the log; retry once a second and say so.
+            log.warning("a tick did not clear a due deadline", deadline_ms=deadline_ms)
+            self._last_ticked_deadline_ms = None
+            return 1.0
+        self._last_ticked_deadline_ms = deadline_ms
+        self.loop.create_task(self._propose_tick())
         return 0.002
 
     async def _propose_tick(self) -> None:
@@ -244,6 +253,7 @@ class RaftNode:
             await self.submit([request])
         except Exception as exc:  # a deposed leader's tick simply does not commit
             log.debug("tick not committed", error=str(exc))
+            self._last_ticked_deadline_ms = None
         finally:
             self._tick_inflight = False
 
