@@ -23,15 +23,19 @@ import datetime
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = structlog.get_logger(__name__)
 
 # admin: everything; node: a cluster member (everything, it forwards and joins);
 # proxy and worker: the queue calls; viewer: reads only. See cluster.auth.METHOD_ROLES.
@@ -240,6 +244,7 @@ def _load_cert(path: Path, hint: str) -> x509.Certificate:
 
 def _load_key(path: Path, hint: str) -> ec.EllipticCurvePrivateKey:
     data = _read(path, hint)
+    _warn_if_readable_by_others(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -256,6 +261,18 @@ def _read(path: Path, hint: str) -> bytes:
         raise TlsError(f"{path} is missing: {hint}") from None
     except OSError as exc:
         raise TlsError(f"cannot read {path} ({exc.strerror}): {hint}") from exc
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    # A warning, not a refusal: secret stores often mount keys 0644 inside a private directory.
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "private key readable by others",
+            path=str(path),
+            mode=oct(mode),
+            fix=f"chmod 600 {path}",
+        )
 
 
 def _check_signed_by(cert: x509.Certificate, ca: x509.Certificate, path: Path, hint: str) -> None:

@@ -120,3 +120,18 @@ def test_reissuing_replaces_the_pair_and_both_still_match(ca_dir: Path) -> None:
     tls.issue_certificate(ca_dir, "worker", "w")
     assert (ca_dir / "w.crt").read_bytes() != first
     assert len(tls.load_identity(ca_dir, "w")) == 3
+
+
+def test_a_private_key_readable_by_others_is_warned_about(ca_dir: Path) -> None:
+    from structlog.testing import capture_logs
+
+    tls.issue_certificate(ca_dir, "admin", "admin")
+    (ca_dir / "admin.key").chmod(0o644)
+    with capture_logs() as logs:
+        tls.channel_credentials(ca_dir, "admin")
+    assert [e["event"] for e in logs] == ["private key readable by others"]
+    assert logs[0]["fix"] == f"chmod 600 {ca_dir}/admin.key"
+    (ca_dir / "admin.key").chmod(0o600)
+    with capture_logs() as logs:
+        tls.channel_credentials(ca_dir, "admin")
+    assert logs == []
