@@ -19,6 +19,7 @@ back after their TTR, and the next worker on this host sweeps the cgroups it lef
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,6 +46,7 @@ Job = greenstalk.Job[bytes]
 RESERVE_TIMEOUT_S = 1  # how quickly an idle slot notices a shutdown
 TICK_MS = 250
 RECONNECT_DELAY_MAX_S = 5.0
+RELEASE_AFTER_ERROR_S = 5
 HOST_PATHS = (
     "/usr",
     "/bin",
@@ -167,6 +169,11 @@ class Worker:
                 log.warning("lost the job's connection", job_id=job.id, error=repr(exc))
                 client.close()
                 client = None
+            except Exception:
+                # A bug must not shrink the pool or strand the job: give it back and go on.
+                log.exception("unexpected error while handling a job; releasing it", job_id=job.id)
+                with contextlib.suppress(OSError, greenstalk.Error):
+                    client.release(job, delay=RELEASE_AFTER_ERROR_S)
         if client is not None:
             client.close()
 
