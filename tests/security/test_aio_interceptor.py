@@ -14,6 +14,7 @@ from cluster.auth import AioRoleInterceptor
 
 PUT = "/coolbeans.api.v1.JobStateMachine/Put"
 STREAM = "/coolbeans.api.v1.JobStateMachine/StreamWakeups"
+WRITER = "/coolbeans.api.v1.JobStateMachine/StreamReserveUpdates"
 JOIN = "/coolbeans.api.v1.Cluster/Join"
 
 
@@ -24,6 +25,12 @@ async def _put(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # t
 async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:  # type: ignore[type-arg]
     yield b""
     yield b""
+
+
+async def _writer(request: bytes, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+    # The other streaming style: a coroutine that writes, instead of an async generator.
+    await context.write(b"")
+    await context.write(b"")
 
 
 async def _join(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
@@ -39,6 +46,7 @@ async def _serve_and_call(tls_dir: Path, role: str) -> dict[str, grpc.StatusCode
                 {
                     "Put": grpc.unary_unary_rpc_method_handler(_put),
                     "StreamWakeups": grpc.unary_stream_rpc_method_handler(_stream),
+                    "StreamReserveUpdates": grpc.unary_stream_rpc_method_handler(_writer),
                 },
             ),
             grpc.method_handlers_generic_handler(
@@ -58,12 +66,13 @@ async def _serve_and_call(tls_dir: Path, role: str) -> dict[str, grpc.StatusCode
                     codes[method] = grpc.StatusCode.OK
                 except grpc.aio.AioRpcError as exc:
                     codes[method] = exc.code()
-            try:
-                responses = [r async for r in channel.unary_stream(STREAM)(b"", timeout=10)]
-                assert responses == [b"", b""]
-                codes[STREAM] = grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as exc:
-                codes[STREAM] = exc.code()
+            for stream in (STREAM, WRITER):
+                try:
+                    responses = [r async for r in channel.unary_stream(stream)(b"", timeout=10)]
+                    assert responses == [b"", b""]
+                    codes[stream] = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as exc:
+                    codes[stream] = exc.code()
     finally:
         await server.stop(grace=None)
     return codes
@@ -82,6 +91,7 @@ def test_aio_server_enforces_roles_on_unary_and_streaming_calls(
 ) -> None:
     codes = asyncio.run(_serve_and_call(tls_dir, role))
     assert codes[PUT] == put
-    assert codes[STREAM] == put  # the wake-up stream is a queue call like Put
+    assert codes[STREAM] == put  # the wake-up streams are queue calls like Put
+    assert codes[WRITER] == put
     assert codes[JOIN] == join
     assert codes["/coolbeans.api.v1.Cluster/Unknown"] == grpc.StatusCode.PERMISSION_DENIED
