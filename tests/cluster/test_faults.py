@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from process_harness import ProcessCluster
 
+from api import cluster_pb2_grpc, empty_pb2
 from api.client import RemoteQueue
 from statemachine import commands as c
 from statemachine import replies as r
@@ -119,12 +120,14 @@ def test_a_fourth_node_joins_and_catches_up_then_the_leader_leaves(
         queue = cluster.queue()
         for i in range(20):
             await queue.apply(_put(b"early-%d" % i))
+        await _compact_logs(cluster)  # so the new node must catch up from a snapshot
         fourth = cluster.add_node_slot()
         fourth.extra = ["--join", cluster.nodes[0].grpc_addr]
         cluster.start(fourth, peers=[])
         await _wait_members(cluster, 4)
         await queue.apply(_put(b"with-four"))
         await cluster.assert_converged()
+        assert "snapshot loaded" in fourth.log_path.read_text()
 
         leader = await cluster.wait_for_leader()
         _admin(cluster, "leave", "--node-id", leader.node_id)
@@ -135,6 +138,18 @@ def test_a_fourth_node_joins_and_catches_up_then_the_leader_leaves(
         await queue.close()
 
     asyncio.run(scenario())
+
+
+async def _compact_logs(cluster: ProcessCluster) -> None:
+    for node in cluster.running():
+        async with cluster.channel(node) as channel:
+            await cluster_pb2_grpc.ClusterStub(channel).Snapshot(empty_pb2.Empty(), timeout=10)
+    for node in cluster.running():
+        for _ in range(100):
+            if (node.data_dir / "raft.dump").exists():
+                break
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # the journal is cut on the tick after the dump is renamed
 
 
 async def _wait_members(cluster: ProcessCluster, count: int) -> None:

@@ -6,11 +6,14 @@ One three-node cluster serves the module; every test ends with equal snapshots e
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cluster_harness import free_ports
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from process_harness import Node, ProcessCluster
 
 from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
@@ -24,6 +27,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     cluster = ProcessCluster(tmp_path_factory.mktemp("grpc-api"))
+    (metrics_port,) = free_ports(1)
+    cluster.nodes[0].extra = ["--metrics-addr", f"127.0.0.1:{metrics_port}"]
+    cluster.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
     cluster.start_all()
     try:
         asyncio.run(cluster.wait_for_leader())
@@ -182,3 +188,34 @@ def test_a_write_without_quorum_gets_unavailable_saying_to_retry_with_its_reques
         asyncio.run(scenario())
     finally:
         cluster.stop_all()
+
+
+def test_every_node_serves_the_standard_health_service(cluster: ProcessCluster) -> None:
+    async def scenario() -> None:
+        await cluster.wait_for_leader()
+        for node in cluster.nodes:
+            async with cluster.channel(node) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    _run(cluster, scenario())
+
+
+def test_metrics_show_commit_latency_applied_index_and_jobs_by_state(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        queue = cluster.queue()
+        await queue.apply(c.Put("metrics", 1, 0, 60_000, b"m"))
+        await queue.close()
+        await asyncio.sleep(1.5)  # job counts are refreshed at most once a second
+        url = cluster.metrics_url  # type: ignore[attr-defined]
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        body = text.decode()
+        assert "beanraft_applied_index " in body
+        assert 'beanraft_jobs{state="ready"}' in body
+        assert "beanraft_leader_changes_total" in body
+        assert "beanraft_commit_latency_seconds_bucket" in body
+
+    _run(cluster, scenario())
