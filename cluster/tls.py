@@ -23,10 +23,7 @@ import datetime
 import ipaddress
 import os
 import re
-import socket
-import ssl
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,7 +97,7 @@ def init_ca(tls_dir: Path) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -161,7 +158,7 @@ def issue_certificate(
         .sign(ca_key, hashes.SHA256())
     )
     cert_path, key_path = identity_paths(tls_dir, name)
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
@@ -202,54 +199,6 @@ def load_identity(tls_dir: Path, name: str) -> tuple[bytes, bytes, bytes]:
         cert.public_bytes(serialization.Encoding.PEM),
         _key_pem(key),
     )
-
-
-def explain_refusal(address: str, tls_dir: Path, name: str, timeout_s: float = 5.0) -> str | None:
-    """Why a server at ``address`` ('HOST:PORT') does not accept us as ``name``, or None if it
-    does (or if the cause is not TLS).
-
-    gRPC reports a refused TLS handshake only as UNAVAILABLE "Socket closed"; a client that gets
-    that can call this to tell the user what was wrong. It checks our own files first, then
-    performs one TLS handshake with Python's ssl module and reads the server's first bytes.
-    """
-    try:
-        ca_pem, cert_pem, key_pem = load_identity(tls_dir, name)
-    except TlsError as exc:
-        return str(exc)
-    host, _, port = address.rpartition(":")
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    context.set_alpn_protocols(["h2"])
-    with tempfile.TemporaryDirectory() as tmp:  # ssl loads a chain only from files
-        chain = Path(tmp) / "chain.pem"
-        _write_private(chain, cert_pem + key_pem)
-        context.load_cert_chain(chain)
-    try:
-        with (
-            socket.create_connection((host, int(port)), timeout=timeout_s) as raw,
-            context.wrap_socket(raw, server_hostname=host) as conn,
-        ):
-            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # HTTP/2's preface
-            first = conn.recv(9)
-    except ssl.SSLCertVerificationError as exc:
-        return (
-            f"the server at {address} presented a certificate that {ca_paths(tls_dir)[0]} does not "
-            f"verify ({exc.verify_message}): the server and this client use different CAs, or "
-            "the server's certificate does not name this host (reissue it with --host)"
-        )
-    except ssl.SSLError as exc:
-        if exc.reason == "WRONG_VERSION_NUMBER":
-            return f"the server at {address} does not speak TLS (was it started with --insecure?)"
-        return f"the server at {address} ended the TLS handshake: {exc}"
-    except ConnectionResetError:
-        return f"the server at {address} reset the connection during the TLS handshake"
-    except OSError:
-        return None  # not a TLS problem: the server is down or unreachable
-    if not first:
-        return (
-            f"the server at {address} refused our client certificate {name}.crt after the "
-            "handshake: it trusts another CA (or requires a certificate we do not have)"
-        )
-    return None
 
 
 def role_of(cert: x509.Certificate) -> str | None:
@@ -375,7 +324,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write a secret so that it is never readable by others, not even for an instant: create
     a fresh file with mode 0600 and move it over the old one."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,4 +1,4 @@
-"""cluster.tls.explain_refusal: turning gRPC's bare "Socket closed" into the reason, against
+"""cluster.explain_refusal: turning gRPC's bare "Socket closed" into the reason, against
 real gRPC servers on 127.0.0.1."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from cluster import tls
+from cluster.tls_diagnose import explain_refusal
 
 
 def _serve(credentials: grpc.ServerCredentials | None) -> tuple[grpc.Server, str]:
@@ -31,7 +32,7 @@ def ours(tls_dir: Path) -> Iterator[str]:
 
 
 def test_an_accepted_client_gets_no_explanation(ours: str, tls_dir: Path) -> None:
-    assert tls.explain_refusal(ours, tls_dir, "viewer") is None
+    assert explain_refusal(ours, tls_dir, "viewer") is None
 
 
 def test_a_server_that_trusts_another_ca_for_clients_is_explained(
@@ -46,7 +47,7 @@ def test_a_server_that_trusts_another_ca_for_clients_is_explained(
     )
     server, address = _serve(creds)
     try:
-        reason = tls.explain_refusal(address, tls_dir, "admin")
+        reason = explain_refusal(address, tls_dir, "admin")
     finally:
         server.stop(grace=None)
     assert reason == (
@@ -56,7 +57,7 @@ def test_a_server_that_trusts_another_ca_for_clients_is_explained(
 
 
 def test_a_server_from_another_ca_is_explained(ours: str, foreign_tls_dir: Path) -> None:
-    reason = tls.explain_refusal(ours, foreign_tls_dir, "admin")
+    reason = explain_refusal(ours, foreign_tls_dir, "admin")
     assert reason is not None
     assert reason.startswith(f"the server at {ours} presented a certificate that ")
     assert "use different CAs" in reason
@@ -69,14 +70,14 @@ def test_an_expired_client_certificate_is_explained_before_dialing(
 
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
     tls.issue_certificate(tls_dir, "viewer", "stale", not_valid_before=start, valid_days=2)
-    reason = tls.explain_refusal(ours, tls_dir, "stale")
+    reason = explain_refusal(ours, tls_dir, "stale")
     assert reason is not None and "stale.crt expired on" in reason
 
 
 def test_a_plaintext_server_is_explained(tls_dir: Path) -> None:
     server, address = _serve(None)
     try:
-        reason = tls.explain_refusal(address, tls_dir, "admin")
+        reason = explain_refusal(address, tls_dir, "admin")
     finally:
         server.stop(grace=None)
     assert reason == f"the server at {address} does not speak TLS (was it started with --insecure?)"
@@ -85,4 +86,4 @@ def test_a_plaintext_server_is_explained(tls_dir: Path) -> None:
 def test_nothing_listening_is_not_a_tls_problem(tls_dir: Path) -> None:
     from beanraft.up_plan import free_ports
 
-    assert tls.explain_refusal(f"127.0.0.1:{free_ports(1)[0]}", tls_dir, "admin") is None
+    assert explain_refusal(f"127.0.0.1:{free_ports(1)[0]}", tls_dir, "admin") is None
