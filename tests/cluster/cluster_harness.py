@@ -30,8 +30,11 @@ def free_ports(count: int) -> list[int]:
 
 
 class InProcessCluster:
-    def __init__(self, root: Path, size: int = 3, clock: Clock | None = None) -> None:
+    def __init__(
+        self, root: Path, size: int = 3, clock: Clock | None = None, fsync: str = "batch"
+    ) -> None:
         self.root = root
+        self.fsync = fsync
         self.clock = clock or SystemClock()
         ports = free_ports(2 * size)
         self.raft_addrs = [f"127.0.0.1:{p}" for p in ports[:size]]
@@ -48,6 +51,7 @@ class InProcessCluster:
             peers=[a for j, a in enumerate(self.raft_addrs) if j != i],
             secret=SECRET,
             clock=self.clock,
+            fsync=self.fsync,
         )
 
     def start(self, i: int) -> RaftNode:
