@@ -16,9 +16,8 @@ def _beanraft(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _node_args(tmp_path: Path) -> list[str]:
-    return ["node", "--node-id", "1", "--data-dir", str(tmp_path / "d")] + [
-        "--raft-addr", "127.0.0.1:1", "--grpc-addr", "127.0.0.1:2",
-    ]  # fmt: skip
+    node = ["node", "--node-id", "1", "--data-dir", str(tmp_path / "d")]
+    return [*node, "--raft-addr", "127.0.0.1:1", "--grpc-addr", "127.0.0.1:2"]
 
 
 def test_a_node_without_a_cluster_secret_refuses_to_start_and_says_how_to_make_one(
