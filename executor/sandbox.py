@@ -31,6 +31,7 @@ from typing import NoReturn
 from executor import linux
 from executor.plan import Mount, Plan
 
+REQUIRED_NAMESPACES = frozenset({"pid", "mount", "uts", "ipc"})
 NEW_ROOT = "/tmp"  # mount point of the job's root tmpfs, only inside the job's mount namespace
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -50,6 +51,10 @@ def launcher_main(
     """Entry point of the forked launcher. Never returns."""
     try:
         _reset_signals()
+        missing = REQUIRED_NAMESPACES - set(plan.namespaces)
+        if missing:
+            # Without them, sethostname, mounts and pivot_root would change the host itself.
+            raise ValueError(f"plan lacks the {sorted(missing)} namespace(s); refusing to run")
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         # The launcher and init are forks of the worker: its memory and its exec-time
         # environment (/proc/PID/environ) must not be readable from the job, even by uid 0.

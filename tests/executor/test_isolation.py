@@ -287,3 +287,24 @@ def test_root_job_cannot_read_the_worker_environment_through_its_init(
     assert run.stdout.splitlines()[0] == "0"
     assert "denied" in run.stdout
     assert "PATH=" not in run.stdout.split("denied")[0]
+
+
+def test_a_plan_without_its_namespaces_is_refused_and_the_host_is_untouched(
+    jobs: JobRunner,
+) -> None:
+    import dataclasses
+
+    from executor import runner as runner_module
+    from executor.plan import WorkerPolicy, make_plan
+    from executor.spec import spec_from_dict
+    from executor.worker import host_layout
+
+    before = socket.gethostname()
+    plan = make_plan(spec_from_dict({"command": "/bin/true"}), 99, 1, host_layout(), WorkerPolicy())
+    plan = dataclasses.replace(plan, namespaces=("pid", "mount"))
+    out, err = jobs.paths()
+    job = runner_module.start(plan, jobs.backend, str(out), str(err))
+    result = runner_module.wait(job, lambda: None, 100, lambda: False)
+    assert result.status == "failed_to_start"
+    assert "uts" in (result.error or "")
+    assert socket.gethostname() == before
