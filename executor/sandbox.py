@@ -51,7 +51,8 @@ def launcher_main(
     """Entry point of the forked launcher. Never returns."""
     try:
         _reset_signals()
-        missing = REQUIRED_NAMESPACES - set(plan.namespaces)
+        required = REQUIRED_NAMESPACES | ({"net"} if plan.network == "none" else set())
+        missing = required - set(plan.namespaces)
         if missing:
             # Without them, sethostname, mounts and pivot_root would change the host itself.
             raise ValueError(f"plan lacks the {sorted(missing)} namespace(s); refusing to run")

@@ -1,0 +1,25 @@
+"""The plan and the spec are pure: they import nothing that does I/O or reads a clock."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+EXECUTOR = Path(__file__).resolve().parents[2] / "executor"
+ALLOWED = {"__future__", "json", "posixpath", "re", "collections.abc", "dataclasses", "typing"}
+
+
+@pytest.mark.parametrize("module", ["spec.py", "plan.py"])
+def test_pure_modules_import_nothing_that_does_io(module: str) -> None:
+    tree = ast.parse((EXECUTOR / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    ours = {name for name in imported if name.startswith("executor")}
+    assert ours <= {"executor.spec"}, ours
+    assert imported - ours <= ALLOWED, imported - ours - ALLOWED
