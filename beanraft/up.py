@@ -239,6 +239,8 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
             f"  node {n.node_id:<15} gRPC {n.grpc_addr}  Raft {n.raft_addr}  "
             f"data {data_dir / ('node-' + n.node_id)}"
         )
+        if n.metrics_addr:
+            lines.append(f"  {'':<20} metrics http://{n.metrics_addr}/metrics")
     if not insecure:
         lines.append(f"  certificates         {data_dir / 'tls'} (admin, viewer, proxy, worker)")
     lines += [

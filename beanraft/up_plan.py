@@ -36,6 +36,7 @@ class NodeAddrs:
     node_id: str
     raft_addr: str
     grpc_addr: str
+    metrics_addr: str = ""  # Prometheus /metrics; "" in an up.json from before it existed
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,14 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 
 def new_state(node_count: int, listen: str) -> UpState:
     """Choose free loopback ports for ``node_count`` nodes (Raft and gRPC each)."""
-    ports = free_ports(2 * node_count)
+    ports = iter(free_ports(3 * node_count))
     nodes = tuple(
-        NodeAddrs(str(i + 1), f"{LOOPBACK}:{ports[2 * i]}", f"{LOOPBACK}:{ports[2 * i + 1]}")
+        NodeAddrs(
+            str(i + 1),
+            raft_addr=f"{LOOPBACK}:{next(ports)}",
+            grpc_addr=f"{LOOPBACK}:{next(ports)}",
+            metrics_addr=f"{LOOPBACK}:{next(ports)}",
+        )
         for i in range(node_count)
     )
     return UpState(nodes=nodes, listen=listen)
@@ -115,6 +121,7 @@ def check_ports_free(state: UpState) -> None:
     """Fail early, naming the port, if something else holds one of our addresses."""
     wanted = [(f"node {n.node_id} Raft", n.raft_addr) for n in state.nodes]
     wanted += [(f"node {n.node_id} gRPC", n.grpc_addr) for n in state.nodes]
+    wanted += [(f"node {n.node_id} metrics", n.metrics_addr) for n in state.nodes if n.metrics_addr]
     wanted.append(("the proxy", state.listen))
     for what, addr in wanted:
         host, port = split_addr(addr)
@@ -179,6 +186,8 @@ def child_specs(
         argv = [*command, "node", "--node-id", node.node_id]
         argv += ["--data-dir", str(data_dir / f"node-{node.node_id}")]
         argv += ["--raft-addr", node.raft_addr, "--grpc-addr", node.grpc_addr]
+        if node.metrics_addr:
+            argv += ["--metrics-addr", node.metrics_addr]
         if peers:
             argv += ["--peers", peers]
         argv += [*security, "--cluster-secret-file", str(data_dir / "cluster.secret")]

@@ -32,7 +32,9 @@ def _listen(addr: str, answer: bytes | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("subcommand")
-    for flag in ("--node-id", "--data-dir", "--raft-addr", "--grpc-addr", "--peers", "--tls-dir"):
+    for flag in ("--node-id", "--data-dir", "--raft-addr", "--grpc-addr", "--metrics-addr"):
+        parser.add_argument(flag)
+    for flag in ("--peers", "--tls-dir"):
         parser.add_argument(flag)
     for flag in ("--cluster-secret-file", "--listen", "--cluster", "--beanstalkd", "--log-dir"):
         parser.add_argument(flag)

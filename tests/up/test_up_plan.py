@@ -36,8 +36,8 @@ def test_free_ports_are_distinct_and_bindable() -> None:
 def test_first_run_chooses_loopback_addresses_for_every_node(tmp_path: Path) -> None:
     state = resolve_state(tmp_path, nodes=5, listen=None)
     assert [n.node_id for n in state.nodes] == ["1", "2", "3", "4", "5"]
-    addrs = [a for n in state.nodes for a in (n.raft_addr, n.grpc_addr)]
-    assert len(set(addrs)) == 10 and all(a.startswith("127.0.0.1:") for a in addrs)
+    addrs = [a for n in state.nodes for a in (n.raft_addr, n.grpc_addr, n.metrics_addr)]
+    assert len(set(addrs)) == 15 and all(a.startswith("127.0.0.1:") for a in addrs)
     assert state.listen == "127.0.0.1:11300"
 
 
@@ -48,6 +48,17 @@ def test_second_run_resumes_the_recorded_addresses(tmp_path: Path) -> None:
     assert load_state(tmp_path) == first
     assert resolve_state(tmp_path, nodes=None, listen=None) == first
     assert resolve_state(tmp_path, nodes=3, listen="127.0.0.1:5000").nodes == first.nodes
+
+
+def test_an_up_json_from_before_metrics_resumes_without_them(tmp_path: Path) -> None:
+    nodes = [{"node_id": "1", "raft_addr": "127.0.0.1:7000", "grpc_addr": "127.0.0.1:7100"}]
+    (tmp_path / "up.json").write_text(
+        json.dumps({"version": 1, "listen": "127.0.0.1:11300", "nodes": nodes})
+    )
+    state = resolve_state(tmp_path, nodes=None, listen=None)
+    assert state.nodes[0].metrics_addr == ""
+    argv = child_specs(state, tmp_path, workers=0, insecure=False, command=BEANRAFT)[0].argv
+    assert "--metrics-addr" not in argv
 
 
 def test_resuming_with_another_node_count_is_refused(tmp_path: Path) -> None:
@@ -118,7 +129,7 @@ def test_children_get_the_documented_flags(tmp_path: Path) -> None:
     assert specs[0].argv == [
         *BEANRAFT, "node", "--node-id", "1", "--data-dir", f"{tmp_path}/node-1",
         "--raft-addr", n1.raft_addr, "--grpc-addr", n1.grpc_addr,
-        "--peers", f"{n2.raft_addr},{n3.raft_addr}",
+        "--metrics-addr", n1.metrics_addr, "--peers", f"{n2.raft_addr},{n3.raft_addr}",
         "--tls-dir", f"{tmp_path}/tls", "--cluster-secret-file", f"{tmp_path}/cluster.secret",
     ]  # fmt: skip
     assert specs[3].argv == [

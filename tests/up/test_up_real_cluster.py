@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import greenstalk
@@ -54,12 +55,21 @@ def _assert_loopback_only(up: RealUp) -> None:
         assert {host for host, _ in addresses} == {"127.0.0.1"}, (name, addresses)
 
 
+def _assert_metrics_served(data_dir: Path) -> None:
+    for node in json.loads((data_dir / "up.json").read_text())["nodes"]:
+        url = f"http://{node['metrics_addr']}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+            assert b"# TYPE" in response.read()
+
+
 def test_up_serves_greenstalk_stops_cleanly_and_keeps_jobs_across_runs(tmp_path: Path) -> None:
     port = free_ports(1)[0]
     up = _up(tmp_path, f"127.0.0.1:{port}")
     try:
         assert sorted(up.child_pids()) == ["node-1", "node-2", "node-3", "proxy"]
         _assert_loopback_only(up)
+        _assert_metrics_served(tmp_path)
         with greenstalk.Client(("127.0.0.1", port)) as client:
             held_id = client.put("reserved when stopped", ttr=120)
             ready_id = client.put(b"\x00binary\r\nbody", ttr=120)
