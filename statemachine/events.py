@@ -28,38 +28,34 @@ from __future__ import annotations
 
 from heapq import heappop
 
-from statemachine.jobs import DELAYED, ID_MASK, KEY_SHIFT, RESERVED
+from statemachine.heaps import (
+    JobRule,
+    WaitRule,
+    delayed_valid,
+    soon_valid,
+    ttr_valid,
+    wait_valid,
+)
+from statemachine.jobs import ID_MASK, KEY_SHIFT
 from statemachine.replies import DeadlineSoon, TimedOut
 from statemachine.state import State
 
 
-def _job_heap_top(state: State, heap: list[int], job_state: int) -> int | None:
+def _job_heap_top(state: State, heap: list[int], valid: JobRule) -> int | None:
     jobs = state.jobs
     while heap:
         key = heap[0]
-        job = jobs.get(key & ID_MASK)
-        if job is not None and job.state == job_state and job.deadline_ms == key >> KEY_SHIFT:
+        if valid(jobs, key):
             return key
         heappop(heap)
     return None
 
 
-def _wait_heap_top(state: State) -> int | None:
-    heap = state.wait_heap
+def _wait_heap_top(state: State, heap: list[int], valid: WaitRule) -> int | None:
+    waiting = state.waiting
     while heap:
         key = heap[0]
-        if (key & ID_MASK) in state.waiting:
-            return key
-        heappop(heap)
-    return None
-
-
-def _soon_heap_top(state: State) -> int | None:
-    heap = state.soon_heap
-    while heap:
-        key = heap[0]
-        client = state.waiting.get(key & ID_MASK)
-        if client is not None and client.soon_ms() == key >> KEY_SHIFT:
+        if valid(waiting, key):
             return key
         heappop(heap)
     return None
@@ -69,10 +65,10 @@ def next_event_ms(state: State) -> int | None:
     """The earliest instant at which any pending event happens, or None."""
     earliest: int | None = None
     for key in (
-        _job_heap_top(state, state.ttr_heap, RESERVED),
-        _job_heap_top(state, state.delay_heap, DELAYED),
-        _wait_heap_top(state),
-        _soon_heap_top(state),
+        _job_heap_top(state, state.ttr_heap, ttr_valid),
+        _job_heap_top(state, state.delay_heap, delayed_valid),
+        _wait_heap_top(state, state.wait_heap, wait_valid),
+        _wait_heap_top(state, state.soon_heap, soon_valid),
     ):
         if key is not None and (earliest is None or key >> KEY_SHIFT < earliest):
             earliest = key >> KEY_SHIFT
@@ -121,7 +117,7 @@ def _expire_ttrs(state: State, t: int) -> None:
     """beanstalkd 8.2: back to ready with its priority, whatever state it came from."""
     counters = state.counters
     while True:
-        key = _job_heap_top(state, state.ttr_heap, RESERVED)
+        key = _job_heap_top(state, state.ttr_heap, ttr_valid)
         if key is None or key >> KEY_SHIFT > t:
             return
         heappop(state.ttr_heap)
@@ -134,7 +130,7 @@ def _expire_ttrs(state: State, t: int) -> None:
 
 def _expire_delays(state: State, t: int) -> None:
     while True:
-        key = _job_heap_top(state, state.delay_heap, DELAYED)
+        key = _job_heap_top(state, state.delay_heap, delayed_valid)
         if key is None or key >> KEY_SHIFT > t:
             return
         heappop(state.delay_heap)
@@ -153,7 +149,7 @@ def _end_pauses(state: State, t: int) -> None:
 
 def _time_out_waits(state: State, t: int) -> None:
     while True:
-        key = _wait_heap_top(state)
+        key = _wait_heap_top(state, state.wait_heap, wait_valid)
         if key is None or key >> KEY_SHIFT > t:
             return
         heappop(state.wait_heap)
@@ -165,7 +161,7 @@ def _wake_deadline_soon(state: State, t: int) -> None:
     first and wake the clients in arrival order, as SEMANTICS requires."""
     due: list[int] = []
     while True:
-        key = _soon_heap_top(state)
+        key = _wait_heap_top(state, state.soon_heap, soon_valid)
         if key is None or key >> KEY_SHIFT > t:
             break
         heappop(state.soon_heap)

@@ -143,6 +143,10 @@ def _check_waits(state: State) -> None:
 
 
 def _check_heaps(state: State) -> None:
+    delayed = sum(t.delayed_count for t in state.tube_order)
+    reserved = sum(t.reserved_count for t in state.tube_order)
+    assert state.delayed_total == delayed, f"delayed_total {state.delayed_total} != {delayed}"
+    assert state.reserved_total == reserved, f"reserved_total {state.reserved_total} != {reserved}"
     ttr = set(state.ttr_heap)
     delay = set(state.delay_heap)
     for job in state.jobs.values():

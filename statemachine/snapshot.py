@@ -352,10 +352,12 @@ def _place_jobs(state: State, jobs: list[Job]) -> None:
             tube.delayed.append(key)
             state.delay_heap.append(key)
             tube.delayed_count += 1
+            state.delayed_total += 1
         elif job_state == RESERVED:
             assert job.holder is not None, f"snapshot: reserved job {job.id} has no holder"
             job.holder.reserved[job.id] = job
             tube.reserved_count += 1
+            state.reserved_total += 1
             state.ttr_heap.append(job.deadline_ms << KEY_SHIFT | job.id)
         elif job_state != BURIED:
             raise SnapshotError(f"job {job.id} has unknown state {job_state}")

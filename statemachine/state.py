@@ -27,6 +27,16 @@ from __future__ import annotations
 from heapq import heappop, heappush
 
 from statemachine.counters import Counters
+from statemachine.heaps import (
+    compact_jobs,
+    compact_waits,
+    delayed_valid,
+    needs_compaction,
+    ready_valid,
+    soon_valid,
+    ttr_valid,
+    wait_valid,
+)
 from statemachine.idempotency import IdempotencyWindow
 from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, READY, RESERVED, Job
 from statemachine.limits import DEFAULT_MAX_JOB_SIZE, DEFAULT_TUBE, URGENT_PRIORITY_LIMIT
@@ -54,6 +64,8 @@ class State:
         self.delay_heap: list[int] = []
         self.wait_heap: list[int] = []
         self.soon_heap: list[int] = []
+        self.delayed_total = 0  # live entries of delay_heap, for compaction
+        self.reserved_total = 0  # live entries of ttr_heap, for compaction
         self.counters = Counters()
         self.window = IdempotencyWindow()
         self.wakeups: list[Wakeup] = []
@@ -102,20 +114,33 @@ class State:
             tube.ready_count -= 1
             if job.priority < URGENT_PRIORITY_LIMIT:
                 tube.urgent_count -= 1
+            if needs_compaction(tube.ready, tube.ready_count):
+                compact_jobs(tube.ready, self.jobs, ready_valid)
         elif state == DELAYED:
             tube.delayed_count -= 1
+            self.delayed_total -= 1
             job.deadline_ms = 0
+            if needs_compaction(tube.delayed, tube.delayed_count):
+                compact_jobs(tube.delayed, self.jobs, delayed_valid)
+            if needs_compaction(self.delay_heap, self.delayed_total):
+                compact_jobs(self.delay_heap, self.jobs, delayed_valid)
         elif state == BURIED:
             del tube.buried[job.id]
         else:
-            holder = job.holder
-            assert holder is not None, f"reserved job {job.id} has no holder"
-            del holder.reserved[job.id]
-            tube.reserved_count -= 1
-            job.holder = None
-            job.deadline_ms = 0
-            if holder.wait_seq:
-                self.push_soon(holder)
+            self._leave_reserved(job)
+
+    def _leave_reserved(self, job: Job) -> None:
+        holder = job.holder
+        assert holder is not None, f"reserved job {job.id} has no holder"
+        del holder.reserved[job.id]
+        job.tube.reserved_count -= 1
+        self.reserved_total -= 1
+        job.holder = None
+        job.deadline_ms = 0
+        if needs_compaction(self.ttr_heap, self.reserved_total):
+            compact_jobs(self.ttr_heap, self.jobs, ttr_valid)
+        if holder.wait_seq:
+            self.push_soon(holder)
 
     def enter_ready(self, job: Job) -> None:
         job.state = READY
@@ -135,6 +160,7 @@ class State:
         job.state = DELAYED
         job.deadline_ms = ready_at_ms
         job.tube.delayed_count += 1
+        self.delayed_total += 1
         key = ready_at_ms << KEY_SHIFT | job.id
         heappush(job.tube.delayed, key)
         heappush(self.delay_heap, key)
@@ -151,6 +177,7 @@ class State:
         job.deadline_ms = deadline_ms
         job.reserves += 1
         job.tube.reserved_count += 1
+        self.reserved_total += 1
         client.reserved[job.id] = job
         heappush(self.ttr_heap, deadline_ms << KEY_SHIFT | job.id)
         if client.wait_seq:
@@ -160,6 +187,8 @@ class State:
         """touch: the TTR deadline becomes now + ttr (the old TTR entry goes stale)."""
         job.deadline_ms = self.now_ms + job.ttr_ms
         heappush(self.ttr_heap, job.deadline_ms << KEY_SHIFT | job.id)
+        if needs_compaction(self.ttr_heap, self.reserved_total):
+            compact_jobs(self.ttr_heap, self.jobs, ttr_valid)
         if client.wait_seq:
             self.push_soon(client)
 
@@ -199,6 +228,11 @@ class State:
         client.wait_seq = 0
         client.wait_deadline_ms = None
         client.wait_request_id = ""
+        live = len(self.waiting)
+        if needs_compaction(self.wait_heap, live):
+            compact_waits(self.wait_heap, self.waiting, wait_valid)
+        if needs_compaction(self.soon_heap, live):
+            compact_waits(self.soon_heap, self.waiting, soon_valid)
 
     def wake(self, client: Client, result: WaitResult) -> None:
         """End a client's wait and tell its proxy the answer (a Wakeup in the outcome)."""

@@ -283,3 +283,25 @@ def test_a_reserve_job_whose_ttr_passes_goes_to_ready_not_back_to_buried(q: Driv
     q.tick(2_000)
     assert q.state_of(1) == "ready"
     assert q.job_stats(1).timeouts == 1
+
+
+def test_a_long_reserve_and_delete_loop_keeps_the_deadline_index_small() -> None:
+    # Each reserved-then-deleted job leaves a stale TTR entry (lazy deletion); compaction must
+    # keep the index proportional to the live reservations, not to the history.
+    from statemachine.machine import JobStateMachine
+
+    machine = JobStateMachine()
+    machine.apply(c.Connect("c1", "p1"), 0)
+    machine.apply(c.Connect("w", "p1"), 0)
+    for n in range(5_000):
+        machine.apply(c.Put("default", 0, 0, 60_000, b"x"), n)
+        reply = machine.apply(c.Reserve("c1", 0), n).reply
+        assert isinstance(reply, r.Reserved)
+        machine.apply(c.Delete("c1", reply.job_id), n)
+        assert machine.apply(c.Reserve("w", 10_000, "", True), n).reply == r.Waiting()
+        wakeups = machine.apply(c.Put("default", 0, 0, 60_000, b"y"), n).wakeups
+        assert isinstance(wakeups[0].result, r.Reserved)
+        machine.apply(c.Delete("w", wakeups[0].result.job_id), n)
+    machine.check_invariants()
+    state = machine._state
+    assert len(state.ttr_heap) + len(state.wait_heap) < 4_000
