@@ -76,7 +76,13 @@ class RemoteQueue:
     async def apply(self, command: Command) -> Reply:
         """Apply ``command`` on the cluster and return its reply (see the module docstring)."""
         for attached in self._attached:
-            await attached.wait()
+            try:
+                await asyncio.wait_for(attached.wait(), RETRY_FOR_S)
+            except TimeoutError:
+                raise QueueUnavailable(
+                    f"no node of {','.join(self._addresses)} opened the wake-up stream within "
+                    f"{RETRY_FOR_S:.0f} s: is the cluster up and reachable?"
+                ) from None
         request = jsm_pb2.ApplyRequest(
             command=codec.encode_command(command), request_id=uuid.uuid4().hex
         )

@@ -120,10 +120,15 @@ class Proposer:
         self._inflight += 1
 
         def on_result(result: Any, error: int) -> None:  # runs on pysyncobj's tick thread
-            index = self._last_applied() + 1  # called just before pysyncobj counts the entry
-            if error == FAIL_REASON.SUCCESS:
-                self._before_ack()
-            self._loop.call_soon_threadsafe(self._resolve, batch, result, error, index, started)
+            # Nothing may escape from here: pysyncobj would apply the entry again (see
+            # replicated._quietly). A closed loop (node stopping) just drops the answer.
+            try:
+                index = self._last_applied() + 1  # called just before pysyncobj counts it
+                if error == FAIL_REASON.SUCCESS:
+                    self._before_ack()
+                self._loop.call_soon_threadsafe(self._resolve, batch, result, error, index, started)
+            except Exception:
+                log.warning("could not hand a commit result to the loop", exc_info=True)
 
         try:
             self._propose(entry, self._clock.now_ms(), callback=on_result)

@@ -38,8 +38,12 @@ from statemachine.machine import JobStateMachine, MachineConfig
 log = structlog.get_logger(__name__)
 
 REQUEST_WINDOW_MS = 600_000  # how long a request id is remembered (the machine's own window)
-REQUEST_WINDOW_MAX = 200_000  # and at most this many, so memory stays bounded under load
+# Bounds, so memory stays bounded under load (outcomes and wake-ups may carry job bodies).
+# Evicting by count and bytes in apply order keeps every replica's tables identical.
+REQUEST_WINDOW_MAX = 200_000
+REQUEST_WINDOW_MAX_BYTES = 64 << 20
 WAKEUP_RING_MAX = 100_000  # recent wake-ups kept for streams that resume after a reconnect
+WAKEUP_RING_MAX_BYTES = 32 << 20
 
 # Per-request results of apply_batch: (OK, outcome bytes) or (REFUSED, message).
 OK = 0
@@ -52,9 +56,17 @@ class Wakeups:
 
     ring: deque[tuple[int, str, bytes]]
     last_seq: int
+    size_bytes: int = 0
 
     def first_seq(self) -> int:
         return self.ring[0][0] if self.ring else self.last_seq + 1
+
+    def append(self, proxy_id: str, data: bytes) -> None:
+        self.last_seq += 1
+        self.ring.append((self.last_seq, proxy_id, data))
+        self.size_bytes += len(data)
+        while len(self.ring) > WAKEUP_RING_MAX or self.size_bytes > WAKEUP_RING_MAX_BYTES:
+            self.size_bytes -= len(self.ring.popleft()[2])
 
 
 class ReplicatedState:
@@ -70,7 +82,8 @@ class ReplicatedState:
     ) -> None:
         self.machine = machine
         self.requests = requests if requests is not None else OrderedDict()
-        self.wakeups = wakeups or Wakeups(deque(maxlen=WAKEUP_RING_MAX), 0)
+        self.wakeups = wakeups or Wakeups(deque(), 0)
+        self.requests_bytes = sum(len(outcome) for _, outcome in self.requests.values())
         self.members = members if members is not None else {}
         self.max_now_ms = max_now_ms
         self.next_deadline_ms = machine.next_deadline_ms()
@@ -98,10 +111,14 @@ class ReplicatedState:
         return cls(
             JobStateMachine.restore(plain["machine"]),
             OrderedDict(plain["requests"]),
-            Wakeups(deque(plain["wakeups"], maxlen=WAKEUP_RING_MAX), plain["last_seq"]),
+            _wakeups(plain["wakeups"], plain["last_seq"]),
             plain["members"],
             plain["max_now_ms"],
         )
+
+
+def _wakeups(ring: list[tuple[int, str, bytes]], last_seq: int) -> Wakeups:
+    return Wakeups(deque(ring), last_seq, sum(len(data) for _, _, data in ring))
 
 
 def _state_from_bytes(data: bytes) -> ReplicatedState:
@@ -132,8 +149,8 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
 
     def _deserialize(self, data: dict[str, Any]) -> None:
         super()._deserialize(data)
-        log.info("snapshot loaded", applied_seq=self.state.wakeups.last_seq)
-        self.on_applied()
+        log.info("snapshot loaded", wakeup_seq=self.state.wakeups.last_seq)
+        _quietly(self.on_applied)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, entry: bytes, now_ms: int) -> list[tuple[int, bytes]]:
@@ -147,7 +164,7 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         except Exception:
             log.critical("state machine failed applying an entry: exiting", exc_info=True)
             os._exit(70)  # a bug: do not go on with a half-applied entry
-        self.on_applied()
+        _quietly(self.on_applied)
         return results
 
     def _apply_one(
@@ -170,12 +187,10 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         outcome = state.machine.apply(command, now_ms)
         encoded = codec.encode_outcome(outcome)
         for wakeup in outcome.wakeups:
-            state.wakeups.last_seq += 1
-            state.wakeups.ring.append(
-                (state.wakeups.last_seq, wakeup.proxy_id, codec.encode_wakeup(wakeup))
-            )
+            state.wakeups.append(wakeup.proxy_id, codec.encode_wakeup(wakeup))
         if request.request_id:
             state.requests[request.request_id] = (state.max_now_ms, encoded)
+            state.requests_bytes += len(encoded)
         return (OK, encoded)
 
 
@@ -193,7 +208,22 @@ def _forget_old_requests(state: ReplicatedState) -> None:
     requests = state.requests
     horizon_ms = state.max_now_ms - REQUEST_WINDOW_MS
     while requests:
-        first_id, (seen_ms, _) = next(iter(requests.items()))
-        if seen_ms >= horizon_ms and len(requests) <= REQUEST_WINDOW_MAX:
+        first_id, (seen_ms, outcome) = next(iter(requests.items()))
+        if (
+            seen_ms >= horizon_ms
+            and len(requests) <= REQUEST_WINDOW_MAX
+            and state.requests_bytes <= REQUEST_WINDOW_MAX_BYTES
+        ):
             break
         del requests[first_id]
+        state.requests_bytes -= len(outcome)
+
+
+def _quietly(hook: Callable[[], None]) -> None:
+    """Run a local hook from the tick thread. An exception escaping into pysyncobj's apply loop
+    would leave the entry counted as not applied, and pysyncobj would apply it AGAIN on the next
+    tick; so nothing may escape (a hook failing, e.g. on a closed event loop, is only logged)."""
+    try:
+        hook()
+    except Exception:
+        log.warning("a local apply hook failed", exc_info=True)

@@ -148,3 +148,16 @@ def test_a_restarted_node_comes_back_with_its_state_from_journal_and_dump(tmp_pa
             await cluster.stop_all()
 
     _run(scenario())
+
+
+def test_the_wakeup_ring_evicts_oldest_first_when_it_holds_too_many_bytes() -> None:
+    from collections import deque
+
+    from cluster import replicated
+
+    ring = replicated.Wakeups(deque(), 0)
+    chunk = b"x" * (1 << 20)
+    for _ in range(replicated.WAKEUP_RING_MAX_BYTES // len(chunk) + 5):
+        ring.append("p", chunk)
+    assert ring.size_bytes <= replicated.WAKEUP_RING_MAX_BYTES
+    assert ring.first_seq() == ring.last_seq - len(ring.ring) + 1 > 1
