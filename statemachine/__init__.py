@@ -11,4 +11,18 @@ Rules this package keeps:
 - Job ids come from a counter inside. Ties are broken by job id, never by hash order.
 - Illegal commands return a typed reply and change nothing but counters.
 - ``snapshot()`` gives the same bytes for the same state.
+
+Module map (dependencies point down the list):
+- ``machine``: ``JobStateMachine`` and ``MachineConfig``: apply, dispatch, next deadline,
+  snapshot/restore entry points, invariants entry point.
+- ``ops_jobs``, ``ops_sessions``, ``ops_reads``: one handler per command.
+- ``events``: due events in time order (leases, TTR, delays, pauses, matching, timeouts,
+  deadline-soon) and ``next_event_ms``.
+- ``snapshot``: the versioned byte format; ``invariants``: ``check_state``.
+- ``state``: ``State`` and the transitions (job places, waits, matching, disconnect, tubes).
+- ``heaps``: lazy-deletion validity rules and compaction; ``idempotency``: the request-id
+  window; ``counters``: the cumulative counters.
+- ``jobs``, ``tubes``, ``sessions``: ``Job``, ``Tube``, ``Client``.
+- ``limits``: beanstalkd's limits as named constants and value checks.
+- ``commands``, ``replies``: the contract; ``codec``: their wire encoding (the cluster's).
 """
