@@ -17,6 +17,7 @@ Run as root: ``python -m bench.executor_bench [--runs 200] [--jobs 400] [--concu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -33,6 +34,7 @@ import greenstalk
 
 from executor import runner
 from executor.cgroup_backends import open_backend
+from executor.cgroups import CGROUP_MOUNT, CgroupError, remove_dirs, v1_hierarchies
 from executor.client import parse_address, submit
 from executor.plan import WorkerPolicy, make_plan
 from executor.spec import spec_from_dict
@@ -70,8 +72,16 @@ def isolated_true_ms(backend: object, log_dir: str, index: int) -> float:
     return elapsed
 
 
+def remove_cgroup_root(name: str) -> None:
+    """Remove the benchmark's (by now empty) cgroup subtree from every hierarchy."""
+    for mount in {*v1_hierarchies().values(), CGROUP_MOUNT}:
+        with contextlib.suppress(OSError, CgroupError):
+            remove_dirs([os.path.join(mount, name)])
+
+
 def bench_isolation(runs: int) -> None:
-    backend = open_backend(f"beanraft-bench-{uuid.uuid4().hex[:6]}")
+    root = f"beanraft-bench-{uuid.uuid4().hex[:6]}"
+    backend = open_backend(root)
     isolated: list[float] = []
     plain: list[float] = []
     with tempfile.TemporaryDirectory() as log_dir:
@@ -81,6 +91,7 @@ def bench_isolation(runs: int) -> None:
                 isolated.append(isolated_true_ms(backend, log_dir, i + 1))
         finally:
             backend.close()
+            remove_cgroup_root(root)
     p50_i, p99_i = percentile(isolated, 50), percentile(isolated, 99)
     p50_p, p99_p = percentile(plain, 50), percentile(plain, 99)
     print(
@@ -120,6 +131,7 @@ def bench_pool(address: tuple[str, int], jobs: int, concurrency: int, label: str
     for _ in range(jobs):
         submit(address, {"command": "/bin/true"}, tube=tube)
     log_dir = tempfile.mkdtemp(prefix="beanraft-bench-logs-")
+    root = f"beanraft-bench-{uuid.uuid4().hex[:6]}"
     cmd = [
         sys.executable,
         "-m",
@@ -134,7 +146,7 @@ def bench_pool(address: tuple[str, int], jobs: int, concurrency: int, label: str
         "--log-dir",
         log_dir,
         "--cgroup-root",
-        f"beanraft-bench-{uuid.uuid4().hex[:6]}",
+        root,
     ]
     started = time.perf_counter()
     worker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,6 +158,7 @@ def bench_pool(address: tuple[str, int], jobs: int, concurrency: int, label: str
         worker.terminate()
         worker.wait(60)
         shutil.rmtree(log_dir, ignore_errors=True)
+        remove_cgroup_root(root)
     print(
         f"worker pool --concurrency {concurrency} via {label}: {jobs} jobs of /bin/true in "
         f"{elapsed:.2f} s = {jobs / elapsed:.1f} jobs/s (includes the worker's start)"

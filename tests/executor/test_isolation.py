@@ -245,7 +245,7 @@ def test_cgroup_v2_memory_and_pids_limits_for_real_when_a_v2_hierarchy_has_contr
     cgroup_root: str, job_runner_for: Any
 ) -> None:
     from executor.cgroup_backends import CgroupV2
-    from executor.cgroups import worker_dir_name
+    from executor.cgroups import remove_dirs, worker_dir_name
 
     mount = _v2_mount()
     if mount is None:
@@ -262,7 +262,7 @@ def test_cgroup_v2_memory_and_pids_limits_for_real_when_a_v2_hierarchy_has_contr
         assert int(run.stdout.split()[0]) < 20
     finally:
         backend.close()
-        os.rmdir(os.path.join(mount, cgroup_root))
+        remove_dirs([os.path.join(mount, cgroup_root)])
 
 
 def _v2_mount() -> str | None:
