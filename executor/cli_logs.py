@@ -3,19 +3,26 @@ with -f follow them until the job is no longer running here.
 
 The logs are append-only files, so following is reading from the last offset: nothing is
 replayed twice and nothing written in between is missed (joblet's replay gap, reference §10.9).
+Following waits on inotify events for the log directory (a write, or the state file going
+away), not on a polling sleep; a 1 s poll timeout is only a safety net.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import select
 import sys
-import time
 from typing import BinaryIO
 
+from executor import linux
 from executor.jobfiles import JobFiles, default_log_dir
 
-FOLLOW_POLL_S = 0.2
+SAFETY_TIMEOUT_MS = 1000
+_EVENTS = (
+    linux.IN_MODIFY | linux.IN_CLOSE_WRITE | linux.IN_CREATE | linux.IN_DELETE | linux.IN_MOVED_TO
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +52,25 @@ def run(args: argparse.Namespace) -> int:
         return 1
     streams = [(files.stdout_path, sys.stdout.buffer), (files.stderr_path, sys.stderr.buffer)]
     offsets = [0, 0]
-    while True:
-        # Read "running?" before copying, so the last bytes written before exit are copied.
-        running = files.read_state() is not None
-        for i, (path, out) in enumerate(streams):
-            offsets[i] = _copy_new(path, offsets[i], out)
-        if not args.follow or not running:
-            return 0
-        time.sleep(FOLLOW_POLL_S)
+    watch = linux.inotify_watch(args.log_dir, _EVENTS) if args.follow else None
+    try:
+        while True:
+            # Read "running?" before copying, so the last bytes written before exit are copied.
+            running = files.read_state() is not None
+            for i, (path, out) in enumerate(streams):
+                offsets[i] = _copy_new(path, offsets[i], out)
+            if watch is None or not running:
+                return 0
+            _wait_for_change(watch)
+    finally:
+        if watch is not None:
+            os.close(watch)
+
+
+def _wait_for_change(watch: int) -> None:
+    poller = select.poll()
+    poller.register(watch, select.POLLIN)
+    if poller.poll(SAFETY_TIMEOUT_MS):
+        with contextlib.suppress(BlockingIOError):
+            while os.read(watch, 65536):
+                pass

@@ -135,3 +135,23 @@ def clear_capability_sets() -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset(empty)")
+
+
+IN_MODIFY = 0x2
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+
+
+def inotify_watch(directory: str, mask: int) -> int:
+    """An inotify fd (non-blocking, close-on-exec) watching `directory` for `mask` events."""
+    fd = int(_libc.inotify_init1(ctypes.c_int(IN_NONBLOCK | IN_CLOEXEC)))
+    if fd < 0:
+        _check(-1, "inotify_init1")
+    if _libc.inotify_add_watch(ctypes.c_int(fd), directory.encode(), ctypes.c_uint32(mask)) < 0:
+        os.close(fd)
+        _check(-1, f"inotify_add_watch({directory!r})")
+    return fd
