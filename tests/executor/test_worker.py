@@ -3,6 +3,7 @@ greenstalk clients, and the `beanraft submit/logs/stop` commands."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -235,3 +236,16 @@ def test_job_past_its_timeout_is_stopped_reported_and_retried_per_its_policy(
         ("timeout", "bury"),
     ]
     assert all(r["timed_out"] and r["duration_ms"] >= 1000 for r in records)
+
+
+def test_pool_runs_jobs_concurrently_and_finishes_every_one(
+    beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
+) -> None:
+    worker = start_worker("--concurrency", "4")
+    ids = [submit(beanstalkd, sh("sleep 1")) for _ in range(8)]
+    wait_until(lambda: all(job_state(beanstalkd, i) is None for i in ids), 60, "all jobs deleted")
+    records = [r for i in ids for r in results(worker.log_dir, i)]
+    assert len(records) == 8 and all(r["action"] == "delete" for r in records)
+    # Intervals [end - duration, end]: at some moment at least two jobs ran at once.
+    spans = sorted((r["finished_at_ms"] - r["duration_ms"], r["finished_at_ms"]) for r in records)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
