@@ -63,10 +63,11 @@ class JournalSync:
                 return
             self._dirty = False
             resizable = self._journal._FileJournal__journalFile
-            # On Linux a MAP_SHARED mapping shares the page cache with the file, so fsync of
-            # the descriptor writes the pages dirtied through the mmap, and the file size; an
-            # msync of the whole (doubling) mapping would only cost more.
-            os.fsync(resizable._ResizableFile__f.fileno())
+            # On Linux a MAP_SHARED mapping shares the page cache with the file, so fdatasync
+            # of the descriptor writes the pages dirtied through the mmap and any new file
+            # size (not the mtime, which nobody needs); an msync of the whole (doubling)
+            # mapping would only cost more.
+            os.fdatasync(resizable._ResizableFile__f.fileno())
             self.syncs += 1
 
     def _wrap_journal(self) -> None:

@@ -129,6 +129,9 @@ class RaftNode:
             raftMinTimeout=cfg.raft_min_timeout_s,
             raftMaxTimeout=cfg.raft_max_timeout_s,
             leaderFallbackTimeout=5.0,
+            # Redial a peer after 1 s, not 5: a node that starts before its peers would
+            # otherwise sit out its first seconds (pysyncobj dials from the larger address).
+            connectionRetryTime=1.0,
             commandsWaitLeader=False,
             logCompactionMinEntries=cfg.log_compaction_min_entries,
             # Compaction serialises in a forked child (copy-on-write), so nodes compacting at

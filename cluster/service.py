@@ -28,7 +28,7 @@ from statemachine import codec
 from statemachine.commands import Command
 from statemachine.replies import Outcome
 
-LEADER_WAIT_S = 3.0
+LEADER_WAIT_S = 1.5
 FORWARD_TIMEOUT_S = 12.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from cluster_harness import InProcessCluster
 
 from cluster import envelope
@@ -161,3 +162,23 @@ def test_the_wakeup_ring_evicts_oldest_first_when_it_holds_too_many_bytes() -> N
         ring.append("p", chunk)
     assert ring.size_bytes <= replicated.WAKEUP_RING_MAX_BYTES
     assert ring.first_seq() == ring.last_seq - len(ring.ring) + 1 > 1
+
+
+def test_the_raft_port_is_bound_to_the_given_address_only(tmp_path: Path) -> None:
+    import socket
+
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        await cluster.start_all()
+        try:
+            port = int(cluster.raft_addrs[0].rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass  # the given address answers
+            # 127.0.0.2 is loopback too: a 0.0.0.0 bind (pysyncobj's default) would answer it.
+            with pytest.raises(OSError), socket.create_connection(("127.0.0.2", port), timeout=2):
+                pass
+            await cluster.assert_converged()
+        finally:
+            await cluster.stop_all()
+
+    _run(scenario())

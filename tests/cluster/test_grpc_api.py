@@ -219,3 +219,36 @@ def test_metrics_show_commit_latency_applied_index_and_jobs_by_state(
         assert "beanraft_commit_latency_seconds_bucket" in body
 
     _run(cluster, scenario())
+
+
+def test_snapshots_taken_during_a_stream_of_puts_are_each_consistent(
+    cluster: ProcessCluster,
+) -> None:
+    from statemachine.machine import JobStateMachine
+
+    async def scenario() -> None:
+        queue = cluster.queue()
+        stop = asyncio.Event()
+
+        async def producer() -> None:
+            while not stop.is_set():
+                await queue.apply(c.Put("load", 1, 0, 60_000, b"under load"))
+
+        producers = [asyncio.create_task(producer()) for _ in range(8)]
+        totals = []
+        try:
+            for _ in range(5):
+                data, _ = await cluster.snapshot(cluster.nodes[0])
+                machine = JobStateMachine.restore(data)
+                machine.check_invariants()
+                stats = machine.apply(c.Stats(), machine.now_ms).reply
+                assert isinstance(stats, r.ServerStats)
+                totals.append(stats.total_jobs)
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*producers)
+            await queue.close()
+        assert totals == sorted(totals) and totals[-1] > totals[0]
+
+    _run(cluster, scenario())
