@@ -36,6 +36,7 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 class Proxy:
     port: int
     process: subprocess.Popen[bytes]
+    log_path: Path
 
     def kill(self) -> None:
         self.process.kill()
@@ -44,15 +45,17 @@ class Proxy:
 
 def start_proxy(mode_args: list[str], extra: list[str] | None = None) -> Proxy:
     args = [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0", *mode_args]
-    process = subprocess.Popen(
-        [*args, *(extra or [])], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
+    log_path = Path(tempfile.mkstemp(prefix="beanraft-proxy-", suffix=".log")[1])
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*args, *(extra or [])], cwd=REPO, stdout=subprocess.PIPE, stderr=log
+        )
     assert process.stdout is not None
     line = process.stdout.readline().decode()  # "listening HOST:PORT" once serving
     if not line.startswith("listening "):
         stop(process)
         raise RuntimeError(f"proxy did not start: {line!r}")
-    return Proxy(int(line.rsplit(":", 1)[1]), process)
+    return Proxy(int(line.rsplit(":", 1)[1]), process, log_path)
 
 
 @dataclass
@@ -74,7 +77,7 @@ class Cluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             out = subprocess.run(
-                [sys.executable, "-m", "beanraft", "cluster", "status", "--json",
+                [sys.executable, "-m", "beanraft", "cluster", "status", "--json", "--insecure",
                  "--cluster", ",".join(self.grpc)],
                 cwd=REPO, capture_output=True, timeout=60,
             )  # fmt: skip
