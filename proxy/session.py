@@ -110,7 +110,7 @@ class Session:
         try:
             return await self._handle(event)
         except QueueUnavailable:
-            log.error("queue_unavailable", client_id=self.client_id, event=type(event).__name__)
+            log.error("queue_unavailable", client_id=self.client_id, command=type(event).__name__)
             return render.INTERNAL_ERROR
         except (ValueError, PermissionError) as error:
             # The queue refused the command itself (a codec limit, a missing permission):
@@ -245,8 +245,19 @@ class Session:
         if isinstance(reply, r.UnknownClient):
             log.warning("session_dropped_reconnecting", client_id=self.client_id)
             await self._reconnect()
-            reply = await self._apply_retrying(command)
+            reply = await self._apply_retrying(self._renumbered(command))
         return reply
+
+    def _renumbered(self, command: sm.Command) -> sm.Command:
+        """The command under a new request id. The machine remembers the UnknownClient reply
+        under the old id (so a retry would get it again); that reply also proves the old id
+        was never applied, so the new one cannot apply it twice."""
+        if not isinstance(command, sm.Put | sm.Reserve) or not command.request_id:
+            return command
+        old_id, new_id = command.request_id, self._request_id()
+        if self._pending is not None and self._pending[0] == old_id:
+            self._pending = (new_id, self._pending[1])
+        return dataclasses.replace(command, request_id=new_id)
 
     async def _reconnect(self) -> None:
         """Rebuild this session in the machine: connect, then the use and watch state."""

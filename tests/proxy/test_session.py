@@ -1,0 +1,181 @@
+"""Sessions against the real machine in-process (LocalQueue), without sockets.
+
+The failure paths a network makes hard to stage: a session the machine dropped (a lease ran
+out) is rebuilt; an unavailable queue is retried with the same request id, then reported as
+INTERNAL_ERROR; a wake-up that arrives before the ``Waiting`` reply is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cluster.clock import FakeClock
+from cluster.local import LocalQueue
+from cluster.queue import QueueUnavailable
+from proxy import events as e
+from proxy import render
+from proxy.session import ProxyContext, Session
+from statemachine import commands as sm
+from statemachine import replies as r
+
+
+def _process_stats() -> render.ProcessStats:
+    return render.ProcessStats(1, "v", 0, 0, 0, False, "0" * 16, "h", "o", "p")
+
+
+class FlakyQueue:
+    """A LocalQueue that raises QueueUnavailable for the first ``failures`` applies of each
+    command type in ``flaky`` (as a cluster does while it elects a leader)."""
+
+    def __init__(self, inner: LocalQueue, failures: int, flaky: tuple[type, ...]) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.flaky = flaky
+        self.seen: list[sm.Command] = []
+
+    async def apply(self, command: sm.Command) -> r.Reply:
+        self.seen.append(command)
+        if isinstance(command, self.flaky) and self.failures > 0:
+            self.failures -= 1
+            raise QueueUnavailable("no leader")
+        return await self.inner.apply(command)
+
+    def subscribe(self, proxy_id: str, handler) -> None:  # type: ignore[no-untyped-def]
+        self.inner.subscribe(proxy_id, handler)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _context(queue: object, retry_for_s: float = 5.0) -> ProxyContext:
+    ctx = ProxyContext("proxy1", queue, _process_stats, retry_for_s=retry_for_s)  # type: ignore[arg-type]
+    queue.subscribe("proxy1", ctx.deliver)  # type: ignore[attr-defined]
+    return ctx
+
+
+async def _session(ctx: ProxyContext) -> Session:
+    session = Session(ctx, ctx.new_client_id())
+    await session.open()
+    return session
+
+
+def test_a_dropped_session_is_rebuilt_with_its_tube_and_watches_then_the_command_runs():
+    async def scenario() -> None:
+        queue = LocalQueue(clock=FakeClock())
+        ctx = _context(queue)
+        s = await _session(ctx)
+        assert await s.handle(e.Use("jobs")) == b"USING jobs\r\n"
+        assert await s.handle(e.Watch("jobs")) == b"WATCHING 2\r\n"
+        assert await s.handle(e.Ignore("default")) == b"WATCHING 1\r\n"
+        await queue.apply(sm.DropProxy("proxy1"))  # what a lease expiry does
+        assert await s.handle(e.Put(0, 0, 60, b"x")) == b"INSERTED 1\r\n"
+        assert await s.handle(e.ListTubesWatched()) == render.tube_list(("jobs",))
+        assert await s.handle(e.ListTubeUsed()) == b"USING jobs\r\n"
+        assert await s.handle(e.Reserve(0, True)) == b"RESERVED 1 1\r\nx\r\n"
+
+    asyncio.run(scenario())
+
+
+def test_an_unavailable_queue_is_retried_with_the_same_put_request_id():
+    async def scenario() -> None:
+        queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=3, flaky=(sm.Put,))
+        s = await _session(_context(queue))
+        assert await s.handle(e.Put(0, 0, 60, b"x")) == b"INSERTED 1\r\n"
+        puts = [c for c in queue.seen if isinstance(c, sm.Put)]
+        assert len(puts) == 4
+        assert len({p.request_id for p in puts}) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_queue_unavailable_for_too_long_gives_internal_error_and_the_session_goes_on():
+    async def scenario() -> None:
+        queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=1000, flaky=(sm.Peek,))
+        s = await _session(_context(queue, retry_for_s=0.2))
+        assert await s.handle(e.Peek(1)) == b"INTERNAL_ERROR\r\n"
+        assert await s.handle(e.ListTubeUsed()) == b"USING default\r\n"
+
+    asyncio.run(scenario())
+
+
+class EagerWakeQueue(LocalQueue):
+    """Delivers the outcome's wake-ups before returning the reply, as a remote queue whose
+    wake-up stream is faster than its reply may."""
+
+    async def apply(self, command: sm.Command) -> r.Reply:
+        reply = self.apply_now(command)
+        await asyncio.sleep(0.05)  # the wake-up (if any) was already handed over
+        return reply
+
+
+def test_a_wakeup_that_arrives_before_the_waiting_reply_is_not_lost():
+    async def scenario() -> None:
+        queue = EagerWakeQueue(clock=FakeClock())
+        ctx = _context(queue)
+        worker, producer = await _session(ctx), await _session(ctx)
+        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+        await asyncio.sleep(0.01)  # the Reserve is applied; its Waiting reply is not back yet
+        assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
+
+    asyncio.run(scenario())
+
+
+def test_a_wakeup_for_another_request_is_ignored():
+    async def scenario() -> None:
+        queue = LocalQueue(clock=FakeClock())
+        ctx = _context(queue)
+        s = await _session(ctx)
+        reserve = asyncio.create_task(s.handle(e.Reserve(None)))
+        await asyncio.sleep(0.01)
+        ctx.deliver(r.Wakeup(s.client_id, "proxy1", "stale-request", r.TimedOut()))
+        await asyncio.sleep(0.01)
+        assert not reserve.done()
+        s.peer_gone(half_closed=True)
+        assert await reserve == b"TIMED_OUT\r\n"
+
+    asyncio.run(scenario())
+
+
+def test_drain_mode_refuses_puts_but_counts_them():
+    async def scenario() -> None:
+        queue = LocalQueue(clock=FakeClock())
+        ctx = _context(queue)
+        s = await _session(ctx)
+        ctx.draining = True
+        assert await s.handle(e.Put(0, 0, 60, b"x")) == b"DRAINING\r\n"
+        stats = await queue.apply(sm.Stats())
+        assert isinstance(stats, r.ServerStats)
+        assert (stats.cmd_put, stats.total_jobs) == (1, 0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("job_id", [2**63, 2**64 - 1])
+def test_job_ids_beyond_int64_are_not_found_and_counted(job_id: int):
+    async def scenario() -> None:
+        queue = LocalQueue(clock=FakeClock())
+        s = await _session(_context(queue))
+        assert await s.handle(e.Peek(job_id)) == b"NOT_FOUND\r\n"
+        stats = await queue.apply(sm.Stats())
+        assert isinstance(stats, r.ServerStats)
+        assert stats.cmd_peek == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_reserve_from_a_dropped_session_waits_under_a_new_request_id_and_is_woken():
+    async def scenario() -> None:
+        queue = LocalQueue(clock=FakeClock())
+        ctx = _context(queue)
+        worker, producer = await _session(ctx), await _session(ctx)
+        await queue.apply(sm.Disconnect(worker.client_id))
+        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+        await asyncio.sleep(0.01)
+        assert not reserve.done()
+        assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
+
+    asyncio.run(scenario())
