@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -147,3 +148,18 @@ def test_killing_the_leader_under_load_loses_no_acknowledged_put(cluster: Cluste
     assert not missing, f"acknowledged but never delivered: {sorted(missing)[:10]}"
     bodies = list(history.delivered.values())
     assert len(bodies) == len(set(bodies)), "a put was applied twice (one body, two ids)"
+
+
+def test_a_cleanly_stopped_proxy_releases_its_clients_jobs_at_once(cluster: Cluster):
+    leaving = cluster.add_proxy("--lease-ms", "60000")
+    survivor = cluster.add_proxy()
+    with client(survivor.port, "drop") as other:
+        job_id = other.put("held", ttr=600)
+        holder = client(leaving.port, "drop")
+        assert holder.reserve(timeout=10).id == job_id
+        leaving.process.send_signal(signal.SIGTERM)
+        assert leaving.process.wait(30) == 0
+        started = time.monotonic()
+        job = other.reserve(timeout=30)
+        assert job.id == job_id
+        assert time.monotonic() - started < 20, "released by DropProxy, not by the 60 s lease"
