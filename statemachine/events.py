@@ -64,14 +64,13 @@ def _wait_heap_top(state: State, heap: list[int], valid: WaitRule) -> int | None
 def next_event_ms(state: State) -> int | None:
     """The earliest instant at which any pending event happens, or None."""
     earliest: int | None = None
-    for key in (
-        _job_heap_top(state, state.ttr_heap, ttr_valid),
-        _job_heap_top(state, state.delay_heap, delayed_valid),
-        _wait_heap_top(state, state.wait_heap, wait_valid),
-        _wait_heap_top(state, state.soon_heap, soon_valid),
-    ):
-        if key is not None and (earliest is None or key >> KEY_SHIFT < earliest):
-            earliest = key >> KEY_SHIFT
+    if state.ttr_heap and (key := _job_heap_top(state, state.ttr_heap, ttr_valid)) is not None:
+        earliest = key >> KEY_SHIFT
+    if state.delay_heap:
+        earliest = _earlier(earliest, _job_heap_top(state, state.delay_heap, delayed_valid))
+    if state.waiting:
+        earliest = _earlier(earliest, _wait_heap_top(state, state.wait_heap, wait_valid))
+        earliest = _earlier(earliest, _wait_heap_top(state, state.soon_heap, soon_valid))
     if state.leases:
         lease_ms = min(state.leases.values())
         if earliest is None or lease_ms < earliest:
@@ -81,6 +80,13 @@ def next_event_ms(state: State) -> int | None:
         if earliest is None or tube.pause_until_ms < earliest:
             earliest = tube.pause_until_ms
     return earliest
+
+
+def _earlier(earliest: int | None, key: int | None) -> int | None:
+    if key is None:
+        return earliest
+    instant = key >> KEY_SHIFT
+    return instant if earliest is None or instant < earliest else earliest
 
 
 def advance(state: State, now_ms: int) -> None:

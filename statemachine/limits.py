@@ -43,7 +43,7 @@ def tube_name_error(name: str) -> str | None:
     size = len(name.encode())
     if not 1 <= size <= TUBE_NAME_MAX_BYTES:
         return f"tube name must be 1 to {TUBE_NAME_MAX_BYTES} bytes, got {size}"
-    if any(ch not in TUBE_NAME_CHARS for ch in name):
+    if not TUBE_NAME_CHARS.issuperset(name):
         return f"tube name {name!r} has a character outside A-Za-z0-9 and -+/;.$_()"
     if name.startswith("-"):
         return f"tube name {name!r} must not start with '-'"

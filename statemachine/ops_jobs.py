@@ -15,6 +15,7 @@ from statemachine import commands as c
 from statemachine.jobs import BURIED, DELAYED, ID_MASK, RESERVED, Job
 from statemachine.limits import (
     DEADLINE_SOON_MARGIN_MS,
+    PRIORITY_MAX,
     RESERVE_TIMEOUT_MAX_MS,
     SECONDS_FIELD_MAX_MS,
     TTR_MIN_MS,
@@ -49,15 +50,26 @@ from statemachine.state import State
 from statemachine.tubes import Tube
 
 
-def put(state: State, cmd: c.Put) -> Reply:
-    error = first_error(
+def _put_error(cmd: c.Put) -> str | None:
+    return first_error(
         tube_name_error(cmd.tube),
         priority_error(cmd.priority),
         delay_error(cmd.delay_ms),
         range_error("ttr_ms", cmd.ttr_ms, SECONDS_FIELD_MAX_MS),
     )
-    if error is not None:
-        return InvalidArgument(error)
+
+
+def put(state: State, cmd: c.Put) -> Reply:
+    # Fast path: an existing tube's name is valid, and plain range checks need no message.
+    if not (
+        cmd.tube in state.tubes
+        and 0 <= cmd.priority <= PRIORITY_MAX
+        and 0 <= cmd.delay_ms <= SECONDS_FIELD_MAX_MS
+        and 0 <= cmd.ttr_ms <= SECONDS_FIELD_MAX_MS
+    ):
+        error = _put_error(cmd)
+        if error is not None:
+            return InvalidArgument(error)
     client = None
     if cmd.client_id:
         client = state.clients.get(cmd.client_id)
