@@ -10,6 +10,7 @@ job's cgroup.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from executor.cgroups import JobCgroup
@@ -32,6 +33,11 @@ def _in_cgroup(pid: int, job_name: str) -> bool:
         return False
 
 
+def _worker_alive(state: dict[str, object]) -> bool:
+    pid = state.get("worker_pid")
+    return isinstance(pid, int) and os.path.exists(f"/proc/{pid}")
+
+
 def run(args: argparse.Namespace) -> int:
     files = JobFiles(args.log_dir, args.job_id)
     state = files.read_state()
@@ -39,6 +45,14 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"beanraft stop: job {args.job_id} is not running on this host "
             f"(no {files.state_path}); run this on the worker's host with its --log-dir",
+            file=sys.stderr,
+        )
+        return 1
+    if not _worker_alive(state):
+        files.clear_state()
+        print(
+            f"beanraft stop: job {args.job_id} is not running: its worker "
+            f"(pid {state.get('worker_pid')}) is gone; the queue gives the job back after its TTR",
             file=sys.stderr,
         )
         return 1

@@ -301,8 +301,11 @@ class _Toucher:
         try:
             self._client.touch(self._job)
             self._last_ms = now_ms
-        except greenstalk.NotFoundError:
-            # Our reservation is gone (TTR passed anyway): someone else may run the job now,
-            # so this run stops rather than run twice.
-            log.warning("lost the reservation; stopping the job", job_id=self._job.id)
+        except (OSError, greenstalk.Error) as exc:
+            # NOT_FOUND: our reservation is gone (TTR passed anyway). A broken connection: the
+            # server gives the job back. Either way someone else may run it now, so this run
+            # stops (and its cgroup is cleaned up) rather than run twice.
+            log.warning(
+                "lost the reservation; stopping the job", job_id=self._job.id, error=repr(exc)
+            )
             self.lost = True

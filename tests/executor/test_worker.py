@@ -249,3 +249,33 @@ def test_pool_runs_jobs_concurrently_and_finishes_every_one(
     # Intervals [end - duration, end]: at some moment at least two jobs ran at once.
     spans = sorted((r["finished_at_ms"] - r["duration_ms"], r["finished_at_ms"]) for r in records)
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+def test_lost_connection_stops_the_running_job_and_the_worker_reconnects(
+    free_port_and_wait: Any, worker_for: Any, wait_until: Any
+) -> None:
+    free_port, wait_for_port = free_port_and_wait
+    port = free_port()
+    cmd = ["/usr/bin/beanstalkd", "-l", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd)
+    try:
+        wait_for_port(port)
+        address = ("127.0.0.1", port)
+        worker = worker_for(address, "--grace", "1")
+        job_id = submit(address, sh("sleep 300"), ttr_s=1)
+        state = worker.log_dir / f"job-{job_id}.state.json"
+        wait_until(state.exists, 30, "the job to start")
+        server.kill()
+        server.wait()
+        # The touch fails: the job is stopped and cleaned up instead of running unowned.
+        wait_until(lambda: not state.exists(), 30, "the job to be stopped")
+        (record,) = results(worker.log_dir, job_id)
+        assert (record["status"], record["action"]) == ("lost_reservation", "none")
+        server = subprocess.Popen(cmd)
+        wait_for_port(port)
+        second = submit(address, sh("true"))
+        wait_until(lambda: results(worker.log_dir, second), 30, "the reconnected worker")
+        assert worker.proc.poll() is None
+    finally:
+        server.kill()
+        server.wait()
