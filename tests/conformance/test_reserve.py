@@ -28,7 +28,7 @@ def test_reserve_with_timeout_2conns(target: Server, tube: str):
         b.use_only(tube)
         started = time.monotonic()
         a.request(b"reserve-with-timeout 1\r\n", b"TIMED_OUT\r\n")
-        assert 0.95 <= time.monotonic() - started < 1.5
+        assert 0.95 <= time.monotonic() - started < 3
 
 
 def test_waiting_reserve_is_answered_by_a_put_on_another_connection(target: Server, tube: str):
@@ -71,7 +71,7 @@ def test_waiting_reserve_is_woken_with_deadline_soon(target: Server, tube: str):
         c.request(b"reserve\r\n", b"RESERVED %d 1\r\na\r\n" % job)
         started = time.monotonic()
         c.request(b"reserve\r\n", b"DEADLINE_SOON\r\n")
-        assert 0.8 <= time.monotonic() - started < 1.5
+        assert 0.8 <= time.monotonic() - started < 3
 
 
 def test_reserved_job_returns_to_ready_after_ttr_even_when_its_owner_is_idle(
@@ -102,8 +102,12 @@ def test_reserve_job_ttr_deadline_soon_and_release_to_ready(target: Server, tube
         job = c.put(b"a", delay=100, ttr=1)
         c.request(b"reserve-job %d\r\n" % job, b"RESERVED %d 1\r\na\r\n" % job)
         c.request(b"reserve-with-timeout 0\r\n", b"DEADLINE_SOON\r\n")
-        time.sleep(1.2)
-        assert c.yaml(b"stats-job %d\r\n" % job)["state"] == "ready"
+        time.sleep(1.0)
+        # beanstalkd's per-connection TTR timer can lag a little behind the deadline.
+        deadline = time.monotonic() + 3
+        while c.yaml(b"stats-job %d\r\n" % job)["state"] != "ready":
+            assert time.monotonic() < deadline, "the job stayed reserved after its TTR"
+            time.sleep(0.05)
 
 
 def test_reserve_job_already_reserved_is_not_found(target: Server, tube: str):
