@@ -15,7 +15,7 @@ What it asserts:
 
 from __future__ import annotations
 
-from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, READY, RESERVED, Job
+from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, READY, RESERVED, STATE_NAMES, Job
 from statemachine.limits import DEFAULT_TUBE, URGENT_PRIORITY_LIMIT
 from statemachine.state import State
 from statemachine.tubes import Tube
@@ -55,6 +55,7 @@ def _count_jobs(state: State) -> dict[str, list[int]]:
 
 
 def _check_job_place(job: Job) -> None:
+    assert 0 <= job.state < len(STATE_NAMES), f"job {job.id} is between places ({job.state})"
     in_buried = job.id in job.tube.buried
     assert in_buried == (job.state == BURIED), f"job {job.id} buried FIFO vs state"
     if job.state == RESERVED:
@@ -89,6 +90,9 @@ def _check_tube_heaps(state: State, tube: Tube) -> None:
     if tube.ready_count and tube.top >= 0:
         best = min(state.jobs[i].ready_key() for i in valid_ready)
         assert tube.top == best, f"tube {tube.name}: cached top {tube.top} is not {best}"
+    if tube.ready_count and tube.pause_until_ms is None:
+        assert tube.top >= 0, f"unpaused tube {tube.name} has ready jobs but no known top"
+        assert tube.top in state.ready_tops, f"tube {tube.name}'s top is not in ready_tops"
     valid_delayed = {
         k & ID_MASK
         for k in tube.delayed

@@ -27,6 +27,8 @@ READY = 0
 DELAYED = 1
 RESERVED = 2
 BURIED = 3
+# Between leave_place and enter_*: in no place, so every heap entry of the job is stale.
+MOVING = 4
 STATE_NAMES = ("ready", "delayed", "reserved", "buried")
 
 KEY_SHIFT = 64

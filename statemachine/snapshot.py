@@ -364,6 +364,7 @@ def _place_jobs(state: State, jobs: list[Job]) -> None:
     for tube in state.tube_order:
         heapify(tube.ready)
         heapify(tube.delayed)
+        state.publish_top(tube)
     heapify(state.delay_heap)
     heapify(state.ttr_heap)
 

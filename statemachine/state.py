@@ -38,7 +38,7 @@ from statemachine.heaps import (
     wait_valid,
 )
 from statemachine.idempotency import IdempotencyWindow
-from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, READY, RESERVED, Job
+from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, MOVING, READY, RESERVED, Job
 from statemachine.limits import DEFAULT_MAX_JOB_SIZE, DEFAULT_TUBE, URGENT_PRIORITY_LIMIT
 from statemachine.replies import Reserved, WaitResult, Wakeup
 from statemachine.sessions import Client, remove_moving_last
@@ -64,6 +64,9 @@ class State:
         self.delay_heap: list[int] = []
         self.wait_heap: list[int] = []
         self.soon_heap: list[int] = []
+        # Every unpaused tube's best ready key (stale entries dropped lazily): its valid top
+        # is the best ready job of the whole machine, which a client watching many tubes wants.
+        self.ready_tops: list[int] = []
         self.delayed_total = 0  # live entries of delay_heap, for compaction
         self.reserved_total = 0  # live entries of ttr_heap, for compaction
         self.counters = Counters()
@@ -99,6 +102,7 @@ class State:
         tube.pause_until_ms = None
         tube.pause_ms = 0
         self.paused.pop(tube.name, None)
+        self.publish_top(tube)
         if tube.waiters:
             self.dirty[tube.name] = tube
 
@@ -108,14 +112,16 @@ class State:
         """Take a job out of wherever it is (heap entries go stale and are dropped lazily)."""
         tube = job.tube
         state = job.state
+        job.state = MOVING
         if state == READY:
-            if tube.top == job.priority << KEY_SHIFT | job.id:
-                tube.top = -1
             tube.ready_count -= 1
             if job.priority < URGENT_PRIORITY_LIMIT:
                 tube.urgent_count -= 1
             if needs_compaction(tube.ready, tube.ready_count):
                 compact_jobs(tube.ready, self.jobs, ready_valid)
+            if tube.top == job.priority << KEY_SHIFT | job.id:
+                tube.top = -1
+                self.publish_top(tube)
         elif state == DELAYED:
             tube.delayed_count -= 1
             self.delayed_total -= 1
@@ -128,6 +134,32 @@ class State:
             del tube.buried[job.id]
         else:
             self._leave_reserved(job)
+
+    def publish_top(self, tube: Tube) -> None:
+        """Index an unpaused tube's (new) best ready key in ``ready_tops``."""
+        if tube.ready_count and tube.pause_until_ms is None:
+            heappush(self.ready_tops, tube.top_ready_key(self.jobs))
+            if needs_compaction(self.ready_tops, len(self.tube_order)):
+                compact_jobs(self.ready_tops, self.jobs, self.top_valid)
+
+    def top_valid(self, jobs: dict[int, Job], key: int) -> bool:
+        job = jobs.get(key & ID_MASK)
+        return (
+            job is not None
+            and job.state == READY
+            and job.tube.top == key
+            and job.tube.pause_until_ms is None
+        )
+
+    def best_ready_key(self) -> int | None:
+        """The key of the best ready job in any unpaused tube, or None."""
+        heap = self.ready_tops
+        while heap:
+            key = heap[0]
+            if self.top_valid(self.jobs, key):
+                return key
+            heappop(heap)
+        return None
 
     def _leave_reserved(self, job: Job) -> None:
         holder = job.holder
@@ -151,6 +183,8 @@ class State:
         tube.ready_count = count + 1
         if count == 0 or 0 <= key < tube.top:
             tube.top = key
+            if tube.pause_until_ms is None:
+                heappush(self.ready_tops, key)
         if job.priority < URGENT_PRIORITY_LIMIT:
             tube.urgent_count += 1
         if tube.waiters:
