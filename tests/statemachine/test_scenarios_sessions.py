@@ -137,3 +137,15 @@ def test_producers_and_workers_are_connected_clients_that_put_or_reserved(q: Dri
     assert (stats.current_producers, stats.current_workers) == (1, 2)
     q.do(c.Disconnect("w"))
     assert q.stats().current_workers == 1
+
+
+def test_an_expired_lease_ends_the_waits_of_the_proxys_clients(q: Driver) -> None:
+    q.connect("w1", proxy="p1")
+    q.reserve("w1", 60_000)
+    q.do(c.RenewLease("p1", 2_000))
+    assert q.tick(2_000) == ()  # a disconnected client gets no answer: it is gone
+    stats = q.stats()
+    assert (stats.current_waiting, stats.current_connections) == (0, 0)
+    assert q.machine.next_deadline_ms() is None
+    q.put()
+    assert q.last_wakeups == ()
