@@ -3,8 +3,11 @@ front, a real `beanraft worker` behind it, and a producer using the client helpe
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,12 @@ import greenstalk
 import pytest
 
 from executor.client import submit, wait_result
+
+
+def results(log_dir: Path, job_id: int) -> list[dict[str, Any]]:
+    path = log_dir / f"job-{job_id}.results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
 
 pytestmark = pytest.mark.root
 
@@ -55,3 +64,31 @@ def test_job_longer_than_its_ttr_runs_once_through_the_proxy_and_reports_its_res
     with greenstalk.Client(proxy) as client:
         assert client.stats_job(job_id)["state"] == "buried"
     assert worker.proc.poll() is None
+
+
+def test_frozen_worker_job_comes_back_after_its_ttr_and_is_not_run_twice(
+    proxy: tuple[str, int], worker_for: Any, wait_until: Any
+) -> None:
+    """A worker that stops touching (SIGSTOP: its connection stays open) loses the job after
+    its TTR, and when it wakes up its refused touch makes it stop its copy.
+
+    Through the proxy, not beanstalkd 1.12: beanstalkd never times out a job that it handed to
+    a client waiting in reserve-with-timeout (time-left goes negative, the job stays reserved)."""
+    worker = worker_for(proxy, "--grace", "1")
+    with greenstalk.Client(proxy) as client:
+        job_id = client.put(json.dumps({"command": "/bin/sleep", "args": ["300"]}), ttr=2)
+        state = worker.log_dir / f"job-{job_id}.state.json"
+        wait_until(state.exists, 30, "the job to start")
+        worker.proc.send_signal(signal.SIGSTOP)  # connection open, no more touches
+        stopped_at = time.monotonic()
+        try:
+            taken = client.reserve(timeout=30)
+            assert taken.id == job_id
+            assert time.monotonic() - stopped_at >= 1.0  # it came back by its TTR
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+        # The woken worker's touch is refused: it stops its copy instead of running it twice.
+        wait_until(lambda: not state.exists(), 30, "the stale run to be stopped")
+        (record,) = results(worker.log_dir, job_id)
+        assert (record["status"], record["action"]) == ("lost_reservation", "none")
+        client.delete(taken)
