@@ -354,3 +354,20 @@ def test_half_closed_waiting_reserve_gets_timed_out(target: Server, tube: str):
         time.sleep(0.2)
         c.sock.shutdown(socket.SHUT_WR)
         c.expect(b"TIMED_OUT\r\n")
+
+
+@pytest.mark.config(max_job_size=10)
+def test_refused_puts_count_in_cmd_put_and_only_expected_crlf_makes_a_producer(target: Server):
+    with target.connect() as c:
+        c.request(b"put 0 0 0 11\r\n" + b"z" * 13, b"JOB_TOO_BIG\r\n")
+        c.request(b"put 0 0 0 1x\r\nq\r\n", BAD + b"UNKNOWN_COMMAND\r\n")
+        stats = c.yaml(b"stats\r\n")
+        assert (stats["cmd-put"], stats["total-jobs"]) == ("2", "0")
+        # Known difference: the contract's RejectedPut always marks the connection a
+        # producer; beanstalkd 1.12 does not for JOB_TOO_BIG or a put line with trailing
+        # garbage (prot.c sets the producer flag after those checks).
+        producers = "0" if target.kind == "beanstalkd" else "1"
+        assert stats["current-producers"] == producers
+        c.request(b"put 0 0 0 1\r\nabc\r\n", b"EXPECTED_CRLF\r\nUNKNOWN_COMMAND\r\n")
+        stats = c.yaml(b"stats\r\n")
+        assert (stats["cmd-put"], stats["current-producers"]) == ("3", "1")
