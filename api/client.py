@@ -37,6 +37,8 @@ LEADER_HINT_KEY = "leader-grpc-addr"
 CALL_TIMEOUT_S = 15.0
 RETRY_FOR_S = 20.0
 STREAM_SILENCE_S = 12.0  # nodes send a heartbeat every 5 s
+MAX_CALLS_IN_FLIGHT = 4
+MAX_BATCH = 256
 
 
 def open_channel(target: str, tls_dir: Path | None, name: str) -> grpc.aio.Channel:
@@ -61,6 +63,9 @@ class RemoteQueue:
         self._streams: list[asyncio.Task[None]] = []
         self._attached: list[asyncio.Event] = []
         self.on_gap: Callable[[str], None] = lambda proxy_id: None
+        self._pending: list[tuple[jsm_pb2.ApplyRequest, asyncio.Future[bytes]]] = []
+        self._calls_in_flight = 0
+        self._sends: set[asyncio.Task[None]] = set()
 
     def _stub(self, address: str) -> jsm_pb2_grpc.JobStateMachineStub:
         channel = self._channels.get(address)
@@ -86,11 +91,42 @@ class RemoteQueue:
         request = jsm_pb2.ApplyRequest(
             command=codec.encode_command(command), request_id=uuid.uuid4().hex
         )
-        response = await self._call_with_retries(request)
-        return codec.decode_outcome(response.outcome).reply
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        self._send_pending()
+        return codec.decode_outcome(await future).reply
 
-    async def apply_outcome_bytes(self, request: jsm_pb2.ApplyRequest) -> jsm_pb2.ApplyResponse:
-        return await self._call_with_retries(request)
+    def _send_pending(self) -> None:
+        # Up to MAX_CALLS_IN_FLIGHT calls at once; whatever queues meanwhile goes in one
+        # batched call (the leader puts it in one log entry). A lone apply goes out at once.
+        loop = asyncio.get_running_loop()
+        while self._pending and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            self._calls_in_flight += 1
+            task = loop.create_task(self._send(batch))
+            self._sends.add(task)  # a reference, so the task is not collected mid-flight
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, batch: list[tuple[jsm_pb2.ApplyRequest, asyncio.Future[bytes]]]) -> None:
+        try:
+            if len(batch) == 1:
+                response = await self._call_with_retries(batch[0][0])
+                results = [jsm_pb2.ApplyResult(outcome=response.outcome)]
+            else:
+                requests = [request for request, _ in batch]
+                response = await self._call_with_retries(jsm_pb2.ApplyRequest(batch=requests))
+                results = list(response.results)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    _settle(future, result)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._calls_in_flight -= 1
+            self._send_pending()
 
     async def _call_with_retries(self, request: jsm_pb2.ApplyRequest) -> jsm_pb2.ApplyResponse:
         loop = asyncio.get_running_loop()
@@ -180,3 +216,12 @@ class RemoteQueue:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+def _settle(future: asyncio.Future[bytes], result: jsm_pb2.ApplyResult) -> None:
+    if result.code == 0:
+        future.set_result(result.outcome)
+    elif result.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
+        future.set_exception(ValueError(result.message))
+    else:
+        future.set_exception(QueueUnavailable(f"code {result.code}: {result.message}"))

@@ -887,24 +887,65 @@ class ApplyRequest(_message.Message):
 
     COMMAND_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     command: _builtins.bytes
     request_id: _builtins.str
     """Idempotency key for the whole command: the same request_id applied again (a retry after
     an ambiguous outcome) returns the first outcome and changes nothing.
     """
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyRequest]:
+        """Several commands in one call (then command and request_id are unused): the leader puts
+        them in one log entry; the reply's results come in the same order.
+        """
+
     def __init__(
         self,
         *,
         command: _builtins.bytes = ...,
         request_id: _builtins.str = ...,
+        batch: _abc.Iterable[Global___ApplyRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "command", b"command", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyRequest: _TypeAlias = ApplyRequest  # noqa: Y015
+
+@_typing.final
+class ApplyResult(_message.Message):
+    """beanraft: the result of one command of ApplyRequest.batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    APPLIED_INDEX_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    outcome: _builtins.bytes
+    """set when code is 0"""
+    applied_index: _builtins.int
+    code: _builtins.int
+    """a grpc.StatusCode value; 0 (OK) when applied"""
+    message: _builtins.str
+    """what was wrong, when code is not 0"""
+    def __init__(
+        self,
+        *,
+        outcome: _builtins.bytes = ...,
+        applied_index: _builtins.int = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "code", b"code", "message", b"message", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyResult: _TypeAlias = ApplyResult  # noqa: Y015
 
 @_typing.final
 class ApplyResponse(_message.Message):
@@ -914,18 +955,24 @@ class ApplyResponse(_message.Message):
 
     OUTCOME_FIELD_NUMBER: _builtins.int
     APPLIED_INDEX_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     outcome: _builtins.bytes
     applied_index: _builtins.int
     """the Raft index at which the command was applied"""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyResult]:
+        """for ApplyRequest.batch, in the same order"""
+
     def __init__(
         self,
         *,
         outcome: _builtins.bytes = ...,
         applied_index: _builtins.int = ...,
+        results: _abc.Iterable[Global___ApplyResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "outcome", b"outcome", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,14 +67,21 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
     # --- beanraft extensions ------------------------------------------------------------
 
     async def Apply(self, request: Any, context: Any) -> jsm_pb2.ApplyResponse:
+        if request.batch:
+            results = await guarded(context, self.service.apply_batch(list(request.batch)))
+            self._hint_leader(context)
+            return jsm_pb2.ApplyResponse(results=results)
         outcome, index = await guarded(
             context, self.service.apply_encoded(request.command, request.request_id)
         )
+        self._hint_leader(context)
+        return jsm_pb2.ApplyResponse(outcome=outcome, applied_index=index)
+
+    def _hint_leader(self, context: Any) -> None:
         if not self.service.node.is_leader():  # forwarded: tell the client where to go next
             _, leader_grpc = self.service.node.leader_info()
             if leader_grpc:
                 context.set_trailing_metadata(((errors.LEADER_HINT_KEY, leader_grpc),))
-        return jsm_pb2.ApplyResponse(outcome=outcome, applied_index=index)
 
     async def StreamWakeups(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if not request.proxy_id:

@@ -106,6 +106,7 @@ class RaftNode:
         self._tick_inflight = False
         self._last_ticked_deadline_ms: int | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
 
     def _seed(self) -> bytes | None:
         # A restored cluster starts from a seed snapshot, but only on a brand-new data dir:
@@ -249,7 +250,7 @@ class RaftNode:
             self._last_ticked_deadline_ms = None
             return 1.0
         self._last_ticked_deadline_ms = deadline_ms
-        self.loop.create_task(self._propose_tick())
+        self._tick_task = self.loop.create_task(self._propose_tick())  # keep a reference
         return 0.002
 
     async def _propose_tick(self) -> None:

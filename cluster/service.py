@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -30,6 +31,7 @@ from statemachine.replies import Outcome
 
 LEADER_WAIT_S = 1.5
 FORWARD_TIMEOUT_S = 12.0
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 @dataclass
@@ -57,31 +59,68 @@ class QueueService:
 
     async def apply_encoded(self, command: bytes, request_id: str) -> tuple[bytes, int]:
         codec.decode_command(command)  # refuse malformed input here, before it is replicated
+        leader_grpc = await self._route()
+        if not leader_grpc:
+            request = envelope.Request(envelope.COMMAND, request_id, command)
+            status, payload, index = (await self.node.submit([request]))[0]
+            if status == REFUSED:
+                raise Refused(payload.decode(errors="replace"))
+            return payload, index
+        message = jsm_pb2.ApplyRequest(command=command, request_id=request_id)
+        reply = await self._forward(leader_grpc, message)
+        return reply.outcome, reply.applied_index
+
+    async def apply_batch(self, batch: list[jsm_pb2.ApplyRequest]) -> list[jsm_pb2.ApplyResult]:
+        """Apply several commands in one log entry (when leading) or one forwarded call.
+
+        A malformed command gets its own INVALID_ARGUMENT result; the others still apply."""
+        results: list[jsm_pb2.ApplyResult | None] = [None] * len(batch)
+        valid = []
+        for i, item in enumerate(batch):
+            try:
+                codec.decode_command(item.command)
+                valid.append(i)
+            except codec.CodecError as exc:
+                results[i] = jsm_pb2.ApplyResult(code=_INVALID, message=str(exc))
+        if valid:
+            applied = await self._apply_valid([batch[i] for i in valid])
+            for i, result in zip(valid, applied, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    async def _apply_valid(self, batch: list[jsm_pb2.ApplyRequest]) -> list[jsm_pb2.ApplyResult]:
+        leader_grpc = await self._route()
+        if leader_grpc:
+            reply = await self._forward(leader_grpc, jsm_pb2.ApplyRequest(batch=batch))
+            return list(reply.results)
+        requests = [envelope.Request(envelope.COMMAND, b.request_id, b.command) for b in batch]
+        results = []
+        for status, payload, index in await self.node.submit(requests):
+            if status == REFUSED:
+                results.append(jsm_pb2.ApplyResult(code=_INVALID, message=payload.decode()))
+            else:
+                results.append(jsm_pb2.ApplyResult(outcome=payload, applied_index=index))
+        return results
+
+    async def _route(self) -> str:
+        """The leader's gRPC address, or the empty string when this node leads. Waits out an
+        election for up to LEADER_WAIT_S; raises NotLeader when no leader is known by then."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + LEADER_WAIT_S
         while True:
             if self.node.is_leader():
-                request = envelope.Request(envelope.COMMAND, request_id, command)
-                status, payload, index = (await self.node.submit([request]))[0]
-                if status == REFUSED:
-                    raise Refused(payload.decode(errors="replace"))
-                return payload, index
+                return ""
             _, leader_grpc = self.node.leader_info()
             if leader_grpc:
-                return await self._forward(leader_grpc, command, request_id)
+                return leader_grpc
             if loop.time() > give_up:
                 raise self.node.not_leader()
             await asyncio.sleep(0.02)
 
-    async def _forward(
-        self, leader_grpc: str, command: bytes, request_id: str
-    ) -> tuple[bytes, int]:
+    async def _forward(self, leader_grpc: str, request: jsm_pb2.ApplyRequest) -> Any:
         stub = jsm_pb2_grpc.JobStateMachineStub(self._channel(leader_grpc))
         try:
-            reply = await stub.Apply(
-                jsm_pb2.ApplyRequest(command=command, request_id=request_id),
-                timeout=FORWARD_TIMEOUT_S,
-            )
+            return await stub.Apply(request, timeout=FORWARD_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             hint = dict(exc.trailing_metadata() or ()).get(LEADER_HINT_KEY, "")
             code = exc.code()
@@ -94,7 +133,6 @@ class QueueService:
                     "is unknown: retry with the same request id"
                 )
             raise Forwarded(code, details, str(hint)) from None
-        return reply.outcome, reply.applied_index
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)

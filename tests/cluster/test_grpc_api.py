@@ -252,3 +252,26 @@ def test_snapshots_taken_during_a_stream_of_puts_are_each_consistent(
         assert totals == sorted(totals) and totals[-1] > totals[0]
 
     _run(cluster, scenario())
+
+
+def test_a_batch_applies_its_good_commands_and_refuses_only_the_malformed_one(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        follower = await _follower(cluster)
+        good = codec.encode_command(c.Put("batch", 1, 0, 60_000, b"one"))
+        batch = [
+            jsm_pb2.ApplyRequest(command=good, request_id="b-1"),
+            jsm_pb2.ApplyRequest(command=b"\x01junk", request_id="b-2"),
+            jsm_pb2.ApplyRequest(command=good, request_id="b-1"),  # a retry: same outcome
+        ]
+        async with cluster.channel(follower) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            response = await stub.Apply(jsm_pb2.ApplyRequest(batch=batch), timeout=10)
+        first, bad, retry = response.results
+        assert first.code == 0 and retry.code == 0 and first.outcome == retry.outcome
+        assert isinstance(codec.decode_outcome(first.outcome).reply, r.Inserted)
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "unknown value tag" in bad.message
+
+    _run(cluster, scenario())
