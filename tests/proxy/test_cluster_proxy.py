@@ -163,3 +163,16 @@ def test_a_cleanly_stopped_proxy_releases_its_clients_jobs_at_once(cluster: Clus
         job = other.reserve(timeout=30)
         assert job.id == job_id
         assert time.monotonic() - started < 20, "released by DropProxy, not by the 60 s lease"
+
+
+def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(cluster: Cluster):
+    proxy = cluster.add_proxy()
+    result: list[greenstalk.Job] = []
+    with client(proxy.port, "blocked") as worker, client(proxy.port, "blocked") as producer:
+        waiting = threading.Thread(target=lambda: result.append(worker.reserve(timeout=60)))
+        waiting.start()
+        time.sleep(1)
+        cluster.kill_node(cluster.leader_index())
+        job_id = producer.put("after failover")
+        waiting.join(60)
+        assert [(job.id, job.body) for job in result] == [(job_id, "after failover")]
