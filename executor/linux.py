@@ -155,3 +155,38 @@ def inotify_watch(directory: str, mask: int) -> int:
         os.close(fd)
         _check(-1, f"inotify_add_watch({directory!r})")
     return fd
+
+
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added in Linux 5.12)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr_recursive(target: str, attr_set: int) -> bool:
+    """mount_setattr(2) with AT_RECURSIVE: set `attr_set` on `target` and every mount below it.
+    Returns False when the kernel lacks the call (ENOSYS), so the caller can fall back."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    rc = _libc.syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR),
+        ctypes.c_int(_AT_FDCWD),
+        target.encode(),
+        ctypes.c_uint(_AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    if rc != 0 and ctypes.get_errno() == 38:  # ENOSYS
+        return False
+    _check(rc, f"mount_setattr({target!r}, recursive, {attr_set:#x})")
+    return True

@@ -227,7 +227,11 @@ def _bind(source: str, target: str, read_only: bool) -> None:
         os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
     linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
     if read_only:
-        linux.mount(None, target, None, _RO_BIND | linux.MS_REC)
+        # Recursive: a mount below /usr on the host must not stay writable in the job (joblet's
+        # binds were neither recursive nor nosuid/nodev). Kernels before 5.12: top mount only.
+        ro = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+        if not linux.mount_setattr_recursive(target, ro):
+            linux.mount(None, target, None, _RO_BIND)
     else:  # a device node: it must stay a device, but nothing on it may be setuid or executed
         flags = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NOEXEC
         linux.mount(None, target, None, flags)

@@ -308,3 +308,15 @@ def test_a_plan_without_its_namespaces_is_refused_and_the_host_is_untouched(
     assert result.status == "failed_to_start"
     assert "uts" in (result.error or "")
     assert socket.gethostname() == before
+
+
+def test_every_mount_is_nosuid_and_the_system_view_is_read_only(jobs: JobRunner) -> None:
+    run = jobs.run({"command": "/bin/cat", "args": ["/proc/self/mountinfo"]})
+    options = {line.split()[4]: line.split()[5].split(",") for line in run.stdout.splitlines()}
+    assert "/" in options and "/usr" in options and "/work" in options
+    for point, opts in options.items():
+        assert "nosuid" in opts, (point, opts)
+        if point in ("/", "/usr", "/etc") or point.startswith(("/usr/", "/etc/")):
+            assert "ro" in opts, (point, opts)
+    assert "rw" in options["/work"] and "rw" in options["/tmp"]
+    assert "noexec" in options["/proc"]
