@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from typing import Any
 
-from executor.client import DEFAULT_PRIORITY, DEFAULT_TTR_S, parse_address, submit
+from executor.client import DEFAULT_PRIORITY, DEFAULT_TTR_S, parse_address, submit, wait_result
 from executor.spec import SpecError, spec_from_dict
 
 
@@ -32,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backoff", type=int, default=1, help="first retry delay, seconds")
     parser.add_argument("--result-tube", help="tube that receives the result record")
     parser.add_argument("--root", action="store_true", help="run as root (worker must allow)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long for the final result (a private result tube unless --result-tube) "
+        "and print it; exit 0 only if the job succeeded",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
 
 
@@ -65,8 +73,8 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in (("timeout_s", args.timeout), ("workdir", args.workdir)):
         if value is not None:
             spec[key] = value
-    if args.result_tube:
-        spec["result_tube"] = args.result_tube
+    if args.result_tube or args.wait is not None:
+        spec["result_tube"] = args.result_tube or f"results-{uuid.uuid4().hex[:12]}"
     return spec
 
 
@@ -82,5 +90,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"beanraft submit: cannot reach {args.beanstalkd}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"job_id": job_id, "tube": args.tube}))
-    return 0
+    print(json.dumps({"job_id": job_id, "tube": args.tube}), flush=True)
+    if args.wait is None:
+        return 0
+    assert spec.result_tube is not None
+    try:
+        record = wait_result(address, spec.result_tube, job_id, args.wait)
+    except TimeoutError as exc:
+        print(f"beanraft submit: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, sort_keys=True))
+    return 0 if record.get("action") == "delete" else 1

@@ -279,3 +279,17 @@ def test_lost_connection_stops_the_running_job_and_the_worker_reconnects(
     finally:
         server.kill()
         server.wait()
+
+
+def test_submit_wait_prints_the_final_result_and_exits_by_it(
+    beanstalkd: Any, start_worker: Any
+) -> None:
+    start_worker()
+    address = f"{beanstalkd[0]}:{beanstalkd[1]}"
+    ok = beanraft("submit", "--beanstalkd", address, "--wait", "30", "--", "true")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[-1])["action"] == "delete"
+    failed = beanraft("submit", "--beanstalkd", address, "--wait", "30", "--", "sh", "-c", "exit 9")
+    assert failed.returncode == 1
+    record = json.loads(failed.stdout.splitlines()[-1])
+    assert (record["exit_code"], record["action"]) == (9, "bury")
