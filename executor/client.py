@@ -49,8 +49,8 @@ def submit(
 def wait_result(
     address: tuple[str, int], result_tube: str, job_id: int, timeout_s: float
 ) -> dict[str, Any]:
-    """Reserve from `result_tube` until the final record for `job_id` arrives (deleting it);
-    records of other jobs are released untouched. Raises TimeoutError."""
+    """Reserve from `result_tube` until the final record for `job_id` arrives; that job's
+    records are deleted, other jobs' records released untouched. Raises TimeoutError."""
     deadline = time.monotonic() + timeout_s
     others: list[greenstalk.Job[str]] = []
     with greenstalk.Client(address, watch=result_tube) as client:
@@ -61,10 +61,12 @@ def wait_result(
                 except greenstalk.TimedOutError:
                     continue
                 record: dict[str, Any] = json.loads(job.body)
-                if record.get("job_id") == job_id and record.get("action") != "release":
-                    client.delete(job)
+                if record.get("job_id") != job_id:
+                    others.append(job)
+                    continue
+                client.delete(job)  # ours: an attempt to be retried, or the final one
+                if record.get("action") != "release":
                     return record
-                others.append(job)
         finally:
             for job in others:
                 client.release(job)
