@@ -320,3 +320,30 @@ def test_every_mount_is_nosuid_and_the_system_view_is_read_only(jobs: JobRunner)
             assert "ro" in opts, (point, opts)
     assert "rw" in options["/work"] and "rw" in options["/tmp"]
     assert "noexec" in options["/proc"]
+
+
+def test_dev_is_minimal_and_its_nodes_work(jobs: JobRunner) -> None:
+    run = jobs.run(sh("ls /dev; echo x > /dev/null && head -c 4 /dev/zero | wc -c"))
+    *entries, zero_bytes = run.stdout.split()
+    assert set(entries) == {
+        "null",
+        "zero",
+        "full",
+        "random",
+        "urandom",
+        "tty",
+        "fd",
+        "stdin",
+        "stdout",
+        "stderr",
+        "shm",
+    }
+    assert zero_bytes == "4"
+
+
+def test_network_host_shares_the_host_interfaces(jobs: JobRunner) -> None:
+    host = sorted(name for _, name in socket.if_nameindex())
+    run = jobs.run(
+        py("import socket; print(sorted(n for _, n in socket.if_nameindex()))", network="host")
+    )
+    assert run.stdout.strip() == str(host)
