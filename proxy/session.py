@@ -75,6 +75,8 @@ class Session:
         self.watched = ["default"]
         self._requests = itertools.count(1)
         self._pending: tuple[str, asyncio.Future[object]] | None = None
+        self._unsettled: str | None = None  # a reserve's id whose outcome never came back
+        self._stashed: r.WaitResult | None = None  # its answer, if one came while idle
         self._half_closed = False
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -102,6 +104,8 @@ class Session:
         pending = self._pending
         if pending is not None and pending[0] == wakeup.request_id and not pending[1].done():
             pending[1].set_result(wakeup.result)
+        elif wakeup.request_id == self._unsettled:
+            self._stashed = wakeup.result
 
     # --- events -----------------------------------------------------------------------------
 
@@ -218,22 +222,34 @@ class Session:
         return render.render(event, await self._apply(command))
 
     async def _reserve(self, event: e.Reserve) -> bytes:
-        request_id = self._request_id()
+        # A reserve whose outcome we never learned (the queue stayed unavailable) may be
+        # waiting in the machine, or may even have been answered: ask again under its id, so
+        # the machine gives the remembered reply instead of AlreadyWaiting, and take an answer
+        # that arrived meanwhile.
+        request_id = self._unsettled or self._request_id()
+        if self._stashed is not None:
+            result, self._stashed, self._unsettled = self._stashed, None, None
+            return render.render(event, result)
         timeout_ms = None if event.timeout_s is None else event.timeout_s * 1000
         command = sm.Reserve(self.client_id, timeout_ms, request_id, event.with_timeout)
         waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending = (request_id, waiter)
         try:
-            reply = await self._apply(command)
+            try:
+                reply = await self._apply(command)
+            except QueueUnavailable:
+                self._unsettled = request_id
+                raise
+            self._unsettled = None
             if not isinstance(reply, r.Waiting):
                 return render.render(event, reply)
-            result = await waiter
+            outcome = await waiter
         finally:
             self._pending = None
-        if result is _PEER_GONE:
+        if outcome is _PEER_GONE:
             return render.TIMED_OUT if self._half_closed else b""
-        assert isinstance(result, r.Reserved | r.TimedOut | r.DeadlineSoon)
-        return render.render(event, result)
+        assert isinstance(outcome, r.Reserved | r.TimedOut | r.DeadlineSoon)
+        return render.render(event, outcome)
 
     def _request_id(self) -> str:
         return f"{self.client_id}-{next(self._requests)}"

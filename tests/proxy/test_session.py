@@ -179,3 +179,35 @@ def test_a_reserve_from_a_dropped_session_waits_under_a_new_request_id_and_is_wo
         assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
 
     asyncio.run(scenario())
+
+
+class AmbiguousReserveQueue(LocalQueue):
+    """Applies every Reserve but loses the reply (the outcome of a call cut by a failover)."""
+
+    async def apply(self, command: sm.Command) -> r.Reply:
+        reply = self.apply_now(command)
+        if isinstance(command, sm.Reserve) and self.lose_replies:
+            raise QueueUnavailable("reply lost")
+        return reply
+
+    lose_replies = True
+
+
+@pytest.mark.parametrize("put_before_retry", [True, False])
+def test_a_reserve_whose_reply_was_lost_is_settled_by_the_next_reserve(put_before_retry: bool):
+    async def scenario() -> None:
+        queue = AmbiguousReserveQueue(clock=FakeClock())
+        ctx = _context(queue, retry_for_s=0.1)
+        worker, producer = await _session(ctx), await _session(ctx)
+        assert await worker.handle(e.Reserve(None)) == b"INTERNAL_ERROR\r\n"
+        queue.lose_replies = False
+        if put_before_retry:  # the machine answers the lost wait while nobody listens
+            assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+            assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 1\r\nw\r\n"
+            return
+        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+        await asyncio.sleep(0.01)
+        assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
+
+    asyncio.run(scenario())
