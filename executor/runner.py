@@ -92,23 +92,30 @@ def monotonic_ms() -> int:
 def start(plan: Plan, backend: CgroupBackend, stdout_path: str, stderr_path: str) -> RunningJob:
     """Create the cgroup (all limits applied, or CgroupError) and fork the launcher."""
     cgroup = backend.create(plan.job_name, plan.limits)
+    procs_files = cgroup.procs_files()
+    child_fds: list[int] = []  # ours to close once the launcher has its copies
+    status_r = -1
     try:
-        out_fd = os.open(stdout_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        err_fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        child_fds.append(os.open(stdout_path, flags, 0o640))
+        child_fds.append(os.open(stderr_path, flags, 0o640))
         status_r, status_w = os.pipe()
+        child_fds.append(status_w)
         started_ms = monotonic_ms()
         pid = os.fork()
         if pid == 0:
-            sandbox.launcher_main(plan, cgroup.procs_files(), status_w, out_fd, err_fd)
-        for fd in (out_fd, err_fd, status_w):
-            os.close(fd)
-        os.set_blocking(status_r, False)
-        job = RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms)
-        _await_init(job)
-        return job
+            sandbox.launcher_main(plan, procs_files, status_w, child_fds[0], child_fds[1])
     except BaseException:
+        for fd in [*child_fds, status_r] if status_r >= 0 else child_fds:
+            os.close(fd)
         cgroup.remove()
         raise
+    for fd in child_fds:
+        os.close(fd)
+    os.set_blocking(status_r, False)
+    job = RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms)
+    _await_init(job)
+    return job
 
 
 def _await_init(job: RunningJob) -> None:
