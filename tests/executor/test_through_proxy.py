@@ -66,6 +66,7 @@ def test_job_longer_than_its_ttr_runs_once_through_the_proxy_and_reports_its_res
     assert worker.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_frozen_worker_job_comes_back_after_its_ttr_and_is_not_run_twice(
     proxy: tuple[str, int], worker_for: Any, wait_until: Any
 ) -> None:

@@ -102,6 +102,7 @@ def test_ten_second_job_with_three_second_ttr_stays_reserved(
     wait_until(lambda: job_state(beanstalkd, job_id) is None, 30, "the job to be deleted")
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_nothing_job_comes_back_and_cgroups_are_swept(
     beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any, cgroup_root: str
 ) -> None:
@@ -251,6 +252,7 @@ def test_pool_runs_jobs_concurrently_and_finishes_every_one(
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
+@pytest.mark.slow
 def test_lost_connection_stops_the_running_job_and_the_worker_reconnects(
     free_port_and_wait: Any, worker_for: Any, wait_until: Any
 ) -> None:
