@@ -122,8 +122,8 @@ def tube_left(address: tuple[str, int], tube: str) -> int:
             stats = client.stats_tube(tube)
         except greenstalk.NotFoundError:
             return 0
-        keys = ("current-jobs-ready", "current-jobs-reserved", "current-jobs-delayed")
-        return sum(int(stats[k]) for k in keys)
+        ready, reserved = stats["current-jobs-ready"], stats["current-jobs-reserved"]
+        return int(ready) + int(reserved) + int(stats["current-jobs-delayed"])
 
 
 def bench_pool(address: tuple[str, int], jobs: int, concurrency: int, label: str) -> None:
