@@ -111,7 +111,11 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
 
     async def Reserve(self, request: Any, context: Any) -> jsm_pb2.ReserveResponse:
         await _require_owner(request, context)
-        await self._reply(context, _session(request) + _watch_exactly(request))
+        current = await self._reply(
+            context, [*_session(request), c.ListTubesWatched(request.client_id)]
+        )
+        assert isinstance(current, r.TubeList), current
+        await self._reply(context, _watch_exactly(request, current.tubes))
         reserve = c.Reserve(
             client_id=request.client_id,
             timeout_ms=request.timeout_secs * 1000,
@@ -219,12 +223,12 @@ def _session(request: Any) -> list[c.Command]:
     return [c.Connect(request.client_id, request.proxy_id)]
 
 
-def _watch_exactly(request: Any) -> list[c.Command]:
-    """Commands that make the client's watch list equal to ``watched_tubes`` (in that order)."""
-    tubes = list(dict.fromkeys(request.watched_tubes)) or ["default"]
-    commands: list[c.Command] = [c.Watch(request.client_id, tube) for tube in tubes]
-    if "default" not in tubes:
-        commands.append(c.Ignore(request.client_id, "default"))
+def _watch_exactly(request: Any, current: tuple[str, ...]) -> list[c.Command]:
+    """Commands that turn the client's watch list ``current`` into ``watched_tubes``: watch
+    the new tubes first, then ignore the others (so the list is never empty)."""
+    wanted = list(dict.fromkeys(request.watched_tubes)) or ["default"]
+    commands: list[c.Command] = [c.Watch(request.client_id, t) for t in wanted if t not in current]
+    commands += [c.Ignore(request.client_id, t) for t in current if t not in wanted]
     return commands
 
 

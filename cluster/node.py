@@ -88,6 +88,7 @@ class RaftNode:
             MachineConfig(max_job_size=config.max_job_size),
             seed_snapshot=self._seed(),
             on_applied=self.hub.notify,
+            self_raft_addr=config.raft_addr,
         )
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
@@ -227,6 +228,11 @@ class RaftNode:
                 log.warning("tick proposal failed", exc_info=True)
             await asyncio.sleep(delay_s)
 
+    @property
+    def removed(self) -> bool:
+        """The log removed this node from the cluster: it must stop (see remove_member)."""
+        return bool(self.consumer.removed)
+
     async def _tick_once(self) -> float:
         """Propose what the leader owes the log; return how long to sleep."""
         if not self.is_leader():
@@ -284,8 +290,11 @@ class RaftNode:
             raise self.not_leader()
         if raft_addr == self.config.raft_addr:
             raise MembershipRefused("the leader cannot remove itself: transfer leadership first")
-        await self._membership(self.syncobj.removeNodeFromCluster, raft_addr)
+        # First the directory entry, which the leaving node still receives and which tells it
+        # to stop its Raft: a removed node left running would start elections with ever
+        # higher terms and disrupt the cluster (pysyncobj has no PreVote).
         await self.submit([envelope.Request(envelope.FORGET, "", raft_addr.encode())])
+        await self._membership(self.syncobj.removeNodeFromCluster, raft_addr)
         log.info("member removed", raft_addr=raft_addr)
 
     async def transfer_leadership(self) -> None:

@@ -130,17 +130,21 @@ class StateMachineBug(Exception):
 
 
 class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
-    """The replicated half of a node. ``on_applied(raft_index)`` runs on the tick thread after
-    every applied entry (and after a snapshot is installed) so the node can wake streams."""
+    """The replicated half of a node. ``on_applied()`` runs on the tick thread after every
+    applied entry (and after a snapshot is installed) so the node can wake streams.
+    ``removed`` becomes True when the log says this node (``self_raft_addr``) leaves."""
 
     def __init__(
         self,
         config: MachineConfig,
         seed_snapshot: bytes | None = None,
         on_applied: Callable[[], None] | None = None,
+        self_raft_addr: str = "",
     ) -> None:
         # Attributes set before SyncObjConsumer.__init__ are local, never snapshotted.
         self.on_applied = on_applied or (lambda: None)
+        self.self_raft_addr = self_raft_addr
+        self.removed = False
         super().__init__()
         machine = (
             JobStateMachine.restore(seed_snapshot) if seed_snapshot else JobStateMachine(config)
@@ -175,7 +179,10 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
             state.members[raft_addr] = (node_id, grpc_addr)
             return (OK, b"")
         if request.kind == envelope.FORGET:
-            state.members.pop(request.payload.decode(), None)
+            raft_addr = request.payload.decode()
+            state.members.pop(raft_addr, None)
+            if raft_addr == self.self_raft_addr:
+                self.removed = True  # local: the node stops its Raft (cluster.node)
             return (OK, b"")
         remembered = state.requests.get(request.request_id) if request.request_id else None
         if remembered is not None:

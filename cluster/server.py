@@ -44,6 +44,7 @@ class NodeServer:
         self.service: QueueService | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
+        self.removed = asyncio.Event()  # set when the log removes this node: run_node exits
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,6 +103,13 @@ class NodeServer:
         assert self.node is not None
         serving = None
         while True:
+            if self.node.removed:
+                log.warning(
+                    "this node was removed from the cluster: stopping",
+                    node_id=self.config.node_id,
+                )
+                self.removed.set()
+                return
             status = self.node.syncobj._getLeader() is not None and self.node.syncobj.hasQuorum
             if status != serving:
                 serving = status
@@ -187,6 +195,10 @@ async def run_node(config: NodeConfig, options: ServerOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    await stop.wait()
+    stop_wait = asyncio.ensure_future(stop.wait())
+    removed_wait = asyncio.ensure_future(server.removed.wait())
+    await asyncio.wait([stop_wait, removed_wait], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    removed_wait.cancel()
     await server.stop()
     return 0

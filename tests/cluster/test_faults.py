@@ -131,7 +131,10 @@ def test_a_fourth_node_joins_and_catches_up_then_the_leader_leaves(
 
         leader = await cluster.wait_for_leader()
         _admin(cluster, "leave", "--node-id", leader.node_id)
-        leader.stop()
+        assert leader.proc is not None
+        await asyncio.to_thread(leader.proc.wait, 30)  # a removed node stops by itself
+        assert "removed from the cluster" in leader.log_path.read_text()
+        leader.proc = None
         await _wait_members(cluster, 3)
         assert isinstance(await queue.apply(_put(b"after-leave")), r.Inserted)
         await cluster.assert_converged()

@@ -102,6 +102,19 @@ def test_coolbeans_calls_put_reserve_and_delete_without_a_connect(cluster: Proce
             await stub.Delete(
                 jsm_pb2.DeleteRequest(job_id=put.job_id, proxy_id="proxy-cb", client_id="conn-1")
             )
+            # A later reserve watching only "cb2" must not see "cb" (watched by the first).
+            await stub.Put(jsm_pb2.PutRequest(ttr=30, tube_name="cb", body=b"old", body_size=3))
+            newer = await stub.Put(jsm_pb2.PutRequest(ttr=30, tube_name="cb2", body=b"new"))
+            second = await stub.Reserve(
+                jsm_pb2.ReserveRequest(
+                    client_id="conn-1",
+                    request_id="req-2",
+                    timeout_secs=0,
+                    watched_tubes=["cb2"],
+                    proxy_id="proxy-cb",
+                )
+            )
+            assert second.reservation.job_id == newer.job_id
             tubes = await stub.ListTubes(empty_pb2.Empty())
             assert "default" in tubes.tubes
             stats = await stub.GetStatsYaml(empty_pb2.Empty())
