@@ -154,9 +154,17 @@ class State:
     def best_ready_key(self) -> int | None:
         """The key of the best ready job in any unpaused tube, or None."""
         heap = self.ready_tops
+        jobs = self.jobs
         while heap:
             key = heap[0]
-            if self.top_valid(self.jobs, key):
+            job = jobs.get(key & ID_MASK)
+            # top_valid, inlined: this runs on every reserve of a many-tube worker.
+            if (
+                job is not None
+                and job.state == READY
+                and job.tube.top == key
+                and job.tube.pause_until_ms is None
+            ):
                 return key
             heappop(heap)
         return None
