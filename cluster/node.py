@@ -44,6 +44,7 @@ from statemachine.machine import MachineConfig
 log = structlog.get_logger(__name__)
 _LEADER = 2
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+JOURNAL_COMPACT_BYTES = 1 << 30
 
 
 @dataclass
@@ -97,6 +98,7 @@ class RaftNode:
         # The leader syncs entries it just appended (and sent) at the end of the same tick, so
         # its fsync overlaps the followers' network round trip and fsync instead of following it.
         self.syncobj.addOnTickCallback(self.journal_sync.sync_if_dirty)
+        self.syncobj.addOnTickCallback(self._compact_if_journal_large)
         self.proposer = Proposer(
             self.consumer.apply_batch,
             config.clock,
@@ -165,6 +167,13 @@ class RaftNode:
         if new == _LEADER:
             self.leader_changes += 1
         self.on_state_change(old, new)
+
+    def _compact_if_journal_large(self) -> None:
+        # pysyncobj compacts by entry count, but one of our entries may hold a whole batch,
+        # and its journal's offsets are 32-bit (4 GiB at most between compactions).
+        journal = self.syncobj._SyncObj__raftLog
+        if getattr(journal, "_FileJournal__currentOffset", 0) > JOURNAL_COMPACT_BYTES:
+            self.syncobj.forceLogCompaction()
 
     def _drain_tick_jobs(self) -> None:
         while True:
