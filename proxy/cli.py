@@ -3,9 +3,9 @@
     beanraft proxy --listen 127.0.0.1:11300 --standalone
     beanraft proxy --listen 127.0.0.1:11300 --cluster 127.0.0.1:7001,127.0.0.1:7002 --insecure
 
-Prints one line ``listening HOST:PORT`` on stdout once it accepts connections (``--listen``
-with port 0 picks a free port). SIGUSR1 turns drain mode on; SIGTERM and SIGINT stop it
-cleanly (the cluster releases its clients' jobs at once).
+Prints one line ``listening HOST:PORT`` (or ``listening unix:PATH``) on stdout once it
+accepts connections (``--listen`` with port 0 picks a free port). SIGUSR1 turns drain mode
+on; SIGTERM and SIGINT stop it cleanly (the cluster releases its clients' jobs at once).
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ import structlog
 
 from cluster.queue import JobQueue
 from proxy.protocol import JOB_SIZE_DEFAULT, JOB_SIZE_LIMIT
-from proxy.server import LEASE_MS_DEFAULT, ProxyServer
+from proxy.server import LEASE_MS_DEFAULT, ProxyServer, split_host_port
 
 log = structlog.get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="127.0.0.1:11300", help="HOST:PORT to serve on")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:11300", help="HOST:PORT or unix:PATH to serve on"
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--standalone", action="store_true", help="the queue in-process, no Raft")
     mode.add_argument("--cluster", help="comma-separated gRPC addresses of cluster nodes")
@@ -35,13 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development)")
     parser.add_argument("--max-job-size", type=int, default=JOB_SIZE_DEFAULT)
     parser.add_argument("--lease-ms", type=int, default=LEASE_MS_DEFAULT)
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
 
 
 def _make_queue(args: argparse.Namespace) -> JobQueue:
@@ -63,10 +58,10 @@ def _make_queue(args: argparse.Namespace) -> JobQueue:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    host, port = _split_host_port(args.listen)
+    if not args.listen.startswith("unix:"):
+        split_host_port(args.listen)  # refuse a bad address before connecting to anything
     server = ProxyServer(_make_queue(args), max_job_size=args.max_job_size, lease_ms=args.lease_ms)
-    bound_host, bound_port = await server.start(host, port)
-    print(f"listening {bound_host}:{bound_port}", flush=True)
+    print(f"listening {await server.start(args.listen)}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, server.drain)

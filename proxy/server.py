@@ -128,6 +128,13 @@ class _Connection(asyncio.Protocol):
             await session.close()
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT or unix:PATH, got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
 class ProxyServer:
     """The listening socket, the proxy's identity and lease, and its shared context."""
 
@@ -162,18 +169,28 @@ class ProxyServer:
         log.info("draining", proxy_id=self.proxy_id)
         self.ctx.draining = True
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Renew the lease, subscribe to wake-ups, listen; return the bound address."""
+    async def start(self, listen: str) -> str:
+        """Renew the lease, subscribe to wake-ups, listen on ``HOST:PORT`` or ``unix:PATH``
+        (as beanstalkd's ``-l``); return the bound address in the same form."""
         self.queue.subscribe(self.proxy_id, self.ctx.deliver)
         await self._first_lease()
-        self._lease_task = asyncio.get_running_loop().create_task(self._renew_forever())
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=4096
-        )
-        address = self._server.sockets[0].getsockname()
-        log.info("proxy_listening", host=address[0], port=address[1], proxy_id=self.proxy_id)
-        return address[0], address[1]
+        self._lease_task = loop.create_task(self._renew_forever())
+        if listen.startswith("unix:"):
+            path = listen.removeprefix("unix:")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a stale socket file from a previous run
+            self._server = await loop.create_unix_server(lambda: _Connection(self), path)
+            bound = listen
+        else:
+            host, port = split_host_port(listen)
+            self._server = await loop.create_server(
+                lambda: _Connection(self), host, port, reuse_address=True, backlog=4096
+            )
+            address = self._server.sockets[0].getsockname()
+            bound = f"{address[0]}:{address[1]}"
+        log.info("proxy_listening", address=bound, proxy_id=self.proxy_id)
+        return bound
 
     async def stop(self) -> None:
         """Stop listening, drop the proxy's clients in one command, close the queue."""

@@ -59,8 +59,11 @@ class Server:
     # Connections the harness made before the test (the readiness probe): they count in
     # total-connections.
     probe_connections: int = 0
+    unix_path: str | None = None
 
     def connect(self) -> Client:
+        if self.unix_path is not None:
+            return Client.unix(self.unix_path)
         return Client("127.0.0.1", self.port)
 
     def drain(self) -> None:
@@ -73,20 +76,33 @@ class Server:
             stop_process(process)
 
 
-def start_beanstalkd(max_job_size: int | None = None) -> Server:
-    port = free_port()
-    args = [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port)]
+def unix_path() -> str:
+    return str(Path(tempfile.mkdtemp(prefix="beanraft-unix-")) / "sock")
+
+
+def start_beanstalkd(max_job_size: int | None = None, unix: bool = False) -> Server:
+    port, path = free_port(), unix_path() if unix else None
+    args = [BEANSTALKD, "-l", f"unix:{path}" if path else "127.0.0.1", "-p", str(port)]
     if max_job_size is not None:
         args += ["-z", str(max_job_size)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, process, 10)
-    return Server("beanstalkd", port, process, probe_connections=1)
+    server = Server("beanstalkd", port, process, probe_connections=1, unix_path=path)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            server.connect().close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                stop_process(process)
+                raise RuntimeError("beanstalkd did not start") from None
+            time.sleep(0.02)
 
 
 def start_proxy(
-    mode_args: list[str], max_job_size: int | None = None
+    mode_args: list[str], max_job_size: int | None = None, listen: str = "127.0.0.1:0"
 ) -> tuple[int, subprocess.Popen[bytes]]:
-    args = [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0", *mode_args]
+    args = [sys.executable, "-m", "beanraft", "proxy", "--listen", listen, *mode_args]
     if max_job_size is not None:
         args += ["--max-job-size", str(max_job_size)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -95,12 +111,14 @@ def start_proxy(
     if not line.startswith("listening "):
         stop_process(process)
         raise RuntimeError(f"proxy did not start: {line!r}")
-    return int(line.rsplit(":", 1)[1]), process
+    return (0 if listen.startswith("unix:") else int(line.rsplit(":", 1)[1])), process
 
 
-def start_standalone(max_job_size: int | None = None) -> Server:
-    port, process = start_proxy(["--standalone"], max_job_size)
-    return Server("standalone", port, process)
+def start_standalone(max_job_size: int | None = None, unix: bool = False) -> Server:
+    path = unix_path() if unix else None
+    listen = f"unix:{path}" if path else "127.0.0.1:0"
+    port, process = start_proxy(["--standalone"], max_job_size, listen)
+    return Server("standalone", port, process, unix_path=path)
 
 
 # --- the cluster target ---------------------------------------------------------------------
@@ -116,7 +134,7 @@ def cluster_missing() -> str | None:
     return None
 
 
-def start_cluster(max_job_size: int | None = None) -> Server:
+def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server:
     """Three ``beanraft node`` processes (issue 3's flags) and a proxy in front of them."""
     data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-"))
     raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
@@ -134,12 +152,15 @@ def start_cluster(max_job_size: int | None = None) -> Server:
         log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
         nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     try:
-        port, proxy = start_proxy(["--cluster", ",".join(grpc), "--insecure"], max_job_size)
+        path = unix_path() if unix else None
+        listen = f"unix:{path}" if path else "127.0.0.1:0"
+        mode = ["--cluster", ",".join(grpc), "--insecure"]
+        port, proxy = start_proxy(mode, max_job_size, listen)
     except Exception:
         for node in nodes:
             stop_process(node)
         raise
-    return Server("cluster", port, proxy, extra=nodes)
+    return Server("cluster", port, proxy, extra=nodes, unix_path=path)
 
 
 STARTERS = {

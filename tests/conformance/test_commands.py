@@ -117,6 +117,13 @@ def test_peek_ok_on_a_fresh_server(target: Server):
         c.request(b"peek 1\r\n", b"FOUND 1 1\r\na\r\n")
 
 
+@pytest.mark.config(unix=True)
+def test_peek_ok_unix(target: Server):
+    with target.connect() as c:
+        c.request(b"put 0 0 1 1\r\na\r\n", b"INSERTED 1\r\n")
+        c.request(b"peek 1\r\n", b"FOUND 1 1\r\na\r\n")
+
+
 def test_peek_not_found(target: Server, tube: str):
     with target.connect() as c:
         c.use_only(tube)

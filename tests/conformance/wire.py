@@ -15,6 +15,16 @@ class Client:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
 
+    @classmethod
+    def unix(cls, path: str) -> Client:
+        """A client on a UNIX socket (beanstalkd's ``-l unix:PATH``)."""
+        client = cls.__new__(cls)
+        client.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.sock.settimeout(READ_TIMEOUT_S)
+        client.sock.connect(path)
+        client._buf = b""
+        return client
+
     def close(self) -> None:
         self.sock.close()
 
