@@ -1,7 +1,8 @@
 """The Python client of a beanraft cluster: ``RemoteQueue`` (a ``cluster.queue.JobQueue``).
 
 Theory of operation. ``RemoteQueue`` talks to any node over gRPC. Each ``apply`` encodes the
-command (``statemachine.codec``), gives it a fresh request id, and calls ``Apply``; on
+command (``statemachine.codec``), gives it a request id (the command's own for Put and
+Reserve, else a fresh one), and calls ``Apply``; on
 UNAVAILABLE (no leader yet, a node down, an ambiguous outcome) it retries, on the leader the
 error names if any, else on the next address, with the SAME request id, so the cluster answers a
 retry of an applied command with its first outcome and nothing is applied twice.
@@ -89,7 +90,7 @@ class RemoteQueue:
                     f"{RETRY_FOR_S:.0f} s: is the cluster up and reachable?"
                 ) from None
         request = jsm_pb2.ApplyRequest(
-            command=codec.encode_command(command), request_id=uuid.uuid4().hex
+            command=codec.encode_command(command), request_id=_request_id(command)
         )
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
@@ -225,3 +226,13 @@ def _settle(future: asyncio.Future[bytes], result: jsm_pb2.ApplyResult) -> None:
         future.set_exception(ValueError(result.message))
     else:
         future.set_exception(QueueUnavailable(f"code {result.code}: {result.message}"))
+
+
+def _request_id(command: Command) -> str:
+    """The idempotency key of one apply: the command's own request id when it has one (Put,
+    Reserve), so that a caller that retries after QueueUnavailable is deduplicated too; else a
+    fresh one, kept across this client's own retries."""
+    own = getattr(command, "request_id", "")
+    if own:
+        return f"{type(command).__name__}:{own}"
+    return uuid.uuid4().hex
