@@ -16,7 +16,8 @@ ticks, membership), ``service`` (leader routing), ``grpc_jsm`` / ``grpc_cluster`
 ``queue`` (the JobQueue interface) and ``local`` (an in-process queue) complete the package.
 
 Rules: nothing here but ``clock`` reads time; nothing from the network is unpickled before
-pysyncobj has authenticated it with the cluster secret; an apply never raises into pysyncobj.
+pysyncobj has authenticated it with the cluster secret (only ``--insecure`` without a secret
+file skips that, loudly); an apply never raises into pysyncobj.
 Dependencies point inward: ``cluster`` imports ``statemachine``, never ``proxy`` or
 ``executor``.
 """
