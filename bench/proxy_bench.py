@@ -130,12 +130,12 @@ def cluster() -> Iterator[int]:
 # --- workloads --------------------------------------------------------------------------------
 
 
-def _client(port: int, tube: str) -> greenstalk.Client:
+def _client(port: int, tube: str) -> greenstalk.Client[str]:
     return greenstalk.Client(("127.0.0.1", port), use=tube, watch=tube)
 
 
 def _parallel(
-    port: int, connections: int, jobs: int, work: Callable[[greenstalk.Client, int], None]
+    port: int, connections: int, jobs: int, work: Callable[[greenstalk.Client[str], int], None]
 ) -> float:
     """Run ``work(client, n)`` on ``connections`` threads sharing ``jobs``; return ops/s."""
     per = jobs // connections
@@ -144,7 +144,7 @@ def _parallel(
     barrier = threading.Barrier(connections + 1)
     errors: list[BaseException] = []
 
-    def run(c: greenstalk.Client) -> None:
+    def run(c: greenstalk.Client[str]) -> None:
         barrier.wait()
         try:
             work(c, per)
@@ -166,12 +166,12 @@ def _parallel(
     return per * connections / elapsed
 
 
-def _puts(c: greenstalk.Client, n: int) -> None:
+def _puts(c: greenstalk.Client[str], n: int) -> None:
     for _ in range(n):
         c.put(BODY)
 
 
-def _cycles(c: greenstalk.Client, n: int) -> None:
+def _cycles(c: greenstalk.Client[str], n: int) -> None:
     for _ in range(n):
         c.put(BODY)
         c.delete(c.reserve(timeout=10))
