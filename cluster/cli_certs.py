@@ -2,6 +2,7 @@
 
     beanraft certs init [--dir DIR]
     beanraft certs issue --role ROLE --name NAME [--dir DIR] [--host H ...]
+    beanraft certs list [--dir DIR]
 
 ROLE is one of admin, node, proxy, worker, viewer.
 
@@ -15,7 +16,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.tls import CERT_VALID_DAYS, DEFAULT_HOSTS, ROLES, TlsError, init_ca, issue_certificate
+from cryptography import x509
+
+from cluster.tls import (
+    CERT_VALID_DAYS,
+    DEFAULT_HOSTS,
+    ROLES,
+    TlsError,
+    init_ca,
+    issue_certificate,
+    load_identity,
+    role_of,
+)
 
 DEFAULT_DIR = Path("data/tls")
 
@@ -37,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an IP address or DNS name the certificate is valid for (repeat; default: "
         f"{' '.join(DEFAULT_HOSTS)})",
     )
+    listing = actions.add_parser("list", help="every certificate: role, expiry, hosts, problems")
+    _add_dir(listing)
     issue.add_argument(
         "--valid-days",
         type=int,
@@ -54,6 +68,8 @@ def _add_dir(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; a bad argument or file prints what to do and returns 1."""
     try:
+        if args.certs_action == "list":
+            return _list(args.dir)
         if args.certs_action == "init":
             init_ca(args.dir)
             print(f"created a CA in {args.dir} (ca.crt, and ca.key: keep it secret)")
@@ -67,3 +83,40 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"issued {cert_path} and {key_path} (role {args.role}, hosts {', '.join(hosts)})")
     return 0
+
+
+def _list(tls_dir: Path) -> int:
+    """Print one line per certificate; return 1 if any has a problem (expired, foreign, ...)."""
+    paths = sorted(p for p in tls_dir.glob("*.crt") if p.name != "ca.crt")
+    if not paths:
+        raise TlsError(f"no certificates in {tls_dir}: create them with `beanraft certs issue`")
+    print(f"{'name':<16} {'role':<8} {'expires':<11} {'hosts':<28} status")
+    problems = 0
+    for path in paths:
+        name = path.stem
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError:
+            print(f"{name:<16} {'?':<8} {'?':<11} {'?':<28} not a PEM certificate")
+            problems += 1
+            continue
+        try:
+            load_identity(tls_dir, name)
+            status = "ok"
+        except TlsError as exc:
+            status, problems = (
+                str(exc).split(": ")[0].replace(str(path), "certificate"),
+                problems + 1,
+            )
+        hosts = ",".join(str(h) for h in _hosts(cert))
+        expires = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+        print(f"{name:<16} {role_of(cert) or '-':<8} {expires:<11} {hosts:<28} {status}")
+    return 1 if problems else 0
+
+
+def _hosts(cert: x509.Certificate) -> list[object]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*sans.get_values_for_type(x509.IPAddress), *sans.get_values_for_type(x509.DNSName)]

@@ -49,3 +49,26 @@ def test_certs_issue_without_a_ca_says_to_run_init(tmp_path: Path) -> None:
 def test_certs_issue_rejects_an_unknown_role(tmp_path: Path) -> None:
     done = _beanraft("certs", "issue", "--role", "root", "--name", "a", cwd=tmp_path)
     assert done.returncode == 2 and "invalid choice: 'root'" in done.stderr
+
+
+def test_certs_list_shows_roles_and_expiry_and_flags_an_expired_certificate(tmp_path: Path) -> None:
+    import datetime
+
+    directory = tmp_path / "data/tls"
+    tls.init_ca(directory)
+    tls.issue_certificate(directory, "viewer", "alice", ["10.0.0.5"])
+    listed = _beanraft("certs", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split() == [
+        "alice", "viewer", _expiry(directory / "alice.crt"), "10.0.0.5", "ok"
+    ]  # fmt: skip
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    tls.issue_certificate(directory, "worker", "old", not_valid_before=start, valid_days=2)
+    listed = _beanraft("certs", "list", cwd=tmp_path)
+    assert listed.returncode == 1
+    assert f"certificate expired on {_expiry(directory / 'old.crt')}" in listed.stdout
+
+
+def _expiry(path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return f"{cert.not_valid_after_utc:%Y-%m-%d}"
