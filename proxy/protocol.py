@@ -182,6 +182,17 @@ class BeanstalkConnection:
     def _command(self, line: bytes) -> Event | _Continue:
         if b"\x00" in line:  # prot.c: "check for possible maliciousness"
             return ProtocolError(BAD_FORMAT)
+        # Fast path: the common lines are a known word then a space, or a bare word alone;
+        # both give exactly what the ordered scan below gives (tested against it).
+        word, space, rest = line.partition(b" ")
+        fast = _BY_WORD.get(word + space)
+        if fast is not None:
+            result = fast(self, rest)
+            return ProtocolError(BAD_FORMAT) if result is None else result
+        return self._scan(line)
+
+    def _scan(self, line: bytes) -> Event | _Continue:
+        """prot.c's which_cmd: the first prefix in order that the line starts with."""
         for prefix, parse in _COMMANDS:
             if line.startswith(prefix):
                 result = parse(self, line[len(prefix) :])
@@ -373,3 +384,11 @@ _COMMANDS: Final[tuple[tuple[bytes, _Parser], ...]] = (
     (b"quit", lambda _conn, _rest: Quit()),
     (b"pause-tube", _parse_pause_tube),
 )
+
+# Lines "WORD REST" for WORD+" " a prefix above, and bare words alone: no earlier prefix in
+# _COMMANDS can match such a line, so the table gives what the scan gives.
+_BY_WORD: Final[dict[bytes, _Parser]] = {
+    prefix: parse
+    for prefix, parse in _COMMANDS
+    if prefix.endswith(b" ") or prefix not in (b"quit", b"pause-tube")
+}

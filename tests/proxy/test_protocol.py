@@ -410,3 +410,22 @@ def test_server_stats_keys_in_beanstalkd_order_with_process_keys():
     assert b'\nversion: "1.12"\nrusage-utime: 0.001745\nrusage-stime: 2.000001\n' in body
     assert b"\ndraining: true\nid: 30c671e84660961c\nhostname: vm\n" in body
     assert b"\nos: #1 SMP PREEMPT_DYNAMIC @0\nplatform: x86_64\n" in body
+
+
+def test_fast_dispatch_gives_what_the_ordered_prefix_scan_gives():
+    # The codec's word table is a shortcut for prot.c's ordered prefix scan: compare them on
+    # every command word, mangled and combined with assorted tails.
+    import random
+
+    from proxy.protocol import _COMMANDS
+
+    rng = random.Random(7)
+    words = [p.rstrip(b" ") for p, _ in _COMMANDS] + [b"", b"x", b"PUT", b"kick-jobs"]
+    tails = [b"", b" ", b"  ", b" 1", b" 1 2", b" 1 2 3", b" 0 0 1 1", b" a", b"x 1", b"-x 1"]
+    for _ in range(5000):
+        word = rng.choice(words)
+        if rng.random() < 0.3 and word:
+            word = word[: rng.randrange(len(word) + 1)]
+        line = word + rng.choice(tails) + rng.choice([b"", b" t", b"9", b"("])
+        fast, slow = BeanstalkConnection(), BeanstalkConnection()
+        assert fast._command(line) == slow._scan(line), line
