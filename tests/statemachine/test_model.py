@@ -17,6 +17,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -81,6 +82,9 @@ PROFILES = {
     ),
 }
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
+if PROFILE == "long":
+    # The deep run takes many minutes; the suite's 300 s per-test timeout is for CI.
+    pytestmark = pytest.mark.timeout(4 * 3600)
 
 clients = st.sampled_from(sorted(CLIENTS))
 tubes = st.sampled_from(TUBES)

@@ -68,6 +68,8 @@ histories = st.lists(
     st.tuples(st.sampled_from((0, 1, 100, 1000, 2500, -2000)), command_strategy), max_size=60
 )
 # HYPOTHESIS_PROFILE=long digs deeper (docs/testing.md); the default keeps CI fast.
+if os.environ.get("HYPOTHESIS_PROFILE") == "long":
+    pytestmark = pytest.mark.timeout(3600)
 PROPERTY_SETTINGS = settings(
     max_examples=2000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 150,
     deadline=None,
