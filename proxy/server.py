@@ -198,10 +198,16 @@ class ProxyServer:
             self._server.close()
         if self._lease_task is not None:
             self._lease_task.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(Exception):
+        try:
             await self.queue.apply(sm.DropProxy(self.proxy_id))
+            self.ctx.dropped = True  # the sessions' own Disconnects are now redundant
+        except Exception:
+            log.warning("drop_proxy_failed", proxy_id=self.proxy_id, detail="the lease will do")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         await self.queue.close()
 
     async def _first_lease(self, wait_s: float = 120.0) -> None:

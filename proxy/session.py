@@ -54,6 +54,7 @@ class ProxyContext:
     process_stats: Callable[[], render.ProcessStats]
     retry_for_s: float = 10.0
     draining: bool = False
+    dropped: bool = False  # DropProxy was applied: every session is already disconnected
     sessions: dict[str, Session] = field(default_factory=dict)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -88,6 +89,8 @@ class Session:
     async def close(self) -> None:
         """Disconnect: the machine releases this client's jobs and cancels its wait."""
         self.ctx.sessions.pop(self.client_id, None)
+        if self.ctx.dropped:
+            return
         try:
             await self._apply_retrying(sm.Disconnect(self.client_id))
         except QueueUnavailable:
