@@ -79,6 +79,7 @@ class Session:
         self._unsettled: str | None = None  # a reserve's id whose outcome never came back
         self._stashed: r.WaitResult | None = None  # its answer, if one came while idle
         self._half_closed = False
+        self._peer_gone = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class Session:
     def peer_gone(self, half_closed: bool) -> None:
         """The peer shut down its side (half_closed) or the connection is gone."""
         self._half_closed = half_closed
+        self._peer_gone = True
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_result(_PEER_GONE)
 
@@ -246,6 +248,9 @@ class Session:
             self._unsettled = None
             if not isinstance(reply, r.Waiting):
                 return render.render(event, reply)
+            if self._peer_gone and not waiter.done():
+                # A reserve pipelined before the peer shut down: nobody can wait for it.
+                waiter.set_result(_PEER_GONE)
             outcome = await waiter
         finally:
             self._pending = None

@@ -378,3 +378,11 @@ def test_refused_puts_count_in_cmd_put_and_only_expected_crlf_makes_a_producer(t
         c.request(b"put 0 0 0 1\r\nabc\r\n", b"EXPECTED_CRLF\r\nUNKNOWN_COMMAND\r\n")
         stats = c.yaml(b"stats\r\n")
         assert (stats["cmd-put"], stats["current-producers"]) == ("3", "1")
+
+
+def test_reserve_sent_just_before_a_half_close_gets_timed_out(target: Server, tube: str):
+    with target.connect() as c:
+        c.use_only(tube)
+        c.send(b"reserve\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        c.expect(b"TIMED_OUT\r\n")
