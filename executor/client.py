@@ -21,6 +21,9 @@ from executor.spec import JobSpec, spec_from_dict
 
 DEFAULT_TTR_S = 60
 DEFAULT_PRIORITY = 1024
+# A record with one of these actions is a job's last: it was deleted (exit 0) or buried.
+# "release", "release_on_shutdown" and "none" (a lost reservation) mean another attempt follows.
+FINAL_ACTIONS = ("delete", "bury")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -65,7 +68,7 @@ def wait_result(
                     others.append(job)
                     continue
                 client.delete(job)  # ours: an attempt to be retried, or the final one
-                if record.get("action") != "release":
+                if record.get("action") in FINAL_ACTIONS:
                     return record
         finally:
             for job in others:

@@ -187,7 +187,8 @@ class Worker:
         except (SpecError, PlanError) as exc:
             reason = f"invalid job spec: {exc}"
             files.note(reason + "; job buried")
-            self._record(client, files, {"status": "invalid_spec", "error": reason}, None, attempt)
+            fields = {"status": "invalid_spec", "error": reason, "action": "bury"}
+            self._record(client, files, fields, None, attempt)
             client.bury(job, int(stats["pri"]))
             log.warning("buried invalid job", job_id=job.id, reason=reason)
             return
@@ -223,6 +224,7 @@ class Worker:
             result.status = "lost_reservation"
         elif files.stop_requested() and result.status in ("signaled", "exited", "stopped"):
             result.status, result.stopped = "stopped", True
+        files.clear_stop()
         return result
 
     def _state(self, running: runner.RunningJob) -> dict[str, Any]:

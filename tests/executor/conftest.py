@@ -126,8 +126,10 @@ class JobRunner:
     def paths(self) -> tuple[Path, Path]:
         return self.log_dir / f"{self.count}.out", self.log_dir / f"{self.count}.err"
 
-    def finish(self, job: runner.RunningJob, should_stop: Any = lambda: False) -> JobRun:
-        result = runner.wait(job, lambda: None, 100, should_stop, grace_ms=2000)
+    def finish(
+        self, job: runner.RunningJob, should_stop: Any = lambda: False, grace_ms: int = 2000
+    ) -> JobRun:
+        result = runner.wait(job, lambda: None, 100, should_stop, grace_ms=grace_ms)
         out, err = self.paths()
         return JobRun(result, out.read_text(), err.read_text() if err.exists() else "")
 

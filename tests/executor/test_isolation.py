@@ -75,10 +75,13 @@ def test_fork_bomb_is_stopped_by_the_pids_limit(jobs: JobRunner) -> None:
     assert run.result.exit_code == 0  # the sleeping children died with the job's namespace
 
 
-def test_shell_fork_bomb_is_contained_and_cleaned_up_on_timeout(jobs: JobRunner) -> None:
-    run = jobs.run(sh("b() { b | b & }; b; sleep 60", limits={"pids": 32}, timeout_s=2))
-    assert run.result.status == "timeout"
-    assert run.result.timed_out
+def test_shell_fork_bomb_is_contained_and_leaves_no_process(jobs: JobRunner) -> None:
+    run = jobs.run(sh("b() { b | b & }; b; exec sleep 60", limits={"pids": 32}, timeout_s=2))
+    assert "cannot fork" in run.stderr.lower()  # forks were refused by pids.max
+    # Either the outer shell's own fork is refused (dash exits 2) or the timeout stops it;
+    # both end the whole bomb, and the job's cgroup is removed empty (else remove() raises).
+    assert (run.result.status, run.result.exit_code) in (("timeout", None), ("exited", 2))
+    assert run.result.duration_ms < 30_000
 
 
 def test_cpu_limit_of_20_percent_holds_over_2_seconds(jobs: JobRunner) -> None:
@@ -193,10 +196,10 @@ def test_stop_lets_a_job_that_handles_sigterm_exit_on_its_own(
     job = jobs.start(sh("trap 'echo got-term; exit 7' TERM; echo ready; sleep 300 & wait"))
     wait_until(lambda: "ready" in jobs.paths()[0].read_text(), 20, "the job to start")
     started = time.monotonic()
-    run = jobs.finish(job, should_stop=lambda: True)
+    run = jobs.finish(job, should_stop=lambda: True, grace_ms=20_000)
     assert "got-term" in run.stdout
     assert run.result.exit_code == 7 and run.result.status == "stopped"
-    assert time.monotonic() - started < 1.9  # on the event, not after the 2 s grace
+    assert time.monotonic() - started < 10  # on the event, not after the 20 s grace
 
 
 def test_job_cgroups_are_removed_after_the_job(jobs: JobRunner) -> None:
