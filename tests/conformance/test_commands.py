@@ -386,3 +386,28 @@ def test_reserve_sent_just_before_a_half_close_gets_timed_out(target: Server, tu
         c.send(b"reserve\r\n")
         c.sock.shutdown(socket.SHUT_WR)
         c.expect(b"TIMED_OUT\r\n")
+
+
+def test_stats_tube_shows_pause_and_pause_time_left_while_paused(target: Server, tube: str):
+    name = tube.encode()
+    with target.connect() as c:
+        c.request(b"use %s\r\n" % name, b"USING %s\r\n" % name)
+        c.request(b"pause-tube %s 10\r\n" % name, b"PAUSED\r\n")
+        stats = c.yaml(b"stats-tube %s\r\n" % name)
+        assert (stats["pause"], stats["pause-time-left"], stats["cmd-pause-tube"]) == (
+            "10",
+            "9",
+            "1",
+        )
+        c.request(b"pause-tube %s 0\r\n" % name, b"PAUSED\r\n")
+        stats = c.yaml(b"stats-tube %s\r\n" % name)
+        assert (stats["pause"], stats["pause-time-left"]) == ("0", "0")
+
+
+def test_stats_job_of_a_reserved_job_shows_time_left_and_reserves(target: Server, tube: str):
+    with target.connect() as c:
+        c.use_only(tube)
+        job = c.put(ttr=30)
+        c.request(b"reserve\r\n", b"RESERVED %d 1\r\nx\r\n" % job)
+        stats = c.yaml(b"stats-job %d\r\n" % job)
+        assert (stats["state"], stats["time-left"], stats["reserves"]) == ("reserved", "29", "1")
