@@ -394,11 +394,9 @@ def test_stats_tube_shows_pause_and_pause_time_left_while_paused(target: Server,
         c.request(b"use %s\r\n" % name, b"USING %s\r\n" % name)
         c.request(b"pause-tube %s 10\r\n" % name, b"PAUSED\r\n")
         stats = c.yaml(b"stats-tube %s\r\n" % name)
-        assert (stats["pause"], stats["pause-time-left"], stats["cmd-pause-tube"]) == (
-            "10",
-            "9",
-            "1",
-        )
+        # Whole seconds, truncated, read just after the pause began: 9 (8 on a slow machine).
+        assert (stats["pause"], stats["cmd-pause-tube"]) == ("10", "1")
+        assert stats["pause-time-left"] in ("9", "8")
         c.request(b"pause-tube %s 0\r\n" % name, b"PAUSED\r\n")
         stats = c.yaml(b"stats-tube %s\r\n" % name)
         assert (stats["pause"], stats["pause-time-left"]) == ("0", "0")
@@ -410,4 +408,5 @@ def test_stats_job_of_a_reserved_job_shows_time_left_and_reserves(target: Server
         job = c.put(ttr=30)
         c.request(b"reserve\r\n", b"RESERVED %d 1\r\nx\r\n" % job)
         stats = c.yaml(b"stats-job %d\r\n" % job)
-        assert (stats["state"], stats["time-left"], stats["reserves"]) == ("reserved", "29", "1")
+        assert (stats["state"], stats["reserves"]) == ("reserved", "1")
+        assert stats["time-left"] in ("29", "28")  # truncated; 28 only on a slow machine
