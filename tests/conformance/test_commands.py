@@ -342,7 +342,8 @@ def test_stats_job_time_left_of_a_delayed_job_counts_down(target: Server, tube: 
         c.use_only(tube)
         job = c.put(delay=3)
         stats = c.yaml(b"stats-job %d\r\n" % job)
-        assert (stats["state"], stats["delay"], stats["time-left"]) == ("delayed", "3", "2")
+        assert (stats["state"], stats["delay"]) == ("delayed", "3")
+        assert stats["time-left"] in ("2", "1")  # truncated; 1 only on a slow machine
 
 
 # --- connections ------------------------------------------------------------------------------
