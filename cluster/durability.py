@@ -48,6 +48,7 @@ class JournalSync:
         self.syncs = 0
         if not hasattr(self._journal, "_FileJournal__journalFile"):
             raise RuntimeError("pysyncobj's FileJournal layout changed: review cluster.durability")
+        self._log_compactions()
         if policy != "never":
             self._wrap_journal()
             self._wrap_transport(syncobj._SyncObj__transport)
@@ -69,6 +70,17 @@ class JournalSync:
             # mapping would only cost more.
             os.fdatasync(resizable._ResizableFile__f.fileno())
             self.syncs += 1
+
+    def _log_compactions(self) -> None:
+        # pysyncobj cuts the journal right after a new dump file is in place: say so.
+        journal = self._journal
+        original_delete_to = journal.deleteEntriesTo
+
+        def delete_to(entry_to: int) -> None:
+            original_delete_to(entry_to)
+            log.info("log compacted into a snapshot", dump=self._dump_path, kept=len(journal))
+
+        journal.deleteEntriesTo = delete_to
 
     def _wrap_journal(self) -> None:
         journal = self._journal
