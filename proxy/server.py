@@ -35,6 +35,7 @@ from proxy import render
 from proxy.protocol import JOB_SIZE_DEFAULT, BeanstalkConnection
 from proxy.session import ProxyContext, Session
 from statemachine import commands as sm
+from statemachine import replies as r
 
 log = structlog.get_logger(__name__)
 
@@ -173,6 +174,8 @@ class ProxyServer:
         """Renew the lease, subscribe to wake-ups, listen on ``HOST:PORT`` or ``unix:PATH``
         (as beanstalkd's ``-l``); return the bound address in the same form."""
         self.queue.subscribe(self.proxy_id, self.ctx.deliver)
+        if hasattr(self.queue, "on_gap"):  # RemoteQueue: its wake-up stream can skip some
+            self.queue.on_gap = self._on_gap
         await self._first_lease()
         loop = asyncio.get_running_loop()
         self._lease_task = loop.create_task(self._renew_forever())
@@ -209,6 +212,28 @@ class ProxyServer:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         await self.queue.close()
+
+    def _on_gap(self, proxy_id: str) -> None:
+        self.track(asyncio.get_running_loop().create_task(self.recover_lost_wakeups()))
+
+    async def recover_lost_wakeups(self) -> None:
+        """After a gap in the wake-up stream: every session the proxy thinks is waiting but
+        the machine does not (answered in the gap, or dropped) asks again."""
+        waiting = [s for s in self.ctx.sessions.values() if s.waiting]
+        if not waiting:
+            return
+        ids = tuple(s.client_id for s in waiting)
+        try:
+            states = await self.queue.apply(sm.CheckClients(self.proxy_id, ids))
+        except QueueUnavailable:
+            log.error("wakeup_gap_unrecovered", proxy_id=self.proxy_id, clients=len(ids))
+            return
+        if not isinstance(states, r.ClientStates):
+            return
+        still_waiting = set(states.waiting)
+        for session in waiting:
+            if session.client_id not in still_waiting:
+                session.wakeup_lost()
 
     async def _first_lease(self, wait_s: float = 120.0) -> None:
         """Serve only once the queue answers: a cluster may still be electing its leader."""

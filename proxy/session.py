@@ -37,6 +37,7 @@ from statemachine import replies as r
 log = structlog.get_logger(__name__)
 
 _PEER_GONE: Final = object()
+_LOST: Final = object()
 # Job ids are uint64 on the wire but the machine's ids come from a counter that never leaves
 # int64 (the command codec's range). A larger id can name no job: it is sent as the largest
 # int64, which names none either, so the machine still counts the command and says NOT_FOUND.
@@ -77,7 +78,8 @@ class Session:
         self._requests = itertools.count(1)
         self._pending: tuple[str, asyncio.Future[object]] | None = None
         self._unsettled: str | None = None  # a reserve's id whose outcome never came back
-        self._stashed: r.WaitResult | None = None  # its answer, if one came while idle
+        self._abandoned: set[str] = set()  # reserves given up as lost in a wake-up gap
+        self._stashed: list[r.WaitResult] = []  # late answers, for the next reserve
         self._half_closed = False
         self._peer_gone = False
 
@@ -109,8 +111,12 @@ class Session:
         pending = self._pending
         if pending is not None and pending[0] == wakeup.request_id and not pending[1].done():
             pending[1].set_result(wakeup.result)
-        elif wakeup.request_id == self._unsettled:
-            self._stashed = wakeup.result
+        elif wakeup.request_id == self._unsettled or (
+            wakeup.request_id in self._abandoned and isinstance(wakeup.result, r.Reserved)
+        ):
+            # Nobody waits for this answer now; a job it reserved to us goes to the client's
+            # next reserve rather than sitting unused until its TTR.
+            self._stashed.append(wakeup.result)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -231,33 +237,58 @@ class Session:
         # waiting in the machine, or may even have been answered: ask again under its id, so
         # the machine gives the remembered reply instead of AlreadyWaiting, and take an answer
         # that arrived meanwhile.
-        request_id = self._unsettled or self._request_id()
-        if self._stashed is not None:
-            result, self._stashed, self._unsettled = self._stashed, None, None
-            return render.render(event, result)
+        if self._stashed:
+            self._unsettled = None
+            return render.render(event, self._stashed.pop(0))
         timeout_ms = None if event.timeout_s is None else event.timeout_s * 1000
-        command = sm.Reserve(self.client_id, timeout_ms, request_id, event.with_timeout)
+        request_id = self._unsettled or self._request_id()
+        while True:
+            command = sm.Reserve(self.client_id, timeout_ms, request_id, event.with_timeout)
+            outcome = await self._reserve_once(command)
+            if outcome is not _LOST:
+                break
+            # The answer was lost in a gap of the wake-up stream. Ask again: a reserve with a
+            # timeout (which may have run out) asks without waiting; a job the lost answer
+            # gave this client comes back to ready at its TTR.
+            log.warning("wakeup_lost_reserving_again", client_id=self.client_id)
+            timeout_ms = 0 if timeout_ms is not None else None
+            self._abandoned.add(request_id)
+            request_id = self._request_id()
+        if outcome is _PEER_GONE:
+            return render.TIMED_OUT if self._half_closed else b""
+        assert isinstance(outcome, r.Reply)
+        return render.render(event, outcome)
+
+    async def _reserve_once(self, command: sm.Reserve) -> object:
+        """The reply, or the wake-up that answered the wait, or _PEER_GONE / _LOST."""
         waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending = (request_id, waiter)
+        self._pending = (command.request_id, waiter)
         try:
             try:
                 reply = await self._apply(command)
             except QueueUnavailable:
-                self._unsettled = request_id
+                self._unsettled = command.request_id
                 raise
             self._unsettled = None
             if not isinstance(reply, r.Waiting):
-                return render.render(event, reply)
+                return reply
             if self._peer_gone and not waiter.done():
                 # A reserve pipelined before the peer shut down: nobody can wait for it.
                 waiter.set_result(_PEER_GONE)
-            outcome = await waiter
+            return await waiter
         finally:
             self._pending = None
-        if outcome is _PEER_GONE:
-            return render.TIMED_OUT if self._half_closed else b""
-        assert isinstance(outcome, r.Reserved | r.TimedOut | r.DeadlineSoon)
-        return render.render(event, outcome)
+
+    @property
+    def waiting(self) -> bool:
+        """A reserve of this session is waiting for its wake-up."""
+        return self._pending is not None and not self._pending[1].done()
+
+    def wakeup_lost(self) -> None:
+        """The machine no longer has this session waiting, yet no wake-up came: it was lost."""
+        if self.waiting:
+            assert self._pending is not None
+            self._pending[1].set_result(_LOST)
 
     def _request_id(self) -> str:
         return f"{self.client_id}-{next(self._requests)}"

@@ -16,6 +16,7 @@ from cluster.local import LocalQueue
 from cluster.queue import QueueUnavailable
 from proxy import events as e
 from proxy import render
+from proxy.server import ProxyServer
 from proxy.session import ProxyContext, Session
 from statemachine import commands as sm
 from statemachine import replies as r
@@ -209,5 +210,82 @@ def test_a_reserve_whose_reply_was_lost_is_settled_by_the_next_reserve(put_befor
         await asyncio.sleep(0.01)
         assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
         assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
+
+    asyncio.run(scenario())
+
+
+class GappyQueue(LocalQueue):
+    """A LocalQueue whose wake-up stream can hold back wake-ups and report a gap, as
+    RemoteQueue does when a node could not replay what a proxy missed."""
+
+    def __init__(self) -> None:
+        super().__init__(clock=FakeClock())
+        self.holding = False
+        self.held: list[r.Wakeup] = []
+        self.on_gap = lambda proxy_id: None
+        self._real: list = []  # type: ignore[type-arg]
+
+    def subscribe(self, proxy_id: str, handler) -> None:  # type: ignore[no-untyped-def]
+        self._real.append(handler)
+        super().subscribe(proxy_id, self._maybe_hold)
+
+    def _maybe_hold(self, wakeup: r.Wakeup) -> None:
+        if self.holding:
+            self.held.append(wakeup)
+        else:
+            for handler in self._real:
+                handler(wakeup)
+
+    def release_held(self) -> None:
+        for wakeup in self.held:
+            for handler in self._real:
+                handler(wakeup)
+        self.held.clear()
+
+
+async def _gappy_server() -> tuple[GappyQueue, ProxyServer, Session, Session]:
+    queue = GappyQueue()
+    server = ProxyServer(queue)
+    queue.subscribe(server.proxy_id, server.ctx.deliver)
+    queue.on_gap = server._on_gap
+    worker = Session(server.ctx, server.ctx.new_client_id())
+    producer = Session(server.ctx, server.ctx.new_client_id())
+    await worker.open()
+    await producer.open()
+    return queue, server, worker, producer
+
+
+def test_a_wakeup_lost_in_a_gap_is_recovered_by_reserving_again():
+    async def scenario() -> None:
+        queue, server, worker, producer = await _gappy_server()
+        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+        await asyncio.sleep(0.01)
+        queue.holding = True
+        assert await producer.handle(e.Put(0, 0, 60, b"lost")) == b"INSERTED 1\r\n"
+        queue.held.clear()  # the stream never delivers it
+        queue.holding = False
+        queue.on_gap(server.proxy_id)
+        await asyncio.sleep(0.05)
+        assert not reserve.done()  # waiting again, under a new request id
+        assert await producer.handle(e.Put(0, 0, 60, b"next")) == b"INSERTED 2\r\n"
+        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 2 4\r\nnext\r\n"
+
+    asyncio.run(scenario())
+
+
+def test_a_late_answer_to_a_reserve_given_up_as_lost_goes_to_the_next_reserve():
+    async def scenario() -> None:
+        queue, server, worker, producer = await _gappy_server()
+        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+        await asyncio.sleep(0.01)
+        queue.holding = True
+        assert await producer.handle(e.Put(0, 0, 60, b"late")) == b"INSERTED 1\r\n"
+        queue.holding = False
+        queue.on_gap(server.proxy_id)
+        await asyncio.sleep(0.05)
+        queue.release_held()  # the answer shows up after all
+        assert await producer.handle(e.Put(0, 0, 60, b"next")) == b"INSERTED 2\r\n"
+        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 2 4\r\nnext\r\n"
+        assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 4\r\nlate\r\n"
 
     asyncio.run(scenario())
