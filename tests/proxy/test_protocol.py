@@ -429,3 +429,17 @@ def test_fast_dispatch_gives_what_the_ordered_prefix_scan_gives():
         line = word + rng.choice(tails) + rng.choice([b"", b" t", b"9", b"("])
         fast, slow = BeanstalkConnection(), BeanstalkConnection()
         assert fast._command(line) == slow._scan(line), line
+
+
+def test_the_codec_and_rendering_import_nothing_that_does_io_or_reads_time():
+    import subprocess
+    import sys
+
+    forbidden = "socket asyncio selectors ssl time os subprocess threading random uuid grpc"
+    code = (
+        "import sys; before = set(sys.modules); import proxy.protocol, proxy.render; "
+        f"bad = {set(forbidden.split())!r}; "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
