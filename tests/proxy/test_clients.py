@@ -34,7 +34,9 @@ def client(proxy: Proxy, tube: str, encoding: str | None = "utf-8") -> greenstal
 
 
 def test_many_producers_and_consumers_deliver_every_job_exactly_once(proxy: Proxy):
-    producers, consumers, per_producer = 8, 8, 60
+    # BEANRAFT_PROXY_SOAK_JOBS=5000 makes this a soak test (jobs per producer).
+    producers, consumers = 8, 8
+    per_producer = int(os.environ.get("BEANRAFT_PROXY_SOAK_JOBS", "60"))
     expected = {f"p{p}-{i}" for p in range(producers) for i in range(per_producer)}
     delivered: list[str] = []
     holders: dict[int, int] = {}
