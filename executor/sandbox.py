@@ -21,6 +21,7 @@ failed (each after an ``error`` line).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -32,6 +33,7 @@ from executor import linux
 from executor.plan import Mount, Plan
 
 REQUIRED_NAMESPACES = frozenset({"pid", "mount", "uts", "ipc"})
+INIT_TITLE = b"beanraft-init"
 NEW_ROOT = "/tmp"  # mount point of the job's root tmpfs, only inside the job's mount namespace
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -60,6 +62,7 @@ def launcher_main(
         # The launcher and init are forks of the worker: its memory and its exec-time
         # environment (/proc/PID/environ) must not be readable from the job, even by uid 0.
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
+        _hide_worker_argv_and_environ()
         os.setsid()  # a Ctrl-C at the worker's terminal is not the job's business
         _keep_only_fds({status_fd, out_fd, err_fd})
         for path in procs_files:
@@ -81,6 +84,29 @@ def launcher_main(
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
         except ChildProcessError:
             os._exit(0)
+
+
+def _hide_worker_argv_and_environ() -> None:
+    """Overwrite this copy of the worker's command line and environment in place (as
+    setproctitle does), so the job's /proc/1/cmdline reads "beanraft-init" and no worker
+    variable is left in the memory of the processes a job can see. The worker's own copy is
+    untouched: after fork these pages are copy-on-write."""
+    fields = _read_text("/proc/self/stat").rpartition(")")[2].split()
+    # Fields 48-51 of /proc/PID/stat (1-based, counting pid and comm): arg_start, arg_end,
+    # env_start, env_end; after the ")" they are at offsets 45..48.
+    arg_start, arg_end, env_start, env_end = (int(v) for v in fields[45:49])
+    ctypes.memset(env_start, 0, env_end - env_start)
+    title = INIT_TITLE[: max(0, arg_end - arg_start - 1)]
+    ctypes.memset(arg_start, 0, arg_end - arg_start)
+    ctypes.memmove(arg_start, title, len(title))
+
+
+def _read_text(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
 
 
 def _reset_signals() -> None:

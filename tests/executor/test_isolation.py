@@ -350,3 +350,12 @@ def test_network_host_shares_the_host_interfaces(jobs: JobRunner) -> None:
         py("import socket; print(sorted(n for _, n in socket.if_nameindex()))", network="host")
     )
     assert run.stdout.strip() == str(host)
+
+
+def test_init_shows_no_worker_command_line(jobs: JobRunner) -> None:
+    run = jobs.run(
+        sh("tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+    )
+    first, rest = run.stdout.split("\n", 1)
+    assert first.strip() == "beanraft-init"
+    assert "pytest" not in run.stdout and "python" not in rest
