@@ -31,7 +31,7 @@ import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 
 from cluster import envelope
-from cluster.clock import Clock, SystemClock
+from cluster.clock import Clock, LeaderTime, SystemClock
 from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
 from cluster.proposer import Proposer, Result
@@ -99,9 +99,10 @@ class RaftNode:
         # its fsync overlaps the followers' network round trip and fsync instead of following it.
         self.syncobj.addOnTickCallback(self.journal_sync.sync_if_dirty)
         self.syncobj.addOnTickCallback(self._compact_if_journal_large)
+        self.leader_time = LeaderTime(config.clock)
         self.proposer = Proposer(
             self.consumer.apply_batch,
-            config.clock,
+            self.leader_time,
             self.journal_sync.sync_if_dirty,
             lambda: int(self.syncobj.raftLastApplied),
             loop,
@@ -224,6 +225,7 @@ class RaftNode:
     async def submit(self, requests: list[envelope.Request]) -> list[Result]:
         if not self.is_leader():
             raise self.not_leader()
+        self.leader_time.start_term(int(self.syncobj.raftCurrentTerm), self.state.max_now_ms)
         return await self.proposer.submit_many(requests)
 
     async def _tick_loop(self) -> None:
@@ -253,7 +255,8 @@ class RaftNode:
         deadline_ms = self.state.next_deadline_ms
         if deadline_ms is None:
             return 0.05
-        wait_ms = deadline_ms - self.config.clock.now_ms()
+        self.leader_time.start_term(int(self.syncobj.raftCurrentTerm), self.state.max_now_ms)
+        wait_ms = deadline_ms - self.leader_time.now_ms()
         if wait_ms > 0:
             return min(0.05, max(0.002, wait_ms / 1000))
         if self._tick_inflight:

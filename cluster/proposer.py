@@ -25,7 +25,7 @@ import structlog
 from pysyncobj import FAIL_REASON
 
 from cluster import envelope
-from cluster.clock import Clock
+from cluster.clock import LeaderTime
 from cluster.errors import Ambiguous, NotApplied
 
 log = structlog.get_logger(__name__)
@@ -48,7 +48,7 @@ class Proposer:
     def __init__(
         self,
         propose: Callable[..., None],
-        clock: Clock,
+        clock: LeaderTime,
         before_ack: Callable[[], None],
         last_applied: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
