@@ -240,3 +240,25 @@ def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(
         await cluster.assert_converged()
 
     asyncio.run(scenario())
+
+
+def test_a_node_added_with_cluster_join_and_started_with_peers_catches_up(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        await cluster.wait_for_leader()
+        queue = cluster.queue()
+        await queue.apply(_put(b"before-join"))
+        fourth = cluster.add_node_slot()
+        out = _admin(
+            cluster, "join", "--node-id", "4", "--raft-addr", fourth.raft_addr,
+            "--grpc-addr", fourth.grpc_addr,
+        )  # fmt: skip
+        assert "is a member" in out
+        cluster.start(fourth)  # --peers: every other member
+        await _wait_members(cluster, 4)
+        await queue.apply(_put(b"after-join"))
+        await cluster.assert_converged()
+        await queue.close()
+
+    asyncio.run(scenario())
