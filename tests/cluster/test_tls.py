@@ -81,6 +81,7 @@ def test_a_plaintext_client_is_refused(cluster: ProcessCluster) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        await cluster.assert_converged()
 
     asyncio.run(scenario())
 
