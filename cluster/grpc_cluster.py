@@ -44,7 +44,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         if not raft_addr:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no member with node id {request.node_id!r}: see `beanraft cluster status`",
+                f"no member with node id {request.node_id!r}: see `beanraft cluster status` "
+                "(a member listed without an id can be named by its Raft address)",
             )
         log.info("leave requested", node_id=request.node_id, raft_addr=raft_addr)
         if self.node.is_leader() and raft_addr == self.node.config.raft_addr:
@@ -61,7 +62,9 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         for raft_addr, (member_id, _) in self.node.state.members.items():
             if member_id == node_id and raft_addr in self.node.member_addrs():
                 return raft_addr
-        return ""
+        # A member whose directory entry is gone (its removal was refused after the entry was
+        # dropped) or was never recorded can still be named by its Raft address.
+        return node_id if node_id in self.node.member_addrs() else ""
 
     async def _forward(self, context: Any, method: str, request: Any) -> None:
         _, leader_grpc = self.node.leader_info()

@@ -16,7 +16,7 @@ from cluster_harness import free_ports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from process_harness import Node, ProcessCluster
 
-from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
+from api import cluster_pb2, cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
 from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r
@@ -286,5 +286,19 @@ def test_a_batch_applies_its_good_commands_and_refuses_only_the_malformed_one(
         assert isinstance(codec.decode_outcome(first.outcome).reply, r.Inserted)
         assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert "unknown value tag" in bad.message
+
+    _run(cluster, scenario())
+
+
+def test_leave_of_an_unknown_node_is_not_found_and_says_where_to_look(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        async with cluster.channel(cluster.nodes[2]) as channel:
+            stub = cluster_pb2_grpc.ClusterStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.Leave(cluster_pb2.LeaveRequest(node_id="no-such-node"), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "beanraft cluster status" in (raised.value.details() or "")
 
     _run(cluster, scenario())
