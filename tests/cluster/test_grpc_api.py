@@ -302,3 +302,33 @@ def test_leave_of_an_unknown_node_is_not_found_and_says_where_to_look(
         assert "beanraft cluster status" in (raised.value.details() or "")
 
     _run(cluster, scenario())
+
+
+def test_a_coolbeans_queued_reserve_is_matched_on_stream_reserve_updates(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        follower = next(n for n in cluster.nodes if n is not leader)
+        async with cluster.channel(follower) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            updates = stub.StreamReserveUpdates(jsm_pb2.ReserveUpdateRequest(proxy_id="cb-px"))
+            await asyncio.sleep(0.3)  # the stream is attached before the reserve
+            queued = await stub.Reserve(
+                jsm_pb2.ReserveRequest(
+                    client_id="cb-c1",
+                    request_id="cb-r1",
+                    timeout_secs=30,
+                    watched_tubes=["cb-wait"],
+                    proxy_id="cb-px",
+                )
+            )
+            assert queued.reservation.Status == jsm_pb2.Queued
+            put = await stub.Put(jsm_pb2.PutRequest(ttr=30, tube_name="cb-wait", body=b"w"))
+            update = await asyncio.wait_for(updates.read(), 10)
+            updates.cancel()
+        resv = update.reservation
+        assert (resv.Status, resv.job_id, resv.body) == (jsm_pb2.Matched, put.job_id, b"w")
+        assert (resv.client_id, resv.request_id, resv.proxy_id) == ("cb-c1", "cb-r1", "cb-px")
+
+    _run(cluster, scenario())
