@@ -27,6 +27,7 @@ from statemachine import replies as r
 PRIORITY_MAX = 2**32 - 1
 DELAY_MS_MAX = (2**32 - 1) * 1000
 TTR_MS_MIN = 1000
+RESERVE_TIMEOUT_MS_MAX = (2**31 - 1) * 1000
 URGENT_PRIORITY = 1024
 SAFETY_MARGIN_MS = 1000
 IDEMPOTENCY_WINDOW_MS = 600_000
@@ -327,6 +328,8 @@ class ReferenceModel:
         return reply
 
     def do_Connect(self, cmd: c.Connect) -> r.Reply:
+        if not cmd.client_id:
+            return r.InvalidArgument('client_id "" is the admin, not a connection')
         if self.client(cmd.client_id) is None:
             self.clients.append(Client(cmd.client_id, cmd.proxy_id))
             self.total_connections += 1
@@ -339,6 +342,8 @@ class ReferenceModel:
         return r.Ok()
 
     def do_RenewLease(self, cmd: c.RenewLease) -> r.Reply:
+        if cmd.lease_ms < 0:
+            return r.InvalidArgument(f"lease_ms {cmd.lease_ms} is negative")
         self.leases[cmd.proxy_id] = self.now_ms + cmd.lease_ms
         return r.Ok()
 
@@ -488,6 +493,9 @@ class ReferenceModel:
             return r.UnknownClient(cmd.client_id)
         if cl.waiting:
             return r.AlreadyWaiting()
+        if cmd.timeout_ms is not None and not 0 <= cmd.timeout_ms <= RESERVE_TIMEOUT_MS_MAX:
+            # beanstalkd: reserve-with-timeout takes 0..INT_MAX seconds, else BAD_FORMAT.
+            return r.InvalidArgument(f"timeout_ms {cmd.timeout_ms} out of range")
         self.counters["cmd_reserve_with_timeout" if cmd.with_timeout else "cmd_reserve"] += 1
         cl.worker = True
         ready = [

@@ -38,6 +38,7 @@ CLIENTS = {"c0": "p0", "c1": "p0", "c2": "p1", "c3": "p1"}
 PROXIES = ("p0", "p1")
 TUBES = ("default", "a", "b")
 BAD_TUBES = ("-a", "", "a b", "x" * 201)
+MISSING_TUBE = "never-made"  # read, paused and kicked, never created
 PRIORITIES = (0, 1, 5, 1023, 1024, 2**32 - 1)
 DELAYS_MS = (0, 0, 0, 1, 500, 1000, 3000)
 TTRS_MS = (0, 999, 1000, 1001, 2000, 5000, 60_000)
@@ -52,6 +53,21 @@ READS = (
     "list-tube-used",
     "list-tubes-watched",
     "check-clients",
+)
+BAD_INPUTS = (
+    "put",
+    "rejected-put",
+    "use",
+    "watch",
+    "ignore",
+    "connect-admin",
+    "negative-lease",
+    "reserve-timeout",
+    "release",
+    "bury",
+    "pause",
+    "read",
+    "kick",
 )
 SESSION_COMMANDS: dict[str, type[c.Use] | type[c.Watch] | type[c.Ignore]] = {
     "use": c.Use,
@@ -264,10 +280,14 @@ class MachineAgainstModel(RuleBasedStateMachine):
     def reserve_job(self, data: st.DataObject) -> None:
         self.apply(c.ReserveJob(self.client(data), self.job_id(data)))
 
-    @rule(admin=st.booleans(), data=st.data())
-    def delete(self, admin: bool, data: st.DataObject) -> None:
+    @rule(who=st.sampled_from(("owner", "admin", "other")), data=st.data())
+    def delete(self, who: str, data: st.DataObject) -> None:
         client, job_id = self.owner_and_job(data)
-        self.apply(c.Delete("" if admin else client, job_id))
+        if who == "admin":
+            client = ""
+        elif who == "other":
+            client = data.draw(clients.filter(lambda other: other != client), label="other")
+        self.apply(c.Delete(client, job_id))
 
     @rule(priority=priorities, delay_ms=delays_ms, data=st.data())
     def release(self, priority: int, delay_ms: int, data: st.DataObject) -> None:
@@ -286,13 +306,16 @@ class MachineAgainstModel(RuleBasedStateMachine):
         # -1 stands for kick-job.
         self.apply(c.KickJob(self.job_id(data)) if bound < 0 else c.Kick(tube, bound))
 
-    @rule(tube=tubes, delay_ms=st.sampled_from((0, 0, 1, 500, 2000, 60_000)))
+    @rule(
+        tube=st.sampled_from((*TUBES, MISSING_TUBE)),
+        delay_ms=st.sampled_from((0, 0, 1, 500, 2000, 60_000)),
+    )
     def pause_tube(self, tube: str, delay_ms: int) -> None:
         self.apply(c.PauseTube(tube, delay_ms))
 
     # --- reads and bad input -----------------------------------------------------------------
 
-    @rule(tube=tubes, kind=st.sampled_from(READS), data=st.data())
+    @rule(tube=st.sampled_from((*TUBES, MISSING_TUBE)), kind=st.sampled_from(READS), data=st.data())
     def read(self, tube: str, kind: str, data: st.DataObject) -> None:
         if kind == "peek":
             self.apply(c.Peek(self.job_id(data)))
@@ -314,7 +337,7 @@ class MachineAgainstModel(RuleBasedStateMachine):
         priority=st.sampled_from((0, 2**32, -1)),
         delay_ms=st.sampled_from((0, -1, (2**32 - 1) * 1000, (2**32 - 1) * 1000 + 1)),
         ttr_ms=st.sampled_from((1000, -1, (2**32 - 1) * 1000 + 1)),
-        kind=st.sampled_from(("put", "rejected-put", "use", "watch", "ignore")),
+        kind=st.sampled_from(BAD_INPUTS),
         data=st.data(),
     )
     def bad_input(
@@ -325,8 +348,26 @@ class MachineAgainstModel(RuleBasedStateMachine):
             self.apply(c.Put(tube, priority, delay_ms, ttr_ms, b"bad", ""))
         elif kind == "rejected-put":
             self.apply(c.RejectedPut(client))
-        else:
+        elif kind in SESSION_COMMANDS:
             self.apply(SESSION_COMMANDS[kind](client, tube))
+        elif kind == "connect-admin":
+            self.apply(c.Connect("", "p0"))
+        elif kind == "negative-lease":
+            self.apply(c.RenewLease("p0", -1))
+        elif kind == "reserve-timeout":
+            timeout_ms = data.draw(st.sampled_from((-1, (2**31 - 1) * 1000, 2**31 * 1000)))
+            self.apply(c.Reserve(client, timeout_ms, "", True))
+        elif kind == "release":
+            self.apply(c.Release(*self.owner_and_job(data), priority, delay_ms))
+        elif kind == "bury":
+            self.apply(c.Bury(*self.owner_and_job(data), priority))
+        elif kind == "pause":
+            self.apply(c.PauseTube(tube, delay_ms))
+        elif kind == "read":
+            read = data.draw(st.sampled_from(sorted(TUBE_READS)), label="read")
+            self.apply(TUBE_READS[read](tube))
+        else:
+            self.apply(c.Kick(tube, -1))
 
     # --- snapshot ----------------------------------------------------------------------------
 
