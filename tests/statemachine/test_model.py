@@ -8,15 +8,26 @@ invariants must hold, ``next_deadline_ms()`` must agree, and the queue seen thro
 ``stats-job`` must be the same. One rule snapshots the real machine and continues on the
 restored copy; a twin that is never restored must end with the same snapshot bytes.
 
+The oracle itself is checked too: on random session histories (use, watch, ignore, put, delete,
+reserve, close) the model's list-tubes and watch-list orders and its counters must equal a real
+beanstalkd 1.12's (``test_reference_model_orders_tubes_and_counts_like_beanstalkd``).
+
 Depth: ``HYPOTHESIS_PROFILE=long`` runs many more and longer sequences (docs/testing.md).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import fields, replace
 from typing import Any
 
+import greenstalk
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -408,3 +419,132 @@ class MachineAgainstModel(RuleBasedStateMachine):
 
 MachineAgainstModel.TestCase.settings = PROFILES[PROFILE]
 TestMachineAgainstModel = MachineAgainstModel.TestCase
+
+
+# --- the oracle itself, checked against beanstalkd 1.12 ------------------------------------
+
+BEANSTALKD = "/usr/bin/beanstalkd"
+ORACLE_TUBES = ("default", "t0", "t1", "t2", "t3", "t4")
+
+
+@pytest.fixture
+def beanstalkd_port() -> Iterator[int]:
+    """A real beanstalkd 1.12 on a free 127.0.0.1 port, stopped afterwards."""
+    if not shutil.which(BEANSTALKD):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{BEANSTALKD} is missing: install beanstalkd 1.12 (.ci/run does)")
+        pytest.skip(f"{BEANSTALKD} is missing")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = subprocess.Popen([BEANSTALKD, "-l", "127.0.0.1", "-p", str(port)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "beanstalkd did not start listening"
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+class Oracle:
+    """The same session commands on real beanstalkd connections and on the reference model."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.model = ReferenceModel()
+        self.conns: dict[str, Any] = {}  # greenstalk.Client
+        self.admin = self.connect("admin")
+
+    def connect(self, name: str) -> Any:
+        self.conns[name] = greenstalk.Client(("127.0.0.1", self.port))
+        self.model.apply(c.Connect(name, "p"), 0)
+        return self.conns[name]
+
+    def model_reply(self, command: c.Command) -> r.Reply:
+        return self.model.apply(command, 0).reply
+
+    def step(self, rng: random.Random) -> None:
+        name = rng.choice(("a", "b", "c"))
+        tube = rng.choice(ORACLE_TUBES)
+        if name not in self.conns:
+            self.connect(name)
+            return
+        conn = self.conns[name]
+        kind = rng.choice(("use", "watch", "ignore", "put", "delete", "reserve", "close"))
+        if kind == "use":
+            conn.use(tube)
+            assert self.model_reply(c.Use(name, tube)) == r.Using(tube)
+        elif kind == "watch":
+            assert r.Watching(conn.watch(tube)) == self.model_reply(c.Watch(name, tube))
+        elif kind == "ignore":
+            try:
+                theirs: r.Reply = r.Watching(conn.ignore(tube))
+            except greenstalk.NotIgnoredError:
+                theirs = r.NotIgnored()
+            assert theirs == self.model_reply(c.Ignore(name, tube))
+        elif kind == "put":
+            used = conn.using()
+            assert self.model_reply(c.ListTubeUsed(name)) == r.Using(used)
+            ours = self.model_reply(c.Put(used, 0, 0, 100_000, b"x", name))
+            assert r.Inserted(conn.put(b"x", priority=0, ttr=100)) == ours
+        elif kind == "delete":
+            ids = [j.id for j in self.model.jobs if j.state != "reserved"]
+            if ids:
+                job_id = rng.choice(ids)
+                self.admin.delete(job_id)
+                assert self.model_reply(c.Delete("admin", job_id)) == r.Deleted()
+        elif kind == "reserve":
+            try:
+                theirs = r.Reserved(conn.reserve(timeout=0).id, b"x")
+            except greenstalk.TimedOutError:
+                theirs = r.TimedOut()
+            assert theirs == self.model_reply(c.Reserve(name, 0, "", True))
+        else:
+            conn.close()
+            del self.conns[name]
+            self.model_reply(c.Disconnect(name))
+            time.sleep(0.02)  # the server handles the close before the next command
+
+    def compare(self) -> None:
+        """list-tubes, every watch list, stats and stats-tube of every tube agree."""
+        tubes = self.model_reply(c.ListTubes())
+        assert isinstance(tubes, r.TubeList)
+        assert tuple(self.admin.tubes()) == tubes.tubes
+        for name, conn in self.conns.items():
+            assert r.TubeList(tuple(conn.watching())) == self.model_reply(c.ListTubesWatched(name))
+        # The fixture's readiness probe was a connection too: total-connections is one more.
+        assert_same_keys(self.admin.stats(), self.model_reply(c.Stats()), ("total-connections",))
+        for tube in tubes.tubes:
+            theirs = self.admin.stats_tube(tube)
+            ours = self.model_reply(c.StatsTube(tube))
+            assert_same_keys(theirs, ours, ("name", "pause", "pause-time-left"))
+
+
+def assert_same_keys(theirs: Any, ours: r.Reply, skip: tuple[str, ...]) -> None:
+    """Every key beanstalkd emits that the reply has (by name, _ for -) has the same value."""
+    for field in fields(ours):
+        key = field.name.replace("_", "-")
+        if key in theirs and key not in skip:
+            assert theirs[key] == getattr(ours, field.name), f"{key}: beanstalkd {theirs[key]}"
+
+
+@pytest.mark.beanstalkd
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_model_orders_tubes_and_counts_like_beanstalkd(
+    beanstalkd_port: int, seed: int
+) -> None:
+    # The model encodes beanstalkd's list-tubes and watch-list order (ms.c's move-last removal,
+    # connclose's order of freeing tubes) and its counters; check that against the binary on
+    # random session histories. Time plays no part here (beanstalkd's clock is real).
+    oracle = Oracle(beanstalkd_port)
+    rng = random.Random(seed)
+    for _ in range(80):
+        oracle.step(rng)
+        oracle.compare()
