@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from statemachine import commands as c
+from statemachine import replies as r
 from statemachine.machine import JobStateMachine, MachineConfig
 
 HERE = Path(__file__).resolve().parent
@@ -39,10 +40,21 @@ def random_commands(seed: int, count: int) -> list[tuple[int, c.Command]]:
     rng = random.Random(seed)
     now_ms = 1_000_000
     out: list[tuple[int, c.Command]] = [(now_ms, c.Connect(cl, px)) for cl, px in CLIENTS]
-    puts = 0
+    puts, drained = 0, 0
     for n in range(count):
         now_ms += rng.choice((0, 0, 1, 10, 100, 999, 1000, 1500, 5000, 15_000, -3000))
-        for command in _commands(rng, n, puts):
+        draining = (n // 200) % 2 == 1 and rng.random() < 0.6
+        if draining and drained < puts and rng.random() < 0.6:
+            # Busy and quiet phases alternate: an admin deletes the oldest jobs, so that
+            # reserves find nothing and wait, time out and get woken by later puts.
+            drained += 1
+            commands: list[c.Command] = [c.Delete("", drained)]
+        elif draining:
+            client, _ = rng.choice(CLIENTS)
+            commands = [c.Reserve(client, rng.choice((None, 1000, 3000, 20_000)), "", True)]
+        else:
+            commands = _commands(rng, n, puts)
+        for command in commands:
             puts += isinstance(command, c.Put)
             out.append((now_ms, command))
     return out
@@ -81,6 +93,8 @@ def _command(rng: random.Random, n: int, puts: int) -> c.Command:
         c.Put(tube, rng.randint(0, 50), 0, 1000, b"b" * rng.randint(0, 100)),
         c.Reserve(client, rng.choice((None, 0, 500, 5000)), request_id),
         c.Reserve(client, 0, "", True),
+        c.Reserve(client, rng.choice((1000, 3000, 20_000)), "", True),
+        c.Put(tube, rng.randint(0, 9), rng.choice((500, 1500)), rng.choice((1000, 2000)), b"d"),
         c.ReserveJob(client, job_id),
         c.Delete(client, job_id),
         c.Delete("", job_id),
@@ -179,3 +193,25 @@ def test_separate_processes_with_different_hash_seeds_have_equal_snapshots() -> 
     first = run_in_subprocess(seed, count, hash_seed="1")
     second = run_in_subprocess(seed, count, hash_seed="4242")
     assert first == second == here
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_late_tick_gives_the_same_state_as_many_timely_ones(seed: int) -> None:
+    # SEMANTICS "Events": due events are processed as if time stepped through each instant, so
+    # extra Ticks between commands change nothing but where the wake-ups are reported.
+    rng = random.Random(seed + 100)
+    late = JobStateMachine(MachineConfig(max_job_size=65535))
+    timely = JobStateMachine(MachineConfig(max_job_size=65535))
+    machine_ms = 0  # the clamped time both machines are at
+    for now_ms, command in random_commands(seed, COUNT):
+        target_ms = max(now_ms, machine_ms)
+        timely_wakeups: list[r.Wakeup] = []
+        for _ in range(rng.choice((0, 1, 3))):
+            machine_ms = rng.randint(machine_ms, target_ms)
+            timely_wakeups += timely.apply(c.Tick(), machine_ms).wakeups
+        machine_ms = target_ms
+        expected = late.apply(command, now_ms)
+        actual = timely.apply(command, now_ms)
+        assert actual.reply == expected.reply, command
+        assert tuple(timely_wakeups) + actual.wakeups == expected.wakeups, command
+    assert timely.snapshot() == late.snapshot()
