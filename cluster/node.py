@@ -306,9 +306,29 @@ class RaftNode:
         # First the directory entry, which the leaving node still receives and which tells it
         # to stop its Raft: a removed node left running would start elections with ever
         # higher terms and disrupt the cluster (pysyncobj has no PreVote).
-        await self.submit([envelope.Request(envelope.FORGET, "", raft_addr.encode())])
+        forget = envelope.Request(envelope.FORGET, "", raft_addr.encode())
+        forget_index = (await self.submit([forget]))[0][2]
+        # The leaving node must also learn that the entry is committed: a later entry, sent
+        # with a commit index past the FORGET, tells it. Wait (briefly: it may be dead) for it
+        # to hold both before it is cut off.
+        await self._wait_for_match(raft_addr, forget_index)
+        me = envelope.encode_member(
+            self.config.node_id, self.config.grpc_addr, self.config.raft_addr
+        )
+        marker_index = (await self.submit([envelope.Request(envelope.MEMBER, "", me)]))[0][2]
+        await self._wait_for_match(raft_addr, marker_index)
         await self._membership(self.syncobj.removeNodeFromCluster, raft_addr)
         log.info("member removed", raft_addr=raft_addr)
+
+    async def _wait_for_match(self, raft_addr: str, index: int, timeout_s: float = 5.0) -> None:
+        """Wait until the leader knows ``raft_addr`` holds the log up to ``index``."""
+        give_up = self.loop.time() + timeout_s
+        while self.loop.time() < give_up:
+            status = await self.on_tick_thread(self.syncobj.getStatus)
+            if status.get(f"match_idx_server_{raft_addr}", 0) >= index:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("a leaving node did not catch up; removing it anyway", raft_addr=raft_addr)
 
     async def transfer_leadership(self) -> None:
         """Hand leadership to the most caught-up follower and wait until someone else leads."""
