@@ -113,6 +113,7 @@ def _check_clients(state: State) -> None:
         names = [t.name for t in client.watched]
         assert names, f"client {client_id} watches nothing"
         assert len(names) == len(set(names)), f"client {client_id} watches a tube twice"
+        assert client.watch_set == set(client.watched), f"client {client_id} watch set"
         for tube in client.watched:
             assert state.tubes.get(tube.name) is tube, f"{client_id} watches a freed tube"
             watching[tube.name] += 1

@@ -119,7 +119,7 @@ def _best_ready_tube(state: State, client: Client) -> tuple[Tube | None, int]:
         if key is None:
             return None, 0
         tube = state.jobs[key & ID_MASK].tube
-        if tube in watched:
+        if tube in client.watch_set:
             return tube, key
     best_tube: Tube | None = None
     best_key = 0

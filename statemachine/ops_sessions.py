@@ -93,6 +93,7 @@ def watch(state: State, cmd: c.Watch) -> Reply:
     tube = state.tube_for(cmd.tube)
     if not client.watches(tube):
         client.watched.append(tube)
+        client.watch_set.add(tube)
         tube.watching_count += 1
         if client.wait_seq:
             tube.add_waiter(client)
@@ -118,6 +119,7 @@ def ignore(state: State, cmd: c.Ignore) -> Reply:
         return NotIgnored()
     tube = watched[index]
     remove_moving_last(watched, index)
+    client.watch_set.discard(tube)
     tube.watching_count -= 1
     if client.wait_seq:
         del tube.waiters[client.wait_seq]

@@ -6,6 +6,7 @@ lives until ``Disconnect``, ``DropProxy`` or the expiry of its proxy's lease. It
 - ``used``: the tube its puts, peeks and kicks go to (a reference that keeps the tube alive);
 - ``watched``: its watch list in beanstalkd's order (insertion order; a removal moves the last
   entry into the freed slot, as ms.c does);
+- ``watch_set``: the same tubes as a set, for membership tests only (never iterated);
 - ``reserved``: the jobs it holds, by id;
 - a wait: when a reserve found nothing, ``wait_seq`` is its arrival number (global, increasing,
   never 0), ``wait_deadline_ms`` its timeout (None waits forever) and ``wait_request_id`` the
@@ -38,6 +39,7 @@ class Client:
         "wait_deadline_ms",
         "wait_request_id",
         "wait_seq",
+        "watch_set",
         "watched",
         "worker",
     )
@@ -47,6 +49,7 @@ class Client:
         self.proxy_id = proxy_id
         self.used = default_tube
         self.watched: list[Tube] = [default_tube]
+        self.watch_set: set[Tube] = {default_tube}
         self.reserved: dict[int, Job] = {}
         self.producer = False
         self.worker = False
@@ -62,7 +65,7 @@ class Client:
         return min(job.deadline_ms for job in self.reserved.values()) - DEADLINE_SOON_MARGIN_MS
 
     def watches(self, tube: Tube) -> bool:
-        return any(t is tube for t in self.watched)
+        return tube in self.watch_set
 
     def __repr__(self) -> str:
         return f"Client({self.id!r}, proxy={self.proxy_id!r}, wait_seq={self.wait_seq})"

@@ -303,6 +303,7 @@ def _decode_clients(reader: _Reader, state: State) -> list[Client]:
         client = Client(client_id, reader.text(), tubes[reader.u32()])
         client.used.using_count += 1
         client.watched = [tubes[slot] for slot in reader.column("I", reader.u32())]
+        client.watch_set = set(client.watched)
         for tube in client.watched:
             tube.watching_count += 1
         producer, worker, client.wait_seq, deadline = reader.unpack(_CLIENT)

@@ -334,6 +334,7 @@ class State:
         while watched:
             tube = watched[0]
             remove_moving_last(watched, 0)
+            client.watch_set.discard(tube)
             tube.watching_count -= 1
             self.free_if_unreferenced(tube)
         del self.clients[client.id]
