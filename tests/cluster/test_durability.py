@@ -59,3 +59,21 @@ def test_with_never_nothing_is_synced_but_everything_is_written(tmp_path: Path) 
 def test_an_unknown_fsync_policy_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="always, batch or never"):
         JournalSync(object(), "sometimes", "/nonexistent")
+
+
+def test_with_always_every_appended_entry_is_synced_as_it_is_written(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path, fsync="always")
+        await cluster.start_all()
+        try:
+            leader = await cluster.wait_for_leader()
+            before = leader.journal_sync.syncs
+            for i in range(10):
+                await cluster.apply(_put(i))
+                assert not leader.journal_sync._dirty
+            assert leader.journal_sync.syncs >= before + 10  # one per entry at least
+            await cluster.assert_converged()
+        finally:
+            await cluster.stop_all()
+
+    asyncio.run(scenario())
