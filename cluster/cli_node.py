@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -38,7 +40,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-job-size", type=int, default=65535, help="bytes (beanstalkd -z)")
 
 
+class _ResendNoise(logging.Filter):
+    """pysyncobj logs CRITICAL "truncating already-applied log entries" each time a follower
+    receives entries it already holds: with ``appendEntriesUseBatch=False`` the leader re-sends
+    from the last acknowledged index on every proposal, before acknowledgements arrive. Those
+    entries are committed, so they are the same entries, and under load the line repeats
+    hundreds of times a second. Let one through a minute, counting the rest, so that a real
+    divergence (which pysyncobj reports with the same words) still shows in the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_s = -60.0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "truncating already-applied" not in str(record.msg):
+            return True
+        now_s = time.monotonic()
+        if now_s - self._last_s < 60.0:
+            self._suppressed += 1
+            return False
+        self._last_s = now_s
+        record.msg = f"{record.msg} ({self._suppressed} similar lines suppressed)"
+        self._suppressed = 0
+        return True
+
+
 def configure_logging() -> None:
+    # pysyncobj logs through the standard library: same stream, key=value like structlog.
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="timestamp=%(asctime)s level=%(levelname)s logger=%(name)s event=%(message)r",
+    )
+    logging.getLogger("pysyncobj.syncobj").addFilter(_ResendNoise())
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
