@@ -35,7 +35,9 @@ from statemachine.replies import Reply
 log = structlog.get_logger(__name__)
 
 LEADER_HINT_KEY = "leader-grpc-addr"
-CALL_TIMEOUT_S = 15.0
+# Per call: a little over a node's own limits (4 s to commit, 4.5 s to forward), so a hung
+# node (paused, partitioned) costs one short wait before the next node is tried.
+CALL_TIMEOUT_S = 5.0
 RETRY_FOR_S = 20.0
 STREAM_SILENCE_S = 12.0  # nodes send a heartbeat every 5 s
 MAX_CALLS_IN_FLIGHT = 4

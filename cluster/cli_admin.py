@@ -92,7 +92,7 @@ async def _first_answer(stubs: dict[str, Any], method: str, request: Any) -> Any
     for _ in range(3):
         for stub in stubs.values():
             try:
-                return await getattr(stub, method)(request, timeout=30)
+                return await getattr(stub, method)(request, timeout=60)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise

@@ -17,10 +17,12 @@ import structlog
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from cluster.grpc_jsm import guarded
-from cluster.service import FORWARD_TIMEOUT_S, Forwarded, QueueService
+from cluster.service import Forwarded, QueueService
 
 log = structlog.get_logger(__name__)
 CHUNK_BYTES = 1 << 20
+# A forwarded Join or Leave may hand leadership over and wait for the leaving node to catch up.
+MEMBERSHIP_TIMEOUT_S = 30.0
 
 
 class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
@@ -72,7 +74,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             raise self.node.not_leader()
         stub = cluster_pb2_grpc.ClusterStub(self.service._channel(leader_grpc))
         try:
-            await getattr(stub, method)(request, timeout=FORWARD_TIMEOUT_S)
+            await getattr(stub, method)(request, timeout=MEMBERSHIP_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             raise Forwarded(exc.code(), exc.details() or "", leader_grpc) from None
 

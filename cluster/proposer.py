@@ -53,7 +53,7 @@ class Proposer:
         last_applied: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
         max_inflight: int = 8,
-        timeout_s: float = 10.0,
+        timeout_s: float = 4.0,  # then Ambiguous: the client retries with the request id
         on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self._propose = propose  # MachineConsumer.apply_batch

@@ -170,7 +170,7 @@ async def join_cluster(config: NodeConfig, options: ServerOptions) -> list[str]:
                 request = cluster_pb2.JoinRequest(
                     node_id=config.node_id, addr=config.raft_addr, grpc_addr=config.grpc_addr
                 )
-                await stub.Join(request, timeout=15)
+                await stub.Join(request, timeout=60)
                 members = [m.raft_addr for m in status.members if m.raft_addr != config.raft_addr]
                 log.info("joined cluster", via=options.join, members=",".join(members))
                 return members

@@ -30,7 +30,7 @@ from statemachine.commands import Command
 from statemachine.replies import Outcome
 
 LEADER_WAIT_S = 1.5
-FORWARD_TIMEOUT_S = 12.0
+FORWARD_TIMEOUT_S = 4.5  # a little over the leader's own 4 s proposal timeout
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 

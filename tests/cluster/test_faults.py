@@ -262,3 +262,27 @@ def test_a_node_added_with_cluster_join_and_started_with_peers_catches_up(
         await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower_without_divergence(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        old = await cluster.wait_for_leader()
+        queue = cluster.queue()
+        await queue.apply(_put(b"before-pause"))
+        old.pause()  # a leader that stops answering, as in a long GC pause or a partition
+        try:
+            for i in range(20):
+                assert isinstance(await queue.apply(_put(b"during-%d" % i)), r.Inserted)
+            new = await cluster.wait_for_leader()
+            assert new is not old
+        finally:
+            old.resume()
+        assert isinstance(await queue.apply(_put(b"after-resume")), r.Inserted)
+        await cluster.assert_converged()
+        stats = await queue.apply(c.Stats())
+        assert isinstance(stats, r.ServerStats) and stats.current_jobs_ready == 22
+        await queue.close()
+
+    asyncio.run(scenario())
