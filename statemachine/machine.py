@@ -31,6 +31,7 @@ from typing import Any
 
 from statemachine import commands as c
 from statemachine import ops_jobs, ops_reads, ops_sessions
+from statemachine import replies as r
 from statemachine.events import advance, next_event_ms
 from statemachine.invariants import check_state
 from statemachine.limits import DEFAULT_MAX_JOB_SIZE, MAX_JOB_SIZE_LIMIT
@@ -90,6 +91,9 @@ HANDLERS: dict[type, Handler] = {
 
 # Commands whose replies are remembered by request id (a retry returns the first reply).
 IDEMPOTENT = (c.Put, c.Reserve)
+# Refusals that changed nothing at all are not remembered: a proxy whose session was dropped
+# (UnknownClient) reconnects and retries under the same request id, and must then be served.
+NOT_REMEMBERED = (r.UnknownClient, r.InvalidArgument)
 
 
 class JobStateMachine:
@@ -126,7 +130,8 @@ class JobStateMachine:
             reply = window.lookup(command.request_id)
             if reply is None:
                 reply = handler(state, command)
-                window.remember(command.request_id, state.now_ms, reply)
+                if not isinstance(reply, NOT_REMEMBERED):
+                    window.remember(command.request_id, state.now_ms, reply)
         else:
             reply = handler(state, command)
         if state.wakeups:

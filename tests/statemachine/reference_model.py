@@ -425,7 +425,9 @@ class ReferenceModel:
         return None
 
     def remember(self, request_id: str, reply: r.Reply) -> r.Reply:
-        if request_id != c.NO_REQUEST_ID:
+        # Refusals that changed nothing are not remembered (a reconnected session retries).
+        forgettable = isinstance(reply, (r.UnknownClient, r.InvalidArgument))
+        if request_id != c.NO_REQUEST_ID and not forgettable:
             self.remembered.append((self.now_ms, request_id, reply))
         return reply
 

@@ -155,6 +155,22 @@ def test_a_repeated_reserve_request_returns_the_same_job_and_reserves_nothing_mo
     assert q.stats().cmd_reserve == 1
 
 
+def test_a_refused_reserve_is_not_remembered_so_a_reconnected_session_is_served(
+    q: Driver,
+) -> None:
+    # A proxy whose session was dropped (its lease ran out) reconnects and retries the same
+    # request id; remembering the refusal would refuse it for the whole window.
+    q.put_ids(1)
+    assert q.reserve("c1", request_id="q1") == r.UnknownClient("c1")
+    q.connect("c1")
+    assert q.reserve("c1", request_id="q1") == r.Reserved(1, b"x")
+
+
+def test_a_put_refused_as_invalid_is_not_remembered(q: Driver) -> None:
+    assert isinstance(q.put(tube="-bad", request_id="p1"), r.InvalidArgument)
+    assert q.put(request_id="p1") == r.Inserted(1)
+
+
 def test_a_repeated_waiting_reserve_is_not_already_waiting(q: Driver) -> None:
     q.connect("c1")
     assert q.reserve("c1", request_id="q1") == r.Waiting()
