@@ -38,10 +38,6 @@ log = structlog.get_logger(__name__)
 
 _PEER_GONE: Final = object()
 _LOST: Final = object()
-# Job ids are uint64 on the wire but the machine's ids come from a counter that never leaves
-# int64 (the command codec's range). A larger id can name no job: it is sent as the largest
-# int64, which names none either, so the machine still counts the command and says NOT_FOUND.
-JOB_ID_MAX: Final = 2**63 - 1
 _BACKOFF_FIRST_S: Final = 0.02
 _BACKOFF_MAX_S: Final = 0.5
 
@@ -158,8 +154,6 @@ class Session:
 
     def _command(self, event: e.Command) -> sm.Command:
         c = self.client_id
-        if getattr(event, "job_id", 0) > JOB_ID_MAX:
-            event = dataclasses.replace(event, job_id=JOB_ID_MAX)  # type: ignore[arg-type]
         match event:
             case e.Use(tube=tube):
                 return sm.Use(c, tube)

@@ -92,10 +92,12 @@ def _encode(value: object, out: bytearray) -> None:
     elif value is False:
         out.append(_FALSE)
     elif isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
+        # int64 and uint64 (beanstalkd job ids are uint64): both fit the zigzag varint.
+        if not -(2**63) <= value < 2**64:
             raise CodecError(f"integer {value} does not fit in 64 bits")
         out.append(_INT)
-        _write_varint((value << 1) ^ (value >> 63), out)  # zigzag: small negatives stay short
+        # Zigzag, so small negatives stay short; the same bytes as the int64 form it replaced.
+        _write_varint(value << 1 if value >= 0 else (-value << 1) - 1, out)
     elif isinstance(value, str):
         _encode_blob(_STR, value.encode("utf-8"), out)
     elif isinstance(value, bytes):

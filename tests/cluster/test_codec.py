@@ -10,7 +10,7 @@ from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r
 
-ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 texts = st.text(max_size=20)
 
 
@@ -81,3 +81,18 @@ def test_malformed_bytes_are_refused_with_a_codec_error_that_says_why(
 def test_an_integer_beyond_64_bits_is_refused_when_encoding() -> None:
     with pytest.raises(codec.CodecError, match="64 bits"):
         codec.encode_command(c.Peek(2**64))
+
+
+def test_a_uint64_job_id_round_trips_so_peek_of_the_largest_id_reaches_the_machine() -> None:
+    # beanstalkd job ids are uint64: `peek 18446744073709551615` must reach the machine (and
+    # count in cmd-peek) as itself, not be refused or clamped at the codec.
+    largest = 2**64 - 1
+    assert codec.decode_command(codec.encode_command(c.Peek(largest))) == c.Peek(largest)
+
+
+def test_negative_ints_keep_their_int64_zigzag_bytes() -> None:
+    # The uint64 widening must not change any existing encoding in the log.
+    for value in (-1, -(2**63), 1, 2**63 - 1):
+        encoded = codec.encode_command(c.Release("c", 1, 0, value))
+        assert codec.decode_command(encoded) == c.Release("c", 1, 0, value)
+    assert codec.encode_command(c.Release("c", 1, 0, -1))[-1] == 1
