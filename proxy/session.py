@@ -133,8 +133,8 @@ class Session:
         match event:
             case e.ProtocolError(reply=line):
                 return line
-            case e.RejectedPut(reply=line):
-                await self._apply(sm.RejectedPut(self.client_id))
+            case e.RejectedPut(reply=line, producer=producer):
+                await self._apply(sm.RejectedPut(self.client_id, producer))
                 return line
             case e.Put():
                 return await self._put(event)

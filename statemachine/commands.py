@@ -115,10 +115,12 @@ class Put:
 @dataclass(frozen=True, slots=True)
 class RejectedPut:
     """A put whose line parsed but whose body was refused before it reached the machine
-    (JOB_TOO_BIG, EXPECTED_CRLF, DRAINING): beanstalkd still counts it in ``cmd-put`` and marks
-    the connection as a producer, so the proxy reports it here."""
+    (JOB_TOO_BIG, EXPECTED_CRLF, DRAINING, trailing garbage): beanstalkd still counts it in
+    ``cmd-put``, so the proxy reports it here. beanstalkd marks the connection a producer only
+    for refusals after its size and garbage checks (EXPECTED_CRLF, DRAINING): ``producer``."""
 
     client_id: str
+    producer: bool = True
 
 
 @dataclass(frozen=True, slots=True)

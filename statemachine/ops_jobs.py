@@ -101,7 +101,8 @@ def rejected_put(state: State, cmd: c.RejectedPut) -> Reply:
     if client is None:
         return UnknownClient(cmd.client_id)
     state.counters.cmd_put += 1
-    client.producer = True
+    if cmd.producer:
+        client.producer = True
     return Ok()
 
 

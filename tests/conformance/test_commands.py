@@ -371,11 +371,8 @@ def test_refused_puts_count_in_cmd_put_and_only_expected_crlf_makes_a_producer(t
         c.request(b"put 0 0 0 1x\r\nq\r\n", BAD + b"UNKNOWN_COMMAND\r\n")
         stats = c.yaml(b"stats\r\n")
         assert (stats["cmd-put"], stats["total-jobs"]) == ("2", "0")
-        # Known difference: the contract's RejectedPut always marks the connection a
-        # producer; beanstalkd 1.12 does not for JOB_TOO_BIG or a put line with trailing
-        # garbage (prot.c sets the producer flag after those checks).
-        producers = "0" if target.kind == "beanstalkd" else "1"
-        assert stats["current-producers"] == producers
+        # beanstalkd 1.12 sets the producer flag after its size and garbage checks (prot.c).
+        assert stats["current-producers"] == "0"
         c.request(b"put 0 0 0 1\r\nabc\r\n", b"EXPECTED_CRLF\r\nUNKNOWN_COMMAND\r\n")
         stats = c.yaml(b"stats\r\n")
         assert (stats["cmd-put"], stats["current-producers"]) == ("3", "1")

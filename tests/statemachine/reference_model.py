@@ -480,7 +480,8 @@ class ReferenceModel:
         if cl is None:
             return r.UnknownClient(cmd.client_id)
         self.counters["cmd_put"] += 1
-        cl.producer = True
+        if cmd.producer:
+            cl.producer = True
         return r.Ok()
 
     def do_Reserve(self, cmd: c.Reserve) -> r.Reply:

@@ -358,7 +358,8 @@ class MachineAgainstModel(RuleBasedStateMachine):
         if kind == "put":
             self.apply(c.Put(tube, priority, delay_ms, ttr_ms, b"bad", ""))
         elif kind == "rejected-put":
-            self.apply(c.RejectedPut(client))
+            producer = data.draw(st.booleans(), label="producer")
+            self.apply(c.RejectedPut(client, producer))
         elif kind in SESSION_COMMANDS:
             self.apply(SESSION_COMMANDS[kind](client, tube))
         elif kind == "connect-admin":

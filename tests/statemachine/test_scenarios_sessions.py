@@ -127,6 +127,16 @@ def test_rejected_put_counts_the_put_and_marks_a_producer(q: Driver) -> None:
     assert (stats.cmd_put, stats.current_producers, stats.total_jobs) == (1, 1, 0)
 
 
+def test_a_put_refused_before_the_producer_check_counts_but_marks_no_producer(
+    q: Driver,
+) -> None:
+    # beanstalkd 1.12 (prot.c) marks the producer after the size and trailing-garbage checks.
+    q.connect("c1")
+    assert q.do(c.RejectedPut("c1", producer=False)) == r.Ok()
+    stats = q.stats()
+    assert (stats.cmd_put, stats.current_producers) == (1, 0)
+
+
 def test_producers_and_workers_are_connected_clients_that_put_or_reserved(q: Driver) -> None:
     q.connect("p", "w", "rj", "idle")
     q.put(client="p")
