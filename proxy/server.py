@@ -12,8 +12,9 @@ commands until the buffer drains; when a client sends faster than we answer, rea
 paused once its unparsed bytes pass ``READ_BUFFER_MAX``. Neither ever blocks another connection.
 
 ``ProxyServer`` owns the proxy's identity (``proxy_id``, made once per process), renews the
-proxy's lease every third of ``lease_ms``, routes wake-ups from ``JobQueue.subscribe`` to
-sessions, and on a clean stop sends ``DropProxy`` so the machine releases every client at once.
+proxy's lease every third of ``lease_ms`` while it has connections, routes wake-ups from
+``JobQueue.subscribe`` to sessions, and on a clean stop sends ``DropProxy`` so the machine
+releases every client at once.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class ProxyServer:
             proxy_id=self.proxy_id,
             queue=queue,
             process_stats=self.process_stats,
+            lease_ms=lease_ms,
             retry_for_s=retry_for_s,
         )
         self._server: asyncio.Server | None = None
@@ -251,8 +253,12 @@ class ProxyServer:
         await self.queue.apply(sm.RenewLease(self.proxy_id, self.lease_ms))
 
     async def _renew_forever(self) -> None:
+        """Renew every third of the lease while there are connections. With none, the lease may
+        lapse (nothing to free), so an idle cluster writes nothing; Connect renews it again."""
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
+            if not self.ctx.sessions:
+                continue
             try:
                 await self._renew_lease()
             except QueueUnavailable:

@@ -49,11 +49,17 @@ class ProxyContext:
     proxy_id: str
     queue: JobQueue
     process_stats: Callable[[], render.ProcessStats]
+    lease_ms: int = 0  # 0: no lease (a queue no other process shares)
     retry_for_s: float = 10.0
     draining: bool = False
     dropped: bool = False  # DropProxy was applied: every session is already disconnected
     sessions: dict[str, Session] = field(default_factory=dict)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def connect_command(self, client_id: str) -> sm.Connect:
+        """Connect that also renews the lease: the proxy renews only while it has connections,
+        so the first one after an idle spell is covered from its first command."""
+        return sm.Connect(client_id, self.proxy_id, self.lease_ms)
 
     def new_client_id(self) -> str:
         return f"{self.proxy_id}-{next(self._numbers)}"
@@ -83,7 +89,7 @@ class Session:
 
     async def open(self) -> None:
         self.ctx.sessions[self.client_id] = self
-        await self._apply_retrying(sm.Connect(self.client_id, self.ctx.proxy_id))
+        await self._apply_retrying(self.ctx.connect_command(self.client_id))
 
     async def close(self) -> None:
         """Disconnect: the machine releases this client's jobs and cancels its wait."""
@@ -298,9 +304,10 @@ class Session:
         return reply
 
     def _renumbered(self, command: sm.Command) -> sm.Command:
-        """The command under a new request id. The machine remembers the UnknownClient reply
-        under the old id (so a retry would get it again); that reply also proves the old id
-        was never applied, so the new one cannot apply it twice."""
+        """The command under a new request id. A cluster remembers every outcome by request id
+        (``cluster/replicated.py``), the UnknownClient reply included, so a retry under the old
+        id would get it again; that reply also proves the old id changed nothing, so the new
+        one cannot apply it twice."""
         if not isinstance(command, sm.Put | sm.Reserve) or not command.request_id:
             return command
         old_id, new_id = command.request_id, self._request_id()
@@ -311,7 +318,7 @@ class Session:
     async def _reconnect(self) -> None:
         """Rebuild this session in the machine: connect, then the use and watch state."""
         c = self.client_id
-        await self._apply_retrying(sm.Connect(c, self.ctx.proxy_id))
+        await self._apply_retrying(self.ctx.connect_command(c))
         if self.tube != "default":
             await self._apply_retrying(sm.Use(c, self.tube))
         for tube in self.watched:

@@ -28,10 +28,15 @@ NO_REQUEST_ID = ""
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """A client connection opened on a proxy. Uses and watches ``default``. Idempotent."""
+    """A client connection opened on a proxy. Uses and watches ``default``. Idempotent.
+
+    ``lease_ms`` > 0 also renews the proxy's lease (as RenewLease) in the same command: a proxy
+    renews only while it has connections, so its first new connection after an idle spell must
+    be covered by a lease from the start, or a crash right then would strand it."""
 
     client_id: str
     proxy_id: str
+    lease_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

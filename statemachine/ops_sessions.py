@@ -30,6 +30,10 @@ def connect(state: State, cmd: c.Connect) -> Reply:
     """Idempotent: a known client stays as it is. A new one uses and watches default."""
     if not cmd.client_id:
         return InvalidArgument('client_id must not be empty ("" names the admin)')
+    if cmd.lease_ms < 0:
+        return InvalidArgument(f"lease_ms {cmd.lease_ms} must not be negative")
+    if cmd.lease_ms:
+        state.leases[cmd.proxy_id] = state.now_ms + cmd.lease_ms
     if cmd.client_id not in state.clients:
         default = state.tube_for(DEFAULT_TUBE)
         state.clients[cmd.client_id] = Client(cmd.client_id, cmd.proxy_id, default)

@@ -330,6 +330,10 @@ class ReferenceModel:
     def do_Connect(self, cmd: c.Connect) -> r.Reply:
         if not cmd.client_id:
             return r.InvalidArgument('client_id "" is the admin, not a connection')
+        if cmd.lease_ms < 0:
+            return r.InvalidArgument(f"lease_ms {cmd.lease_ms} is negative")
+        if cmd.lease_ms:
+            self.leases[cmd.proxy_id] = self.now_ms + cmd.lease_ms
         if self.client(cmd.client_id) is None:
             self.clients.append(Client(cmd.client_id, cmd.proxy_id))
             self.total_connections += 1
@@ -772,6 +776,17 @@ class ReferenceModel:
         return r.ClientStates(tuple(waiting), tuple(not_waiting), tuple(missing))
 
     # --- self-check ------------------------------------------------------------------------
+
+    def pending(self) -> str:
+        """Everything a due event can change (jobs, waits, leases, pauses), as text."""
+        return repr(
+            (
+                [(j.id, j.state, j.holder, j.deadline_ms, j.ready_at_ms) for j in self.jobs],
+                [(cl.id, cl.waiting, cl.wait_deadline_ms) for cl in self.clients],
+                sorted(self.leases.items()),
+                [(t.name, t.paused_until_ms) for t in self.tubes],
+            )
+        )
 
     def check_invariants(self) -> None:
         """The model's own consistency: cheap to state because it has so little structure."""

@@ -188,6 +188,29 @@ class MachineAgainstModel(RuleBasedStateMachine):
         self.clock_ms += step_ms
         self.apply(c.Tick())
 
+    @precondition(lambda self: self.model.next_deadline_ms() is not None)
+    @rule()
+    def time_jumps_to_the_next_deadline(self) -> None:
+        # Events exactly at their instant, and next_deadline_ms() kept honest: a Tick at that
+        # time must change something (SEMANTICS: "the earliest time at which a tick would
+        # change anything").
+        deadline_ms = self.model.next_deadline_ms()
+        assert deadline_ms is not None
+        self.clock_ms = max(self.clock_ms, deadline_ms)
+        before = self.model.pending()
+        outcome = self.apply(c.Tick())
+        assert outcome.wakeups or self.model.pending() != before, "a due tick changed nothing"
+
+    @precondition(lambda self: (self.model.next_deadline_ms() or 0) > self.clock_ms + 1)
+    @rule()
+    def time_stops_just_short_of_the_next_deadline(self) -> None:
+        deadline_ms = self.model.next_deadline_ms()
+        assert deadline_ms is not None
+        self.clock_ms = deadline_ms - 1
+        before = self.model.pending()
+        outcome = self.apply(c.Tick())
+        assert not outcome.wakeups and self.model.pending() == before, "an early tick acted"
+
     @rule(step_ms=st.sampled_from((1, 1000, 5000, 700_000)))
     def clock_goes_backwards(self, step_ms: int) -> None:
         self.clock_ms -= step_ms
@@ -199,9 +222,9 @@ class MachineAgainstModel(RuleBasedStateMachine):
         for client, proxy in CLIENTS.items():
             self.apply(c.Connect(client, proxy))
 
-    @rule(client=clients)
-    def connect(self, client: str) -> None:
-        self.apply(c.Connect(client, CLIENTS[client]))
+    @rule(client=clients, lease_ms=st.sampled_from((0, 0, 3000, 10_000)))
+    def connect(self, client: str, lease_ms: int) -> None:
+        self.apply(c.Connect(client, CLIENTS[client], lease_ms))
 
     @rule(client=clients)
     def disconnect(self, client: str) -> None:

@@ -159,3 +159,20 @@ def test_an_expired_lease_ends_the_waits_of_the_proxys_clients(q: Driver) -> Non
     assert q.machine.next_deadline_ms() is None
     q.put()
     assert q.last_wakeups == ()
+
+
+def test_a_connect_with_a_lease_covers_the_new_client_from_the_start(q: Driver) -> None:
+    # A proxy renews only while it has connections; its first new one after an idle spell
+    # starts the lease in the same command, so a crash right after still frees the client.
+    q.do(c.Connect("c1", "p1", lease_ms=5000))
+    q.put_ids(1)
+    assert q.reserve("c1") == r.Reserved(1, b"x")
+    assert q.machine.next_deadline_ms() == 5000
+    q.tick(5000)
+    assert q.state_of(1) == "ready"
+    assert q.do(c.CheckClients("p1", ("c1",))) == r.ClientStates((), (), ("c1",))
+
+
+def test_a_connect_with_a_negative_lease_is_refused_and_connects_nothing(q: Driver) -> None:
+    assert isinstance(q.do(c.Connect("c1", "p1", lease_ms=-1)), r.InvalidArgument)
+    assert q.stats().total_connections == 0
