@@ -76,10 +76,10 @@ def put(state: State, cmd: c.Put) -> Reply:
         if client is None:
             return UnknownClient(cmd.client_id)
     state.counters.cmd_put += 1
+    if len(cmd.body) > state.max_job_size:
+        return JobTooBig()  # beanstalkd (prot.c) marks the producer only after this check
     if client is not None:
         client.producer = True
-    if len(cmd.body) > state.max_job_size:
-        return JobTooBig()
     job_id = state.next_job_id
     state.next_job_id = job_id + 1
     tube = state.tube_for(cmd.tube)

@@ -457,10 +457,10 @@ class ReferenceModel:
             if cl is None:
                 return r.UnknownClient(cmd.client_id)
         self.counters["cmd_put"] += 1
-        if cl is not None:
-            cl.producer = True
         if len(cmd.body) > self.max_job_size:
             return r.JobTooBig()
+        if cl is not None:
+            cl.producer = True
         j = Job(
             id=self.next_id,
             tube=cmd.tube,

@@ -176,3 +176,10 @@ def test_a_connect_with_a_lease_covers_the_new_client_from_the_start(q: Driver) 
 def test_a_connect_with_a_negative_lease_is_refused_and_connects_nothing(q: Driver) -> None:
     assert isinstance(q.do(c.Connect("c1", "p1", lease_ms=-1)), r.InvalidArgument)
     assert q.stats().total_connections == 0
+
+
+def test_a_put_too_big_counts_but_marks_no_producer(small_q: Driver) -> None:
+    small_q.connect("c1")
+    assert small_q.put(body=b"x" * 11, client="c1") == r.JobTooBig()
+    stats = small_q.stats()
+    assert (stats.cmd_put, stats.current_producers) == (1, 0)
