@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install fmt lint typecheck proto proto-check test bench run check clean
+.PHONY: install system-deps fmt lint typecheck proto proto-check test bench run check clean
 
 $(BIN)/beanraft: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,14 @@ proto: install
 proto-check: install
 	$(BIN)/python -m api.generate --check
 
-test: install
+# The conformance suite and benchmarks compare against Debian's beanstalkd 1.12.
+system-deps:
+	@command -v beanstalkd >/dev/null 2>&1 || { \
+	  echo "installing beanstalkd (the reference server) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq beanstalkd >/dev/null; \
+	  (systemctl stop beanstalkd || pkill -x beanstalkd) >/dev/null 2>&1 || true; }
+
+test: install system-deps
 	$(BIN)/pytest -q
 
 bench: install
