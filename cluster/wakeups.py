@@ -15,6 +15,7 @@ The tick thread calls ``notify`` after each apply; streams wait on an asyncio ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -50,21 +51,29 @@ class WakeupHub:
 
     async def stream(self, proxy_id: str, after_seq: int) -> AsyncIterator[StreamEvent]:
         """Wake-ups for ``proxy_id`` numbered above ``after_seq`` (0: from now on), forever."""
+        loop = asyncio.get_running_loop()
         cursor = after_seq if after_seq > 0 else self.last_seq()
         yield StreamEvent(cursor, b"")  # attached: the client may now rely on the stream
+        sent_at = loop.time()
         while not self._closed:
             events, cursor = self._collect(proxy_id, cursor)
             for event in events:
                 yield event
             if events:
+                sent_at = loop.time()
+                continue
+            # The heartbeat is timed from the last thing sent, not from the last notification:
+            # other proxies' wake-ups notify all the time and must not keep this stream silent.
+            quiet_s = loop.time() - sent_at
+            if quiet_s >= HEARTBEAT_S:
+                yield StreamEvent(cursor, b"")  # heartbeat: the stream is alive
+                sent_at = loop.time()
                 continue
             self._event.clear()
             if self._ring().last_seq > cursor:
                 continue  # something arrived between collect and clear
-            try:
-                await asyncio.wait_for(self._event.wait(), HEARTBEAT_S)
-            except TimeoutError:
-                yield StreamEvent(cursor, b"")  # heartbeat: the stream is alive
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), HEARTBEAT_S - quiet_s)
 
     def _collect(self, proxy_id: str, cursor: int) -> tuple[list[StreamEvent], int]:
         wakeups = self._ring()
