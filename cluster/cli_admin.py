@@ -53,12 +53,31 @@ def run(args: argparse.Namespace) -> int:
     if args.tls_dir is None and not args.insecure:
         raise SystemExit("beanraft cluster: give --tls-dir DIR (admin certificate) or --insecure")
     try:
-        return asyncio.run(_run(args, addresses))
+        status = asyncio.run(_run(args, addresses))
     except grpc.aio.AioRpcError as exc:
-        print(
-            f"beanraft cluster {args.action}: {exc.code().name}: {exc.details()}", file=sys.stderr
-        )
+        reason = _tls_refusal(exc.code(), addresses, args.tls_dir)
+        detail = f"{exc.code().name}: {exc.details()}" if reason is None else reason
+        print(f"beanraft cluster {args.action}: {detail}", file=sys.stderr)
         return 1
+    if status != 0 and args.action == "status":
+        reason = _tls_refusal(grpc.StatusCode.UNAVAILABLE, addresses, args.tls_dir)
+        if reason is not None:
+            print(f"beanraft cluster status: {reason}", file=sys.stderr)
+    return status
+
+
+def _tls_refusal(code: grpc.StatusCode, addresses: list[str], tls_dir: Path | None) -> str | None:
+    """gRPC reports a refused TLS handshake only as UNAVAILABLE "Socket closed": say what was
+    wrong with the certificates instead (an operator's most common first mistake)."""
+    if code != grpc.StatusCode.UNAVAILABLE or tls_dir is None:
+        return None
+    from cluster.tls_diagnose import explain_refusal
+
+    for address in addresses:
+        reason = explain_refusal(address, tls_dir, "admin")
+        if reason is not None:
+            return f"UNAUTHENTICATED: {reason}"
+    return None
 
 
 async def _run(args: argparse.Namespace, addresses: list[str]) -> int:

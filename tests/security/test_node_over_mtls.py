@@ -115,3 +115,19 @@ def test_node_refuses_plaintext(node: str) -> None:
     with grpc.insecure_channel(node) as channel, pytest.raises(grpc.RpcError) as caught:
         _put(channel)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_cluster_cli_with_a_foreign_certificate_says_what_was_wrong(
+    node: str, foreign_tls_dir: Path
+) -> None:
+    # gRPC itself only says UNAVAILABLE "Socket closed" for a refused handshake.
+    argv = [sys.executable, "-m", "beanraft", "cluster", "status", "--cluster", node]
+    result = subprocess.run(
+        [*argv, "--tls-dir", str(foreign_tls_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "UNAUTHENTICATED" in result.stderr
+    assert "use different CAs" in result.stderr
