@@ -309,16 +309,22 @@ class ReserveResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESERVATION_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """beanraft: on StreamReserveUpdates, the wake-up's position in the replicated wake-up
+    sequence (the same on every node); a proxy that reattaches passes the last one it saw.
+    """
     @_builtins.property
     def reservation(self) -> Global___Reservation: ...
     def __init__(
         self,
         *,
         reservation: Global___Reservation | None = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,15 +335,22 @@ class ReserveUpdateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROXY_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
     proxy_id: _builtins.str
+    after_seq: _builtins.int
+    """beanraft: resume after this wake-up sequence number, on any node, losing nothing
+    (0, as coolbeans sends: only wake-ups from now on). If the node no longer holds what was
+    missed, the stream ends with DATA_LOSS: recover with CheckClientState.
+    """
     def __init__(
         self,
         *,
         proxy_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["proxy_id", b"proxy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "proxy_id", b"proxy_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -128,10 +128,19 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
     async def StreamReserveUpdates(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if not request.proxy_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
-        async for event in self.service.node.hub.stream(request.proxy_id, 0):
+        # Resumable by sequence number on any node (every replica numbers wake-ups the same),
+        # so a stream that reattaches after a leader change loses nothing (coolbeans' 9.5).
+        async for event in self.service.node.hub.stream(request.proxy_id, request.after_seq):
+            if event.gap:
+                await context.abort(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"wake-ups after {request.after_seq} are no longer held by this node: "
+                    "recover waiting clients with CheckClientState",
+                )
             if event.wakeup:
                 wakeup = codec.decode_wakeup(event.wakeup)
-                yield jsm_pb2.ReserveResponse(reservation=_wakeup_reservation(wakeup))
+                reservation = _wakeup_reservation(wakeup)
+                yield jsm_pb2.ReserveResponse(reservation=reservation, seq=event.seq)
 
     async def CheckClientState(self, request: Any, context: Any) -> Any:
         command = c.CheckClients(request.proxy_id, tuple(request.client_ids))

@@ -9,6 +9,7 @@ import asyncio
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -332,3 +333,51 @@ def test_a_coolbeans_queued_reserve_is_matched_on_stream_reserve_updates(
         assert (resv.client_id, resv.request_id, resv.proxy_id) == ("cb-c1", "cb-r1", "cb-px")
 
     _run(cluster, scenario())
+
+
+def test_stream_reserve_updates_resumes_after_seq_and_loses_no_wakeup(
+    cluster: ProcessCluster,
+) -> None:
+    # A wake-up produced while the proxy's stream was down (a leader change) is delivered when
+    # it reattaches, to any node, with the last sequence number it saw.
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        follower = next(n for n in cluster.nodes if n is not leader)
+        async with cluster.channel(leader) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            updates = stub.StreamReserveUpdates(jsm_pb2.ReserveUpdateRequest(proxy_id="rs-px"))
+            await asyncio.sleep(0.3)
+            first = await _queued_then_matched(stub, "rs-c1", "rs-r1", updates)
+            updates.cancel()  # the stream breaks: nobody is attached for the next wake-up
+            await _queued_then_matched(stub, "rs-c2", "rs-r2", None)
+        async with cluster.channel(follower) as channel:
+            stub = jsm_pb2_grpc.JobStateMachineStub(channel)
+            request = jsm_pb2.ReserveUpdateRequest(proxy_id="rs-px", after_seq=first.seq)
+            resumed = stub.StreamReserveUpdates(request)
+            missed = await asyncio.wait_for(resumed.read(), 10)
+            resumed.cancel()
+        assert missed.seq > first.seq
+        resv = missed.reservation
+        assert (resv.Status, resv.client_id, resv.request_id) == (jsm_pb2.Matched, "rs-c2", "rs-r2")
+
+    _run(cluster, scenario())
+
+
+async def _queued_then_matched(stub: Any, client_id: str, request_id: str, updates: Any) -> Any:
+    """Queue a coolbeans reserve on an empty tube, put a job there; return the stream's update
+    (None when ``updates`` is None: nobody is listening)."""
+    tube = f"rs-{client_id}"
+    queued = await stub.Reserve(
+        jsm_pb2.ReserveRequest(
+            client_id=client_id,
+            request_id=request_id,
+            timeout_secs=30,
+            watched_tubes=[tube],
+            proxy_id="rs-px",
+        )
+    )
+    assert queued.reservation.Status == jsm_pb2.Queued
+    await stub.Put(jsm_pb2.PutRequest(ttr=30, tube_name=tube, body=b"w"))
+    if updates is None:
+        return None
+    return await asyncio.wait_for(updates.read(), 10)
