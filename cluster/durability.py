@@ -9,8 +9,14 @@ so beanraft syncs at the two points where a node vouches for entries:
 - the leader syncs its journal before it acknowledges a committed command to a client.
 
 So when a client hears "done", the leader and at least one follower (a majority of 3) have the
-entry on disk. ``always`` syncs after every appended entry as well; ``batch`` (the default) syncs
-once per message or acknowledgement, covering every entry appended since (group commit);
+entry on disk. The leader's sync runs on its own thread (``start_syncer``), started as soon as an
+entry is appended, so it overlaps the followers' round trip instead of following it on
+pysyncobj's tick thread; a commit is acknowledged (``when_durable``) once a sync that began after
+its entry was written has finished. Raft allows this: the leader's own write may go in parallel
+with replication, as long as the ack waits for both (Raft thesis, section 10.2.1).
+
+``always`` syncs after every appended entry as well; ``batch`` (the default) syncs once per
+message or acknowledgement, covering every entry appended since (group commit);
 ``never`` leaves it to the OS: writes survive ``kill -9`` of every node (the page cache
 outlives the process) but not a power loss of a majority.
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -44,7 +51,14 @@ class JournalSync:
         self._journal = syncobj._SyncObj__raftLog
         self._dump_path = dump_path
         self._dirty = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one fdatasync at a time
+        # _state guards the indices, _dirty and the waiters; never held across an fdatasync.
+        self._state = threading.Condition(threading.Lock())
+        self._written_index = 0  # the highest Raft index whose bytes are in the journal file
+        self.synced_index = 0  # every entry up to here is on disk
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._eager: Callable[[], bool] = lambda: False
+        self._stopped = False
         self.syncs = 0
         if not hasattr(self._journal, "_FileJournal__journalFile"):
             raise RuntimeError("pysyncobj's FileJournal layout changed: review cluster.durability")
@@ -55,21 +69,76 @@ class JournalSync:
             meta = self._journal._FileJournal__metaStorer
             meta.storeMeta = _durable_meta_writer(meta.getPath())
 
-    def sync_if_dirty(self) -> None:
+    def sync_if_dirty(self, force: bool = False) -> None:
         """Make every entry appended so far durable (no-op when nothing is pending)."""
-        if self.policy == "never" or not self._dirty:
+        if self.policy == "never" or not (self._dirty or force):
             return
         with self._lock:
-            if not self._dirty:
-                return
-            self._dirty = False
+            with self._state:
+                if not (self._dirty or force):
+                    return
+                self._dirty = False  # an entry appended from here on sets it again
+                upto = self._written_index  # written before the fdatasync below starts
             resizable = self._journal._FileJournal__journalFile
             # On Linux a MAP_SHARED mapping shares the page cache with the file, so fdatasync
             # of the descriptor writes the pages dirtied through the mmap and any new file
             # size (not the mtime, which nobody needs); an msync of the whole (doubling)
-            # mapping would only cost more.
+            # mapping would only cost more. The descriptor stays the same when the mapping
+            # grows (mmap.resize), so a sync may run while the tick thread appends.
             os.fdatasync(resizable._ResizableFile__f.fileno())
             self.syncs += 1
+            with self._state:
+                self.synced_index = max(self.synced_index, upto)
+                ready = [fn for index, fn in self._waiters if index <= self.synced_index]
+                self._waiters = [w for w in self._waiters if w[0] > self.synced_index]
+        for fn in ready:
+            fn()
+
+    def when_durable(self, index: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the entry at ``index`` (already appended) is on disk: at once when
+        it is (or under ``never``), else from the syncer thread after its next sync."""
+        if self.policy != "never":
+            with self._state:
+                if index > self.synced_index:
+                    self._waiters.append((index, fn))
+                    self._state.notify()
+                    return
+        fn()
+
+    def start_syncer(self, eager: Callable[[], bool]) -> None:
+        """Start the thread that syncs for ``when_durable``; while ``eager()`` (this node
+        leads) it also syncs every entry as soon as it is appended, to overlap the followers."""
+        self._eager = eager
+        if self.policy != "never":
+            threading.Thread(target=self._sync_forever, name="journal-sync", daemon=True).start()
+
+    def stop_syncer(self) -> None:
+        with self._state:
+            self._stopped = True
+            self._state.notify()
+
+    def _sync_forever(self) -> None:
+        while True:
+            with self._state:
+                while not self._stopped and not self._due() and not self._wanted():
+                    self._state.wait(0.5)
+                if self._stopped:
+                    return
+                force = self._due()
+            try:
+                self.sync_if_dirty(force=force)
+            except Exception:  # a closed journal (node stopping): the waiters are moot
+                log.warning("journal sync failed", exc_info=True)
+                with self._state:
+                    self._state.wait(0.1)
+
+    def _wanted(self) -> bool:
+        return self._dirty and self._eager()
+
+    def _due(self) -> bool:
+        # A waiter whose entry is written but not yet synced (one not yet written waits for
+        # the append, which notifies): sync even if another sync cleared _dirty meanwhile.
+        return any(index <= self._written_index for index, _ in self._waiters)
 
     def _log_compactions(self) -> None:
         # pysyncobj cuts the journal right after a new dump file is in place: say so.
@@ -91,13 +160,21 @@ class JournalSync:
 
         def add(command: bytes, idx: int, term: int) -> None:
             original_add(command, idx, term)
-            self._dirty = True
+            with self._state:
+                self._written_index = idx
+                self._dirty = True
+                self._state.notify()  # the leader's syncer starts now (see _wanted)
             if self.policy == "always":
                 self.sync_if_dirty()
 
         def delete_from(entry_from: int) -> None:
+            first = journal[entry_from][1] if entry_from < len(journal) else None
             original_delete_from(entry_from)
-            self._dirty = True
+            with self._state:
+                if first is not None:  # indices from `first` on now hold other (unsynced) bytes
+                    self._written_index = min(self._written_index, first - 1)
+                    self.synced_index = min(self.synced_index, first - 1)
+                self._dirty = True
 
         def delete_to(entry_to: int) -> None:
             # The entries dropped here now live only in the dump file: make it durable first.
@@ -109,7 +186,9 @@ class JournalSync:
         def clear() -> None:
             _fsync_file_and_dir(self._dump_path)
             original_clear()
-            self._dirty = True
+            with self._state:
+                self.synced_index = 0  # entries are written again from the start of the file
+                self._dirty = True
 
         journal.add = add
         journal.deleteEntriesFrom = delete_from

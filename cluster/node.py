@@ -95,16 +95,17 @@ class RaftNode:
         self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
         self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
-        # The leader syncs its own journal only when it acknowledges (JournalSync, from the
-        # proposer's callback): one fsync per committed batch. Syncing on every tick as well,
-        # to overlap the followers' round trip, measured no faster here (the nodes share a
-        # disk) and cost a third of the throughput.
+        # The leader syncs its own journal on the syncer thread, from the moment an entry is
+        # appended, in parallel with the followers' round trip; the proposer's callback waits
+        # for that sync (when_durable), not the tick thread. Syncing on the tick thread instead
+        # held pysyncobj up for every fsync (bench: 1 connection 3.0 -> see docs/benchmarks.md).
+        self.journal_sync.start_syncer(self.is_leader)
         self.syncobj.addOnTickCallback(self._compact_if_journal_large)
         self.leader_time = LeaderTime(config.clock)
         self.proposer = Proposer(
             self.consumer.apply_batch,
             self.leader_time,
-            self.journal_sync.sync_if_dirty,
+            self.journal_sync.when_durable,
             lambda: int(self.syncobj.raftLastApplied),
             loop,
         )
@@ -156,6 +157,7 @@ class RaftNode:
         if self._ticker:
             self._ticker.cancel()
         self.hub.close()
+        self.journal_sync.stop_syncer()
         await asyncio.to_thread(self.syncobj.destroy_synchronous)
 
     def _state_changed(self, old: int, new: int) -> None:  # tick thread

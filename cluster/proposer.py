@@ -7,15 +7,18 @@ flight at once; a single client therefore pays one Raft round trip, and a crowd 
 shares round trips. The flush stamps ``now_ms`` from the leader's clock; the state machine clamps
 it.
 
-pysyncobj calls back on its tick thread; the callback first makes the leader's journal durable
-(``JournalSync``: the follower side already synced before acknowledging), then hands the result
-to the loop. pysyncobj's fail reasons are split by what they mean for a retry (pysyncobj.md
+pysyncobj calls back on its tick thread; the callback hands the result to the loop once the
+leader's journal holds the entry on disk (``JournalSync.when_durable``: the follower side
+already synced before acknowledging; the leader's sync started when the entry was appended, on
+its own thread, so the tick thread never waits for the disk). pysyncobj's fail reasons are
+split by what they mean for a retry (pysyncobj.md
 section 4): never applied -> ``NotApplied``; maybe applied -> ``Ambiguous``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,7 +52,7 @@ class Proposer:
         self,
         propose: Callable[..., None],
         clock: LeaderTime,
-        before_ack: Callable[[], None],
+        when_durable: Callable[[int, Callable[[], None]], None],
         last_applied: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
         max_inflight: int = 8,
@@ -58,7 +61,7 @@ class Proposer:
     ) -> None:
         self._propose = propose  # MachineConsumer.apply_batch
         self._clock = clock
-        self._before_ack = before_ack
+        self._when_durable = when_durable  # JournalSync.when_durable
         self._last_applied = last_applied
         self._loop = loop
         self._max_inflight = max_inflight
@@ -124,9 +127,18 @@ class Proposer:
             # replicated._quietly). A closed loop (node stopping) just drops the answer.
             try:
                 index = self._last_applied() + 1  # called just before pysyncobj counts it
+
+                def hand_over() -> None:  # the tick thread, or the journal's syncer thread
+                    # A closed loop (the node is stopping) just drops the answer.
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(
+                            self._resolve, batch, result, error, index, started
+                        )
+
                 if error == FAIL_REASON.SUCCESS:
-                    self._before_ack()
-                self._loop.call_soon_threadsafe(self._resolve, batch, result, error, index, started)
+                    self._when_durable(index, hand_over)
+                else:
+                    hand_over()
             except Exception:
                 log.warning("could not hand a commit result to the loop", exc_info=True)
 
