@@ -97,8 +97,9 @@ class RaftNode:
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
         # The leader syncs its own journal on the syncer thread, from the moment an entry is
         # appended, in parallel with the followers' round trip; the proposer's callback waits
-        # for that sync (when_durable), not the tick thread. Syncing on the tick thread instead
-        # held pysyncobj up for every fsync (bench: 1 connection 3.0 -> see docs/benchmarks.md).
+        # for that sync (when_durable), not the tick thread. Syncing in the commit callback on
+        # the tick thread instead put each fsync after the followers' round trip and held up
+        # every other append, send and apply meanwhile (docs/benchmarks.md, cluster run F).
         self.journal_sync.start_syncer(self.is_leader)
         self.syncobj.addOnTickCallback(self._compact_if_journal_large)
         self.leader_time = LeaderTime(config.clock)
