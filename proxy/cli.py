@@ -53,8 +53,22 @@ def _make_queue(args: argparse.Namespace) -> JobQueue:
 
     addresses = [a.strip() for a in args.cluster.split(",") if a.strip()]
     tls_dir = None if args.insecure else args.tls_dir
+    if tls_dir is not None:
+        _refuse_a_refused_certificate(addresses, tls_dir, args.tls_name)
     queue: JobQueue = RemoteQueue(addresses, tls_dir, tls_name=args.tls_name)
     return queue
+
+
+def _refuse_a_refused_certificate(addresses: list[str], tls_dir: Path, name: str) -> None:
+    """Stop at once, saying why, when a node refuses our certificate: gRPC would only report
+    UNAVAILABLE and the proxy would wait for the cluster until it gave up. Nodes that are not
+    listening yet are not a certificate problem (``beanraft up`` starts us beside them)."""
+    from cluster.tls_diagnose import explain_refusal
+
+    for address in addresses:
+        reason = explain_refusal(address, tls_dir, name)
+        if reason is not None:
+            raise ValueError(f"the cluster refuses our certificate ({name}): {reason}")
 
 
 async def _serve(args: argparse.Namespace) -> None:

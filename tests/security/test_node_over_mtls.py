@@ -131,3 +131,14 @@ def test_cluster_cli_with_a_foreign_certificate_says_what_was_wrong(
     assert result.returncode == 1
     assert "UNAUTHENTICATED" in result.stderr
     assert "use different CAs" in result.stderr
+
+
+def test_a_proxy_with_a_foreign_certificate_stops_at_once_saying_what_was_wrong(
+    node: str, foreign_tls_dir: Path
+) -> None:
+    argv = [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0"]
+    argv += ["--cluster", node, "--tls-dir", str(foreign_tls_dir), "--tls-name", "admin"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "refuses our certificate (admin)" in result.stderr
+    assert "use different CAs" in result.stderr
