@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 
-from cluster import envelope
+from cluster import envelope, raft_wire
 from cluster.clock import Clock, LeaderTime, SystemClock
 from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
@@ -92,6 +92,7 @@ class RaftNode:
             self_raft_addr=config.raft_addr,
         )
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        raft_wire.install()
         self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
         self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)

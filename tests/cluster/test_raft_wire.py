@@ -1,0 +1,63 @@
+"""Raft frames (cluster/raft_wire.py): sealed with AES-256-GCM under the cluster secret, no zlib.
+
+pysyncobj unpickles what ``decrypt`` returns, so every frame that was not sealed by a holder
+of the secret, or was altered on the way, must be refused before that.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+
+import pytest
+
+from cluster.raft_wire import AeadFrames, FrameRefused, _Uncompressed
+
+
+@pytest.fixture(scope="module")
+def frames() -> AeadFrames:
+    return AeadFrames("the cluster secret")
+
+
+def test_a_sealed_frame_opens_with_the_same_secret_and_keeps_its_timestamp(
+    frames: AeadFrames,
+) -> None:
+    token = frames.encrypt_at_time(b"append_entries...", 1234)
+    assert frames.extract_timestamp(token) == 1234
+    assert frames.decrypt(token) == b"append_entries..."
+    assert b"append_entries" not in token  # sealed, not only signed
+
+
+def test_the_same_message_twice_gives_different_frames(frames: AeadFrames) -> None:
+    assert frames.encrypt_at_time(b"m", 1) != frames.encrypt_at_time(b"m", 1)
+
+
+def test_a_frame_sealed_with_another_secret_is_refused(frames: AeadFrames) -> None:
+    foreign = AeadFrames("another cluster").encrypt_at_time(b"m", 1)
+    with pytest.raises(FrameRefused, match="authentication"):
+        frames.decrypt(foreign)
+
+
+@pytest.mark.parametrize("position", [1, 9, 21, -1], ids=["timestamp", "nonce", "body", "tag"])
+def test_a_frame_altered_anywhere_is_refused(frames: AeadFrames, position: int) -> None:
+    token = bytearray(frames.encrypt_at_time(b"a message of some length", 7))
+    token[position] ^= 0x01
+    with pytest.raises(FrameRefused):
+        frames.decrypt(bytes(token))
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x01short", b"gAAAAA" + b"x" * 60])
+def test_garbage_or_a_fernet_token_is_refused_before_decryption(
+    frames: AeadFrames, garbage: bytes
+) -> None:
+    with pytest.raises(FrameRefused, match="not a beanraft Raft frame"):
+        frames.extract_timestamp(garbage)
+    with pytest.raises(FrameRefused):
+        frames.decrypt(garbage)
+
+
+def test_messages_go_out_uncompressed_and_compressed_ones_are_still_read() -> None:
+    message = pickle.dumps({"type": "next_node_idx", "next_node_idx": 5}, 2)
+    assert _Uncompressed.compress(message, 3) == message
+    assert _Uncompressed.decompress(message) == message
+    assert _Uncompressed.decompress(zlib.compress(message, 3)) == message
