@@ -10,13 +10,14 @@ so beanraft syncs at the two points where a node vouches for entries:
 
 So when a client hears "done", the leader and at least one follower (a majority of 3) have the
 entry on disk. The leader's sync runs on its own thread (``start_syncer``), started as soon as an
-entry is appended, so it overlaps the followers' round trip instead of following it on
-pysyncobj's tick thread; a commit is acknowledged (``when_durable``) once a sync that began after
+entry is on its way to the followers, so it overlaps their round trip instead of following it
+on pysyncobj's tick thread; a commit is acknowledged (``when_durable``) once a sync that began after
 its entry was written has finished. Raft allows this: the leader's own write may go in parallel
 with replication, as long as the ack waits for both (Raft thesis, section 10.2.1).
 
 ``always`` syncs after every appended entry as well; ``batch`` (the default) syncs once per
-message or acknowledgement, covering every entry appended since (group commit);
+acknowledgement on the leader and once per poll round on a follower, covering every entry
+appended since (group commit);
 ``never`` leaves it to the OS: writes survive ``kill -9`` of every node (the page cache
 outlives the process) but not a power loss of a majority.
 
@@ -58,6 +59,7 @@ class JournalSync:
         self.synced_index = 0  # every entry up to here is on disk
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._eager: Callable[[], bool] = lambda: False
+        self._forget_acks: Callable[[], None] = lambda: None
         self._stopped = False
         self.syncs = 0
         if not hasattr(self._journal, "_FileJournal__journalFile"):
@@ -65,7 +67,7 @@ class JournalSync:
         self._log_compactions()
         if policy != "never":
             self._wrap_journal()
-            self._wrap_transport(syncobj._SyncObj__transport)
+            self._wrap_transport(syncobj._SyncObj__transport, syncobj._poller)
             meta = self._journal._FileJournal__metaStorer
             meta.storeMeta = _durable_meta_writer(meta.getPath())
 
@@ -93,6 +95,11 @@ class JournalSync:
                 self._waiters = [w for w in self._waiters if w[0] > self.synced_index]
         for fn in ready:
             fn()
+
+    def _wake_syncer(self) -> None:
+        with self._state:
+            if self._dirty:
+                self._state.notify()  # the leader's syncer starts now (see _wanted)
 
     def when_durable(self, index: int, fn: Callable[[], None]) -> None:
         """Call ``fn`` once the entry at ``index`` (already appended) is on disk: at once when
@@ -163,12 +170,15 @@ class JournalSync:
             with self._state:
                 self._written_index = idx
                 self._dirty = True
-                self._state.notify()  # the leader's syncer starts now (see _wanted)
+            # The leader's syncer starts once the entry is on its way to a follower (see send
+            # in _wrap_transport): woken here, its thread would contend for the GIL with the
+            # very send that the commit waits for.
             if self.policy == "always":
                 self.sync_if_dirty()
 
         def delete_from(entry_from: int) -> None:
             first = journal[entry_from][1] if entry_from < len(journal) else None
+            self._forget_acks()
             original_delete_from(entry_from)
             with self._state:
                 if first is not None:  # indices from `first` on now hold other (unsynced) bytes
@@ -195,16 +205,55 @@ class JournalSync:
         journal.deleteEntriesTo = delete_to
         journal.clear = clear
 
-    def _wrap_transport(self, transport: Any) -> None:
+    def _wrap_transport(self, transport: Any, poller: Any) -> None:
+        """Sync before a follower vouches for entries, once per poll round (group commit).
+
+        A follower's "I have entries up to N" (``next_node_idx`` with success) waits in
+        ``deferred`` until the poll round that produced it ends; then one sync covers every
+        entry that round appended and the acknowledgements go out. Under load one round holds
+        several append messages, so a follower syncs once for all of them instead of once per
+        message, with the tick thread, not the disk, setting the pace. A later acknowledgement
+        to the same leader supersedes an earlier one (they are cumulative; pysyncobj's leader
+        only ever raises its match index). A vote is never granted before the sync."""
         original_send = transport.send
+        original_poll = poller.poll
+        deferred: dict[Any, Any] = {}  # node -> the latest unsent acknowledgement
 
         def send(node: Any, message: Any) -> Any:
             kind = message.get("type") if isinstance(message, dict) else None
-            if kind == "response_vote" or (kind == "next_node_idx" and message.get("success")):
+            if kind == "append_entries" and message.get("entries"):
+                try:
+                    return original_send(node, message)
+                finally:
+                    self._wake_syncer()  # the entry is on its way: now the leader's own sync
+            if kind == "next_node_idx" and message.get("success"):
+                if self._dirty or node in deferred:
+                    deferred[node] = message
+                    return None
+            elif kind == "response_vote":
                 self.sync_if_dirty()
+            elif kind == "next_node_idx" and node in deferred:
+                flush()  # a refusal must not overtake an earlier acknowledgement
             return original_send(node, message)
 
+        def flush() -> None:
+            if not deferred:
+                return
+            self.sync_if_dirty()
+            acks = list(deferred.items())
+            deferred.clear()
+            for node, message in acks:
+                original_send(node, message)
+
+        def poll(timeout: float) -> Any:
+            try:
+                return original_poll(timeout)
+            finally:
+                flush()
+
+        self._forget_acks = deferred.clear  # a truncated log voids what they vouched for
         transport.send = send
+        poller.poll = poll
 
 
 def _durable_meta_writer(path: str) -> Any:
