@@ -992,6 +992,72 @@ class ApplyResponse(_message.Message):
 Global___ApplyResponse: _TypeAlias = ApplyResponse  # noqa: Y015
 
 @_typing.final
+class ApplyStreamRequest(_message.Message):
+    """beanraft: one call on an ApplyStream: a batch of commands, as in ApplyRequest.batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """Chosen by the caller, unique among its calls in flight on this stream; echoed back."""
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyRequest]: ...
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        batch: _abc.Iterable[Global___ApplyRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "call_id", b"call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyStreamRequest: _TypeAlias = ApplyStreamRequest  # noqa: Y015
+
+@_typing.final
+class ApplyStreamResponse(_message.Message):
+    """beanraft: the answer to one ApplyStreamRequest (answers may come in any order)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LEADER_HINT_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    code: _builtins.int
+    """Not 0: the call as a whole failed with this grpc.StatusCode value (UNAVAILABLE: no leader
+    or an unknown outcome; retry with the same request ids). The stream stays open.
+    """
+    message: _builtins.str
+    leader_hint: _builtins.str
+    """the leader's gRPC address, when this node knows a better one"""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyResult]:
+        """Per command, in the request's order, when code is 0."""
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        results: _abc.Iterable[Global___ApplyResult] | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        leader_hint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "code", b"code", "leader_hint", b"leader_hint", "message", b"message", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyStreamResponse: _TypeAlias = ApplyStreamResponse  # noqa: Y015
+
+@_typing.final
 class WakeupStreamRequest(_message.Message):
     """beanraft: open (or resume) the wake-up stream of one proxy."""
 

@@ -130,6 +130,11 @@ class JobStateMachineStub:
                 request_serializer=jsm__pb2.ApplyRequest.SerializeToString,
                 response_deserializer=jsm__pb2.ApplyResponse.FromString,
                 _registered_method=True)
+        self.ApplyStream = channel.stream_stream(
+                '/coolbeans.api.v1.JobStateMachine/ApplyStream',
+                request_serializer=jsm__pb2.ApplyStreamRequest.SerializeToString,
+                response_deserializer=jsm__pb2.ApplyStreamResponse.FromString,
+                _registered_method=True)
         self.StreamWakeups = channel.unary_stream(
                 '/coolbeans.api.v1.JobStateMachine/StreamWakeups',
                 request_serializer=jsm__pb2.WakeupStreamRequest.SerializeToString,
@@ -255,6 +260,13 @@ class JobStateMachineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyStream(self, request_iterator, context):
+        """beanraft: Apply over one long-lived stream, many calls in flight, no per-call setup.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamWakeups(self, request, context):
         """beanraft: a proxy's wake-ups, resumable by sequence number across nodes and leader changes.
         """
@@ -359,6 +371,11 @@ def add_JobStateMachineServicer_to_server(servicer, server):
                     servicer.Apply,
                     request_deserializer=jsm__pb2.ApplyRequest.FromString,
                     response_serializer=jsm__pb2.ApplyResponse.SerializeToString,
+            ),
+            'ApplyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ApplyStream,
+                    request_deserializer=jsm__pb2.ApplyStreamRequest.FromString,
+                    response_serializer=jsm__pb2.ApplyStreamResponse.SerializeToString,
             ),
             'StreamWakeups': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamWakeups,
@@ -879,6 +896,33 @@ class JobStateMachine:
             '/coolbeans.api.v1.JobStateMachine/Apply',
             jsm__pb2.ApplyRequest.SerializeToString,
             jsm__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/coolbeans.api.v1.JobStateMachine/ApplyStream',
+            jsm__pb2.ApplyStreamRequest.SerializeToString,
+            jsm__pb2.ApplyStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

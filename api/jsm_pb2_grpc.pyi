@@ -54,6 +54,8 @@ class JobStateMachineStub:
     ListTubes: _grpc.UnaryUnaryMultiCallable[_empty_pb2.Empty, _jsm_pb2.ListTubesResponse]
     Apply: _grpc.UnaryUnaryMultiCallable[_jsm_pb2.ApplyRequest, _jsm_pb2.ApplyResponse]
     """beanraft: apply any command of statemachine.commands (encoded) and return its outcome."""
+    ApplyStream: _grpc.StreamStreamMultiCallable[_jsm_pb2.ApplyStreamRequest, _jsm_pb2.ApplyStreamResponse]
+    """beanraft: Apply over one long-lived stream, many calls in flight, no per-call setup."""
     StreamWakeups: _grpc.UnaryStreamMultiCallable[_jsm_pb2.WakeupStreamRequest, _jsm_pb2.WakeupEvent]
     """beanraft: a proxy's wake-ups, resumable by sequence number across nodes and leader changes."""
 
@@ -80,6 +82,8 @@ class JobStateMachineAsyncStub(JobStateMachineStub):
     ListTubes: _aio.UnaryUnaryMultiCallable[_empty_pb2.Empty, _jsm_pb2.ListTubesResponse]  # type: ignore[assignment]
     Apply: _aio.UnaryUnaryMultiCallable[_jsm_pb2.ApplyRequest, _jsm_pb2.ApplyResponse]  # type: ignore[assignment]
     """beanraft: apply any command of statemachine.commands (encoded) and return its outcome."""
+    ApplyStream: _aio.StreamStreamMultiCallable[_jsm_pb2.ApplyStreamRequest, _jsm_pb2.ApplyStreamResponse]  # type: ignore[assignment]
+    """beanraft: Apply over one long-lived stream, many calls in flight, no per-call setup."""
     StreamWakeups: _aio.UnaryStreamMultiCallable[_jsm_pb2.WakeupStreamRequest, _jsm_pb2.WakeupEvent]  # type: ignore[assignment]
     """beanraft: a proxy's wake-ups, resumable by sequence number across nodes and leader changes."""
 
@@ -217,6 +221,14 @@ class JobStateMachineServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jsm_pb2.ApplyResponse, _abc.Awaitable[_jsm_pb2.ApplyResponse]]:
         """beanraft: apply any command of statemachine.commands (encoded) and return its outcome."""
+
+    @_abc_1.abstractmethod
+    def ApplyStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jsm_pb2.ApplyStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jsm_pb2.ApplyStreamResponse], _abc.AsyncIterator[_jsm_pb2.ApplyStreamResponse]]:
+        """beanraft: Apply over one long-lived stream, many calls in flight, no per-call setup."""
 
     @_abc_1.abstractmethod
     def StreamWakeups(

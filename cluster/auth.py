@@ -73,9 +73,10 @@ ACCESS: dict[str, dict[str, frozenset[str]]] = {
         "GetStatsTubeYaml": READ,
         "GetStatsYaml": READ,
         "ListTubes": READ,
-        # beanraft extensions (api/jsm.proto): any encoded queue command, and a proxy's
-        # resumable wake-up stream.
+        # beanraft extensions (api/jsm.proto): any encoded queue command (one call, or a
+        # stream of calls), and a proxy's resumable wake-up stream.
         "Apply": QUEUE,
+        "ApplyStream": QUEUE,
         "StreamWakeups": QUEUE,
     },
     CLUSTER_SERVICE: {

@@ -10,10 +10,13 @@ the one table in ``cluster.errors``, never UNKNOWN for a known case.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 
 from api import empty_pb2, job_pb2, jsm_pb2, jsm_pb2_grpc
 from cluster import errors
@@ -22,6 +25,7 @@ from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r
 
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 _WAIT_STATUS = {
     r.Reserved: jsm_pb2.Matched,
@@ -76,6 +80,67 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
         )
         self._hint_leader(context)
         return jsm_pb2.ApplyResponse(outcome=outcome, applied_index=index)
+
+    # gRPC's aio server also takes a stream handler that writes with ``context.write`` and
+    # returns None (the generated stubs only know the generator form): each answer goes out
+    # the moment its call is done, without a queue and a task switch in between.
+    async def ApplyStream(  # type: ignore[override]
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> None:
+        """Apply's calls over one stream: each call runs as soon as it arrives (so calls
+        that arrive together share a log entry) and is answered when done, in any order. A
+        call's failure is its own answer; the stream ends when the caller closes its side and
+        every call has been answered, or when the caller goes away."""
+        calls: set[asyncio.Task[None]] = set()
+        writing = asyncio.Lock()  # gRPC allows one write at a time on a stream
+
+        async def answer(request: Any) -> None:
+            response = await self._stream_call(request)
+            async with writing:
+                # The caller may be gone; its calls' outcomes stay in the request-id window.
+                with contextlib.suppress(Exception):
+                    await context.write(response)
+
+        try:
+            async for request in requests:
+                task = asyncio.get_running_loop().create_task(answer(request))
+                calls.add(task)
+                task.add_done_callback(calls.discard)
+            if calls:
+                await asyncio.wait(set(calls))
+        finally:
+            for task in list(calls):
+                task.cancel()
+
+    async def _stream_call(self, request: Any) -> jsm_pb2.ApplyStreamResponse:
+        try:
+            results = await self.service.apply_batch(list(request.batch))
+        except Forwarded as exc:
+            return jsm_pb2.ApplyStreamResponse(
+                call_id=request.call_id,
+                code=exc.code.value[0],
+                message=exc.details,
+                leader_hint=exc.leader_hint,
+            )
+        except (errors.ClusterError, codec.CodecError, ValueError, TimeoutError) as exc:
+            code, message = errors.status_for_error(exc)
+            hint = dict(errors.leader_hint(exc)).get(errors.LEADER_HINT_KEY, "")
+            return jsm_pb2.ApplyStreamResponse(
+                call_id=request.call_id, code=code.value[0], message=message, leader_hint=hint
+            )
+        except Exception as exc:  # a bug: answer it rather than leave the caller waiting
+            log.exception("apply stream call failed", call_id=request.call_id)
+            return jsm_pb2.ApplyStreamResponse(
+                call_id=request.call_id,
+                code=grpc.StatusCode.INTERNAL.value[0],
+                message=f"internal error ({type(exc).__name__}): {exc}",
+            )
+        hint = ""
+        if not self.service.node.is_leader():  # forwarded: tell the client where to go next
+            hint = self.service.node.leader_info()[1]
+        return jsm_pb2.ApplyStreamResponse(
+            call_id=request.call_id, results=results, leader_hint=hint
+        )
 
     def _hint_leader(self, context: Any) -> None:
         if not self.service.node.is_leader():  # forwarded: tell the client where to go next

@@ -28,6 +28,15 @@ from cluster.service import QueueService
 log = structlog.get_logger(__name__)
 
 
+# Clients keep streams open for hours (ApplyStream, StreamWakeups) and ping every 10 s to notice
+# a dead node (api/client.py); without this, gRPC's default (one ping per 5 minutes when no data
+# flows) answers an idle stream's pings with GOAWAY "too_many_pings" and drops every stream.
+SERVER_OPTIONS = [
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
 @dataclass
 class ServerOptions:
     tls_dir: Path | None
@@ -80,7 +89,7 @@ class NodeServer:
             from cluster.auth import AioRoleInterceptor
 
             interceptors.append(AioRoleInterceptor.from_tls_dir(self.options.tls_dir))
-        server = grpc.aio.server(interceptors=interceptors)
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         assert self.service is not None
         jsm_pb2_grpc.add_JobStateMachineServicer_to_server(
             JobStateMachineServicer(self.service), server

@@ -381,3 +381,78 @@ async def _queued_then_matched(stub: Any, client_id: str, request_id: str, updat
     if updates is None:
         return None
     return await asyncio.wait_for(updates.read(), 10)
+
+
+def test_apply_stream_answers_each_call_by_its_id_and_a_bad_command_only_in_its_own_result(
+    cluster: ProcessCluster,
+) -> None:
+    async def scenario() -> None:
+        follower = await _follower(cluster)
+        good = codec.encode_command(c.Put("stream", 1, 0, 60_000, b"s"))
+        peek = codec.encode_command(c.PeekReady("stream"))
+        async with cluster.channel(follower) as channel:
+            call = jsm_pb2_grpc.JobStateMachineStub(channel).ApplyStream()
+            await call.write(
+                jsm_pb2.ApplyStreamRequest(
+                    call_id=7,
+                    batch=[
+                        jsm_pb2.ApplyRequest(command=good, request_id="s-1"),
+                        jsm_pb2.ApplyRequest(command=b"\x01junk", request_id="s-2"),
+                    ],
+                )
+            )
+            await call.write(
+                jsm_pb2.ApplyStreamRequest(
+                    call_id=9, batch=[jsm_pb2.ApplyRequest(command=good, request_id="s-1")]
+                )
+            )
+            answers = {}
+            for _ in range(2):
+                answer = await asyncio.wait_for(call.read(), 10)
+                answers[answer.call_id] = answer
+            # The stream stays usable after a call with a bad command.
+            await call.write(
+                jsm_pb2.ApplyStreamRequest(call_id=11, batch=[jsm_pb2.ApplyRequest(command=peek)])
+            )
+            later = await asyncio.wait_for(call.read(), 10)
+            await call.done_writing()
+            assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+        assert sorted(answers) == [7, 9] and later.call_id == 11
+        inserted, bad = answers[7].results
+        assert answers[7].code == 0 and answers[7].leader_hint  # forwarded: where to go next
+        assert isinstance(codec.decode_outcome(inserted.outcome).reply, r.Inserted)
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert answers[9].results[0].outcome == inserted.outcome  # a retry: the first outcome
+        found = codec.decode_outcome(later.results[0].outcome).reply
+        assert isinstance(found, r.Found) and found.body == b"s"
+
+    _run(cluster, scenario())
+
+
+def test_remote_queue_goes_on_over_a_new_stream_when_the_leader_is_killed(
+    cluster: ProcessCluster,
+) -> None:
+    """The queue's stream to the leader dies with it: its calls go on over another node once
+    a new leader is elected, and a retried put is not applied twice (its request id)."""
+
+    async def scenario() -> None:
+        from api.client import RemoteQueue
+
+        leader = await cluster.wait_for_leader()
+        others = [n.grpc_addr for n in cluster.nodes if n is not leader]
+        queue = RemoteQueue([leader.grpc_addr, *others], cluster.tls_dir, "admin")
+        try:
+            first = await queue.apply(c.Put("killed", 1, 0, 60_000, b"1", request_id="k-1"))
+            leader.kill()
+            second = await queue.apply(c.Put("killed", 1, 0, 60_000, b"2", request_id="k-2"))
+            again = await queue.apply(c.Put("killed", 1, 0, 60_000, b"2", request_id="k-2"))
+            stats = await queue.apply(c.StatsTube("killed"))
+        finally:
+            await queue.close()
+            leader.restart()
+            await cluster.wait_for_leader()
+        assert isinstance(first, r.Inserted) and isinstance(second, r.Inserted)
+        assert again == second
+        assert isinstance(stats, r.TubeStats) and stats.total_jobs == 2
+
+    _run(cluster, scenario())
