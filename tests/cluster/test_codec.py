@@ -53,7 +53,7 @@ def test_every_reply_class_round_trips_with_zero_values() -> None:
     for reply_cls in r.Reply.__args__:  # type: ignore[attr-defined]
         hints = codec._hints(reply_cls)
         zero = {int: 0, str: "", bytes: b""}
-        values = [zero.get(h, ()) for _, h in hints]
+        values = [zero.get(h, ()) for _, h, _ in hints]
         reply = reply_cls(*values)
         assert codec.decode_reply(codec.encode_reply(reply)) == reply
 
@@ -76,6 +76,20 @@ def test_malformed_bytes_are_refused_with_a_codec_error_that_says_why(
 ) -> None:
     with pytest.raises(codec.CodecError, match=message):
         codec.decode_command(data)
+
+
+def test_a_field_of_the_wrong_class_inside_a_union_or_a_tuple_is_refused() -> None:
+    # The encoder writes any tabled class; the decoder checks each field against its hint:
+    # an Outcome's reply must be a reply (a union of classes), CheckClients' ids strings.
+    not_a_reply = codec.encode_outcome(r.Outcome(reply=c.Tick(), wakeups=()))  # type: ignore[arg-type]
+    with pytest.raises(codec.CodecError, match=r"Outcome\.reply"):
+        codec.decode_outcome(not_a_reply)
+    not_strings = codec.encode_command(c.CheckClients("p", ("a", 5)))  # type: ignore[arg-type]
+    with pytest.raises(codec.CodecError, match=r"CheckClients\.client_ids"):
+        codec.decode_command(not_strings)
+    flag_for_int = codec.encode_command(c.Peek(True))
+    with pytest.raises(codec.CodecError, match=r"Peek\.job_id"):
+        codec.decode_command(flag_for_int)
 
 
 def test_an_integer_beyond_64_bits_is_refused_when_encoding() -> None:
