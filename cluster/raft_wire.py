@@ -13,7 +13,8 @@ follower's acknowledgement), so their cost is latency, not only CPU (docs/benchm
   ``AeadFrames`` seals with AES-256-GCM in one call (about 1 us each way) and keeps what
   pysyncobj relies on: a frame that was forged or altered is refused before it is unpickled
   (``decrypt`` raises and pysyncobj drops the connection), and each frame carries the sender's
-  timestamp, authenticated, for pysyncobj's check that timestamps never go back.
+  timestamp, authenticated before pysyncobj reads it, for its check that timestamps never go
+  back.
 
 Both are installed for the whole process before any SyncObj is built (``install``).
 """
@@ -61,13 +62,15 @@ class AeadFrames:
         return header + nonce + self._aead.encrypt(nonce, data, header)
 
     def extract_timestamp(self, token: bytes) -> int:
-        if len(token) < _HEADER.size + _NONCE_BYTES + _TAG_BYTES or token[:1] != _VERSION:
-            raise FrameRefused("not a beanraft Raft frame (another version or garbage)")
+        # Authenticated first, as Fernet's is: pysyncobj records this timestamp as the
+        # connection's newest before it calls decrypt, so a forged one must not get that far.
+        self.decrypt(token)
         timestamp: int = _HEADER.unpack_from(token)[1]
         return timestamp
 
     def decrypt(self, token: bytes) -> bytes:
-        self.extract_timestamp(token)  # the same shape checks
+        if len(token) < _HEADER.size + _NONCE_BYTES + _TAG_BYTES or token[:1] != _VERSION:
+            raise FrameRefused("not a beanraft Raft frame (another version or garbage)")
         header = token[: _HEADER.size]
         nonce = token[_HEADER.size : _HEADER.size + _NONCE_BYTES]
         try:

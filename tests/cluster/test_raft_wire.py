@@ -6,12 +6,19 @@ of the secret, or was altered on the way, must be refused before that.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import pickle
 import zlib
+from pathlib import Path
 
 import pytest
+from cluster_harness import InProcessCluster
 
+from cluster.node import RaftNode
 from cluster.raft_wire import AeadFrames, FrameRefused, _Uncompressed
+from statemachine import commands as c
+from statemachine import replies as r
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +46,13 @@ def test_a_frame_sealed_with_another_secret_is_refused(frames: AeadFrames) -> No
 
 
 @pytest.mark.parametrize("position", [1, 9, 21, -1], ids=["timestamp", "nonce", "body", "tag"])
-def test_a_frame_altered_anywhere_is_refused(frames: AeadFrames, position: int) -> None:
+def test_a_frame_altered_anywhere_is_refused_before_its_timestamp_is_read(
+    frames: AeadFrames, position: int
+) -> None:
     token = bytearray(frames.encrypt_at_time(b"a message of some length", 7))
     token[position] ^= 0x01
+    with pytest.raises(FrameRefused):
+        frames.extract_timestamp(bytes(token))  # pysyncobj reads this first
     with pytest.raises(FrameRefused):
         frames.decrypt(bytes(token))
 
@@ -61,3 +72,30 @@ def test_messages_go_out_uncompressed_and_compressed_ones_are_still_read() -> No
     assert _Uncompressed.compress(message, 3) == message
     assert _Uncompressed.decompress(message) == message
     assert _Uncompressed.decompress(zlib.compress(message, 3)) == message
+
+
+def test_a_node_with_another_secret_gets_nothing_from_the_cluster(tmp_path: Path) -> None:
+    """Real nodes on real sockets: two share the secret and commit; the third, with another
+    secret, has every frame refused, so it never learns an entry or a leader."""
+
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        intruder = dataclasses.replace(cluster.config(2), secret="not the cluster's secret")
+        for i in (0, 1):
+            cluster.start(i)
+        outsider = RaftNode(intruder, asyncio.get_running_loop())
+        outsider.start()
+        empty_log_index = int(outsider.syncobj.raftLastApplied)  # pysyncobj's initial entry
+        try:
+            for i in range(5):
+                reply = (await cluster.apply(c.Put("t", 1, 0, 60_000, b"%d" % i))).reply
+                assert isinstance(reply, r.Inserted)
+            await asyncio.sleep(1.0)  # several heartbeats: the outsider would have them by now
+            assert int(outsider.syncobj.raftLastApplied) == empty_log_index
+            assert not outsider.leader_raft_addr()
+            assert cluster.last_index > empty_log_index + 5
+        finally:
+            await outsider.stop()
+            await cluster.stop_all()
+
+    asyncio.run(scenario())
