@@ -11,7 +11,8 @@ Rules:
   gain trailing fields with defaults: an older encoding (fewer fields) still decodes.
 - Decoding validates every field against the class's type hints, so a malformed or hostile
   command is refused with ``CodecError`` here, at the edge, instead of reaching (and crashing)
-  every replica's state machine.
+  every replica's state machine. It accepts exactly what the encoder writes: integers in int64
+  to uint64, varints in their shortest form; so decoded bytes re-encode to the same bytes.
 - Pure and deterministic: the same value always gives the same bytes. Standard library only.
 """
 
@@ -53,6 +54,8 @@ _REPLY_CLASSES: Final = typing.get_args(Reply)
 
 _NONE, _TRUE, _FALSE, _INT, _STR, _BYTES, _TUPLE, _OBJECT = b"NTFisbto"
 _MAX_DEPTH: Final = 8
+_INT_MIN: Final = -(2**63)  # int64 ...
+_INT_MAX: Final = 2**64 - 1  # ... to uint64 (beanstalkd's job ids)
 
 
 class CodecError(ValueError):
@@ -94,7 +97,7 @@ def _encode(value: object, out: bytearray) -> None:
         out.append(_FALSE)
     elif isinstance(value, int):
         # int64 and uint64 (beanstalkd job ids are uint64): both fit the zigzag varint.
-        if not -(2**63) <= value < 2**64:
+        if not _INT_MIN <= value <= _INT_MAX:
             raise CodecError(f"integer {value} does not fit in 64 bits")
         out.append(_INT)
         # Zigzag, so small negatives stay short; the same bytes as the int64 form it replaced.
@@ -205,7 +208,10 @@ def _read(data: bytes, pos: int, depth: int) -> tuple[object, int]:
     pos += 1
     if tag == _INT:
         raw, pos = _read_varint(data, pos)
-        return (raw >> 1) ^ -(raw & 1), pos
+        value = (raw >> 1) ^ -(raw & 1)
+        if not _INT_MIN <= value <= _INT_MAX:  # what the encoder refuses, the decoder refuses
+            raise CodecError(f"integer {value} does not fit in 64 bits")
+        return value, pos
     if tag in (_STR, _BYTES):
         size, pos = _read_varint(data, pos)
         stop = pos + size
@@ -244,6 +250,8 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         number |= (b & 0x7F) << shift
         if b < 0x80:
+            if b == 0:  # a trailing zero group: the value had a shorter (the canonical) form
+                raise CodecError("varint is not in its shortest form")
             return number, pos
         shift += 7
         if shift > 70:
