@@ -124,7 +124,7 @@ class RemoteQueue:
 
     def _send_pending(self) -> None:
         # Up to MAX_CALLS_IN_FLIGHT calls at once; whatever queues meanwhile goes in one
-        # batched call (the leader puts it in one log entry). A lone apply goes out at once.
+        # batched call (the leader puts it in one log entry).
         loop = asyncio.get_running_loop()
         while self._pending and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
             task = loop.create_task(self._send(self._take_batch()))
@@ -163,8 +163,7 @@ class RemoteQueue:
                 hint = response.leader_hint
                 self._preferred = hint if hint and hint in self._addresses else target
                 return list(response.results)
-            except (CallFailed, grpc.aio.AioRpcError) as exc:
-                failure = exc if isinstance(exc, CallFailed) else CallFailed.of(exc)
+            except CallFailed as failure:  # ApplyStream.call turns every failure into one
                 code = failure.code
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise ValueError(failure.details) from None

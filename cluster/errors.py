@@ -108,7 +108,6 @@ def status_for_reply(reply: r.Reply) -> tuple[grpc.StatusCode, str] | None:
     return code, message
 
 
-def leader_hint(error: BaseException) -> tuple[tuple[str, str], ...]:
-    if isinstance(error, NotLeader) and error.leader_grpc_addr:
-        return ((LEADER_HINT_KEY, error.leader_grpc_addr),)
-    return ()
+def leader_hint(error: BaseException) -> str:
+    """The leader's gRPC address an error points the client to, or the empty string."""
+    return error.leader_grpc_addr if isinstance(error, NotLeader) else ""

@@ -35,17 +35,25 @@ _WAIT_STATUS = {
 }
 
 
+_NODE_ERRORS = (Forwarded, errors.ClusterError, codec.CodecError, ValueError, TimeoutError)
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(code, message, leader hint) for one of ``_NODE_ERRORS``: a forwarded call's status
+    passes through unchanged, the node's own errors go through the one table."""
+    if isinstance(exc, Forwarded):
+        return exc.code, exc.details, exc.leader_hint
+    code, message = errors.status_for_error(exc)
+    return code, message, errors.leader_hint(exc)
+
+
 async def guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
     """Await ``work``; turn any error into the gRPC status from the one table."""
     try:
         return await work
-    except Forwarded as exc:
-        metadata = ((errors.LEADER_HINT_KEY, exc.leader_hint),) if exc.leader_hint else ()
-        context.set_trailing_metadata(metadata)
-        await context.abort(exc.code, exc.details)
-    except (errors.ClusterError, codec.CodecError, ValueError, TimeoutError) as exc:
-        code, message = errors.status_for_error(exc)
-        context.set_trailing_metadata(errors.leader_hint(exc))
+    except _NODE_ERRORS as exc:
+        code, message, hint = _status(exc)
+        context.set_trailing_metadata(((errors.LEADER_HINT_KEY, hint),) if hint else ())
         await context.abort(code, message)
     raise AssertionError("unreachable")  # abort raises
 
@@ -113,40 +121,29 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
                 task.cancel()
 
     async def _stream_call(self, request: Any) -> jsm_pb2.ApplyStreamResponse:
+        answer = jsm_pb2.ApplyStreamResponse(call_id=request.call_id)
         try:
-            results = await self.service.apply_batch(list(request.batch))
-        except Forwarded as exc:
-            return jsm_pb2.ApplyStreamResponse(
-                call_id=request.call_id,
-                code=exc.code.value[0],
-                message=exc.details,
-                leader_hint=exc.leader_hint,
-            )
-        except (errors.ClusterError, codec.CodecError, ValueError, TimeoutError) as exc:
-            code, message = errors.status_for_error(exc)
-            hint = dict(errors.leader_hint(exc)).get(errors.LEADER_HINT_KEY, "")
-            return jsm_pb2.ApplyStreamResponse(
-                call_id=request.call_id, code=code.value[0], message=message, leader_hint=hint
-            )
+            answer.results.extend(await self.service.apply_batch(list(request.batch)))
+            answer.leader_hint = self._leader_hint()
+        except _NODE_ERRORS as exc:
+            code, answer.message, answer.leader_hint = _status(exc)
+            answer.code = code.value[0]
         except Exception as exc:  # a bug: answer it rather than leave the caller waiting
             log.exception("apply stream call failed", call_id=request.call_id)
-            return jsm_pb2.ApplyStreamResponse(
-                call_id=request.call_id,
-                code=grpc.StatusCode.INTERNAL.value[0],
-                message=f"internal error ({type(exc).__name__}): {exc}",
-            )
-        hint = ""
-        if not self.service.node.is_leader():  # forwarded: tell the client where to go next
-            hint = self.service.node.leader_info()[1]
-        return jsm_pb2.ApplyStreamResponse(
-            call_id=request.call_id, results=results, leader_hint=hint
-        )
+            answer.code = grpc.StatusCode.INTERNAL.value[0]
+            answer.message = f"internal error ({type(exc).__name__}): {exc}"
+        return answer
+
+    def _leader_hint(self) -> str:
+        """Where the client should go next: the leader, when this node forwarded the call."""
+        if self.service.node.is_leader():
+            return ""
+        return self.service.node.leader_info()[1]
 
     def _hint_leader(self, context: Any) -> None:
-        if not self.service.node.is_leader():  # forwarded: tell the client where to go next
-            _, leader_grpc = self.service.node.leader_info()
-            if leader_grpc:
-                context.set_trailing_metadata(((errors.LEADER_HINT_KEY, leader_grpc),))
+        hint = self._leader_hint()
+        if hint:
+            context.set_trailing_metadata(((errors.LEADER_HINT_KEY, hint),))
 
     async def StreamWakeups(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if not request.proxy_id:
