@@ -37,9 +37,21 @@ class WakeupHub:
         self._ring = ring  # read through a function: a snapshot install replaces the ring
         self._event = asyncio.Event()
         self._closed = False
+        self._notified: tuple[Wakeups, int] | None = None  # (ring, last_seq) last woken for
 
     def notify(self) -> None:
-        """Thread-safe: new wake-ups may be in the ring."""
+        """Thread-safe: new wake-ups may be in the ring.
+
+        Called after every applied entry, so it wakes the loop only when the ring changed:
+        most entries (puts with nobody waiting, deletes) add no wake-up, and a wake of the
+        loop costs each node a self-pipe write, an epoll round and a handle run per entry."""
+        ring = self._ring()
+        notified = self._notified
+        # A snapshot install replaces the ring object, hence the identity check.
+        if notified is not None and notified[0] is ring and notified[1] == ring.last_seq:
+            return
+        seen = (ring, ring.last_seq)
+        self._notified = seen
         self._loop.call_soon_threadsafe(self._event.set)
 
     def close(self) -> None:

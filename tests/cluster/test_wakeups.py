@@ -85,3 +85,30 @@ def test_a_stream_sends_heartbeats_while_only_other_proxies_get_wakeups(monkeypa
         assert events[2].seq > events[1].seq >= events[0].seq  # each carries the cursor
 
     asyncio.run(scenario())
+
+
+def test_an_apply_that_adds_no_wakeup_does_not_wake_the_loop() -> None:
+    """The tick thread calls notify after every entry; most entries add no wake-up, and
+    waking every node's loop for each of them costs CPU the commit path needs."""
+
+    class CountingLoop:
+        def __init__(self) -> None:
+            self.wakes = 0
+
+        def call_soon_threadsafe(self, callback: object, *args: object) -> None:
+            self.wakes += 1
+
+    loop = CountingLoop()
+    ring = Wakeups(deque(), 0)
+    current = ring
+    hub = WakeupHub(loop, lambda: current)  # type: ignore[arg-type]
+    hub.notify()
+    hub.notify()
+    assert loop.wakes == 1  # the first look at the ring, then nothing new
+    ring.append("a", b"1")
+    hub.notify()
+    hub.notify()
+    assert loop.wakes == 2
+    current = Wakeups(deque(), ring.last_seq)  # a snapshot installed: a new ring, same number
+    hub.notify()
+    assert loop.wakes == 3
