@@ -13,7 +13,8 @@ ours, so what a follower applies is data, never code.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 FORMAT_VERSION = 1
 COMMAND = 1
@@ -29,6 +30,10 @@ class Request:
     kind: int
     request_id: str
     payload: bytes
+    # The command decoded from ``payload`` by whoever built this request (the leader, which
+    # checks every command before proposing it), so its own apply need not decode it again.
+    # Never encoded; a pure function of ``payload``, so a stale one is still right.
+    decoded: Any = field(default=None, compare=False)
 
 
 def encode_batch(requests: list[Request]) -> bytes:

@@ -110,6 +110,7 @@ class RaftNode:
             self.journal_sync.when_durable,
             lambda: int(self.syncobj.raftLastApplied),
             loop,
+            remember=self.consumer.remember_decoded,
         )
         self._tick_inflight = False
         self._last_ticked_deadline_ms: int | None = None

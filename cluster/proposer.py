@@ -58,6 +58,7 @@ class Proposer:
         max_inflight: int = 8,
         timeout_s: float = 4.0,  # then Ambiguous: the client retries with the request id
         on_commit: Callable[[float], None] | None = None,
+        remember: Callable[[bytes, list[envelope.Request]], None] | None = None,
     ) -> None:
         self._propose = propose  # MachineConsumer.apply_batch
         self._clock = clock
@@ -67,6 +68,7 @@ class Proposer:
         self._max_inflight = max_inflight
         self._timeout_s = timeout_s
         self._on_commit = on_commit or (lambda seconds: None)
+        self._remember = remember or (lambda entry, requests: None)  # remember_decoded
         self._pending: deque[_Pending] = deque()
         self._inflight = 0
         self._flush_scheduled = False
@@ -118,7 +120,9 @@ class Proposer:
         return batch
 
     def _send(self, batch: list[_Pending]) -> None:
-        entry = envelope.encode_batch([request for request, _ in batch])
+        requests = [request for request, _ in batch]
+        entry = envelope.encode_batch(requests)
+        self._remember(entry, requests)
         started = time.perf_counter()
         self._inflight += 1
 

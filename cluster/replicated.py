@@ -44,6 +44,7 @@ REQUEST_WINDOW_MAX = 200_000
 REQUEST_WINDOW_MAX_BYTES = 64 << 20
 WAKEUP_RING_MAX = 100_000  # recent wake-ups kept for streams that resume after a reconnect
 WAKEUP_RING_MAX_BYTES = 32 << 20
+DECODED_MEMO_MAX = 256  # the leader's entries proposed and not yet applied (remember_decoded)
 
 # Per-request results of apply_batch: (OK, outcome bytes) or (REFUSED, message).
 OK = 0
@@ -145,6 +146,7 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         self.on_applied = on_applied or (lambda: None)
         self.self_raft_addr = self_raft_addr
         self.removed = False
+        self._decoded: dict[bytes, list[envelope.Request]] = {}  # see remember_decoded
         super().__init__()
         machine = (
             JobStateMachine.restore(seed_snapshot) if seed_snapshot else JobStateMachine(config)
@@ -156,13 +158,25 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         log.info("snapshot loaded", wakeup_seq=self.state.wakeups.last_seq)
         _quietly(self.on_applied)
 
+    def remember_decoded(self, entry: bytes, requests: list[envelope.Request]) -> None:
+        """The leader built ``entry`` from ``requests`` (with their commands decoded): its own
+        apply of the entry takes them from here instead of decoding it again. A memo of a pure
+        function of the entry's bytes, so an entry that never commits (leadership lost) only
+        costs memory, bounded by clearing; the apply then decodes as every follower does."""
+        if len(self._decoded) >= DECODED_MEMO_MAX:
+            self._decoded.clear()
+        self._decoded[entry] = requests
+
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, entry: bytes, now_ms: int) -> list[tuple[int, bytes]]:
         """Apply one log entry: every request in it, in order, at the leader's ``now_ms``."""
         try:
             state = self.state
             state.max_now_ms = max(state.max_now_ms, now_ms)
-            results = [self._apply_one(state, request, now_ms) for request in _requests(entry)]
+            requests = self._decoded.pop(entry, None)
+            if requests is None:
+                requests = _requests(entry)
+            results = [self._apply_one(state, request, now_ms) for request in requests]
             _forget_old_requests(state)
             state.next_deadline_ms = state.machine.next_deadline_ms()
         except Exception:
@@ -187,10 +201,12 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         remembered = state.requests.get(request.request_id) if request.request_id else None
         if remembered is not None:
             return (OK, remembered[1])  # a retry: the first outcome, nothing applied again
-        try:
-            command = codec.decode_command(request.payload)
-        except codec.CodecError as exc:
-            return (REFUSED, str(exc).encode())
+        command = request.decoded
+        if command is None:
+            try:
+                command = codec.decode_command(request.payload)
+            except codec.CodecError as exc:
+                return (REFUSED, str(exc).encode())
         outcome = state.machine.apply(command, now_ms)
         encoded = codec.encode_outcome(outcome)
         for wakeup in outcome.wakeups:

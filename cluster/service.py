@@ -58,10 +58,10 @@ class QueueService:
         return codec.decode_outcome(encoded), index
 
     async def apply_encoded(self, command: bytes, request_id: str) -> tuple[bytes, int]:
-        codec.decode_command(command)  # refuse malformed input here, before it is replicated
+        decoded = codec.decode_command(command)  # refuse malformed input before replicating it
         leader_grpc = await self._route()
         if not leader_grpc:
-            request = envelope.Request(envelope.COMMAND, request_id, command)
+            request = envelope.Request(envelope.COMMAND, request_id, command, decoded)
             status, payload, index = (await self.node.submit([request]))[0]
             if status == REFUSED:
                 raise Refused(payload.decode(errors="replace"))
@@ -76,24 +76,31 @@ class QueueService:
         A malformed command gets its own INVALID_ARGUMENT result; the others still apply."""
         results: list[jsm_pb2.ApplyResult | None] = [None] * len(batch)
         valid = []
+        requests = []
         for i, item in enumerate(batch):
             try:
-                codec.decode_command(item.command)
-                valid.append(i)
+                decoded = codec.decode_command(item.command)
             except codec.CodecError as exc:
                 results[i] = jsm_pb2.ApplyResult(code=_INVALID, message=str(exc))
+                continue
+            valid.append(i)
+            requests.append(
+                envelope.Request(envelope.COMMAND, item.request_id, item.command, decoded)
+            )
         if valid:
-            applied = await self._apply_valid([batch[i] for i in valid])
+            applied = await self._apply_valid(requests)
             for i, result in zip(valid, applied, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
-    async def _apply_valid(self, batch: list[jsm_pb2.ApplyRequest]) -> list[jsm_pb2.ApplyResult]:
+    async def _apply_valid(self, requests: list[envelope.Request]) -> list[jsm_pb2.ApplyResult]:
         leader_grpc = await self._route()
         if leader_grpc:
+            batch = [
+                jsm_pb2.ApplyRequest(command=r.payload, request_id=r.request_id) for r in requests
+            ]
             reply = await self._forward(leader_grpc, jsm_pb2.ApplyRequest(batch=batch))
             return list(reply.results)
-        requests = [envelope.Request(envelope.COMMAND, b.request_id, b.command) for b in batch]
         results = []
         for status, payload, index in await self.node.submit(requests):
             if status == REFUSED:

@@ -182,3 +182,47 @@ def test_the_raft_port_is_bound_to_the_given_address_only(tmp_path: Path) -> Non
             await cluster.stop_all()
 
     _run(scenario())
+
+
+def test_the_leader_applies_the_commands_it_checked_without_decoding_them_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader decodes each command once, to refuse bad input before proposing it; its own
+    apply of the entry takes those commands from memory. A follower decodes the same bytes
+    and must reach the same outcome."""
+    from cluster import replicated
+    from statemachine.machine import MachineConfig
+
+    decodes = []
+    real_decode = codec.decode_command
+    monkeypatch.setattr(
+        replicated.codec, "decode_command", lambda data: decodes.append(data) or real_decode(data)
+    )
+    put = c.Put("memo", 1, 0, 60_000, b"x")
+    requests = [envelope.Request(envelope.COMMAND, "m-1", codec.encode_command(put), put)]
+    entry = envelope.encode_batch(requests)
+
+    leader = replicated.MachineConsumer(MachineConfig())
+    leader.remember_decoded(entry, requests)
+    on_leader = leader.apply_batch(entry, 1_000, _doApply=True)
+    assert decodes == []
+
+    follower = replicated.MachineConsumer(MachineConfig())
+    assert follower.apply_batch(entry, 1_000, _doApply=True) == on_leader
+    assert len(decodes) == 1
+    assert codec.decode_outcome(on_leader[0][1]).reply == r.Inserted(1)
+    assert leader.state.to_bytes() == follower.state.to_bytes()
+
+
+def test_entries_remembered_but_never_applied_are_forgotten_within_a_bound() -> None:
+    """A leader that loses office keeps the decoded commands of entries that never commit:
+    the memory they hold is bounded."""
+    from cluster import replicated
+    from statemachine.machine import MachineConfig
+
+    consumer = replicated.MachineConsumer(MachineConfig())
+    for i in range(3 * replicated.DECODED_MEMO_MAX):
+        put = c.Put("memo", 1, 0, 60_000, str(i).encode())
+        requests = [envelope.Request(envelope.COMMAND, "", codec.encode_command(put), put)]
+        consumer.remember_decoded(envelope.encode_batch(requests), requests)
+    assert len(consumer._decoded) <= replicated.DECODED_MEMO_MAX
