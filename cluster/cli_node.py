@@ -108,9 +108,11 @@ def read_secret(path: Path | None, insecure: bool) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cluster import gc_policy
     from cluster.server import ServerOptions, run_node
 
     configure_logging()
+    gc_policy.install()
     if args.tls_dir is None and not args.insecure:
         raise SystemExit(
             "beanraft node: give --tls-dir DIR (mTLS: create it with `beanraft certs init` and "
