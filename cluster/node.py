@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 
-from cluster import envelope, raft_wire
+from cluster import compaction, envelope, raft_wire
 from cluster.clock import Clock, LeaderTime, SystemClock
 from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
@@ -93,6 +93,7 @@ class RaftNode:
         )
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         raft_wire.install()
+        compaction.install()
         self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
         self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
@@ -103,6 +104,7 @@ class RaftNode:
         # every other append, send and apply meanwhile (docs/benchmarks.md, cluster run F).
         self.journal_sync.start_syncer(self.is_leader)
         self.syncobj.addOnTickCallback(self._compact_if_journal_large)
+        self.syncobj.addOnTickCallback(compaction.ChildPriority(self.syncobj).tend)
         self.leader_time = LeaderTime(config.clock)
         self.proposer = Proposer(
             self.consumer.apply_batch,
