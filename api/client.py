@@ -51,9 +51,9 @@ STREAM_SILENCE_S = 12.0  # nodes send a heartbeat every 5 s
 # Two, not one, so a call stuck in a retry does not stall every other connection.
 MAX_CALLS_IN_FLIGHT = 2
 MAX_BATCH = 256
-# How long a free slot waits for more commands while another call is out (see apply). At 32
-# connections: 1 ms gave 13.4 puts per call and 6,100 puts/s, against 9.4 and 5,400 sent at
-# once (bench/proxy_bench.py); a lone caller never waits.
+# How long a free slot waits for more commands while another call is out and the last answer
+# went to a crowd (see apply). At 32 connections: 1 ms gave 13.4 puts per call and 6,100
+# puts/s, against 9.4 and 5,400 sent at once (bench/proxy_bench.py).
 HOLD_S = 0.001
 
 
@@ -84,6 +84,7 @@ class RemoteQueue:
         self._sends: set[asyncio.Task[None]] = set()
         self._apply_streams: dict[str, ApplyStream] = {}
         self._hold: asyncio.TimerHandle | None = None  # a free slot held for a fuller batch
+        self._crowded = False  # the last call answered more than one command (see apply)
 
     def _stub(self, address: str) -> jsm_pb2_grpc.JobStateMachineStub:
         channel = self._channels.get(address)
@@ -113,17 +114,19 @@ class RemoteQueue:
         )
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
-        if len(self._pending) == 1 and self._calls_in_flight == 0:
-            # Alone and nothing out: send it from this task, one task switch fewer each way
-            # than handing it to a sender task (a lone client's latency is those switches).
+        # A crowd: the last answer released several callers at once. They come back one by
+        # one over a few hundred microseconds; sent at once, the first of them would take the
+        # free slot alone and the rest would wait a whole round trip behind it (32
+        # connections: batches of 2 and 28 in turn). So while a call is out, a crowd's free
+        # slot is held a moment to fill; callers that come one at a time never wait.
+        at_once = self._calls_in_flight == 0 or not self._crowded
+        if len(self._pending) == 1 and at_once and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
+            # Alone: send it from this task, one task switch fewer each way than handing it
+            # to a sender task (a lone client's latency is those switches).
             await self._send(self._take_batch())
-        elif self._calls_in_flight == 0 or len(self._pending) >= MAX_BATCH:
+        elif at_once or len(self._pending) >= MAX_BATCH:
             self._send_pending()
         elif self._hold is None and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
-            # A call is out and a slot is free: hold the slot a moment. The clients that the
-            # last answer released come back one by one over a few hundred microseconds;
-            # sent at once, the first of them would take the slot alone and the rest would
-            # wait for a whole round trip (32 connections: batches of 2 and 28 in turn).
             self._hold = asyncio.get_running_loop().call_later(HOLD_S, self._send_pending)
         return codec.decode_outcome(await future).reply
 
@@ -157,6 +160,7 @@ class RemoteQueue:
                     future.set_exception(exc)
         finally:
             self._calls_in_flight -= 1
+            self._crowded = len(batch) > 1
             self._send_pending()
 
     async def _call_with_retries(

@@ -461,9 +461,10 @@ def test_remote_queue_goes_on_over_a_new_stream_when_the_leader_is_killed(
 def test_remote_queue_sends_what_queues_behind_a_call_in_one_batch_not_one_alone_first(
     cluster: ProcessCluster,
 ) -> None:
-    """With one call out, the next ones wait a moment for company: ten puts made together
-    behind a first one travel in one call, so the eleven take two log entries, not three
-    (sent at once, the first of the ten would go alone and the other nine after it)."""
+    """After an answer to a crowd, with one call out, the next ones wait a moment for
+    company: ten puts made together behind a first one travel in one call, so the eleven take
+    two log entries, not three (sent at once, the first of the ten would go alone and the
+    other nine after it)."""
 
     async def scenario() -> None:
         from api.client import RemoteQueue
@@ -471,7 +472,10 @@ def test_remote_queue_sends_what_queues_behind_a_call_in_one_batch_not_one_alone
         leader = await cluster.wait_for_leader()
         queue = RemoteQueue([leader.grpc_addr], cluster.tls_dir, "admin")
         try:
-            await queue.apply(c.Put("held", 1, 0, 60_000, b"warm"))  # the stream is open
+            # A crowd of puts: the stream is open, and the last answer went to several.
+            await asyncio.gather(
+                *(queue.apply(c.Put("held", 1, 0, 60_000, b"w")) for _ in range(6))
+            )
             before = await cluster.status(leader)
             first = asyncio.ensure_future(queue.apply(c.Put("held", 1, 0, 60_000, b"0")))
             await asyncio.sleep(0)  # the first call is out
