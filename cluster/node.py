@@ -175,6 +175,8 @@ class RaftNode:
         )
         if new == _LEADER:
             self.leader_changes += 1
+        elif old == _LEADER:
+            self.consumer.forget_decoded()
         self.on_state_change(old, new)
 
     def _compact_if_journal_large(self) -> None:

@@ -44,7 +44,9 @@ REQUEST_WINDOW_MAX = 200_000
 REQUEST_WINDOW_MAX_BYTES = 64 << 20
 WAKEUP_RING_MAX = 100_000  # recent wake-ups kept for streams that resume after a reconnect
 WAKEUP_RING_MAX_BYTES = 32 << 20
-DECODED_MEMO_MAX = 256  # the leader's entries proposed and not yet applied (remember_decoded)
+# The leader's entries proposed and not yet applied (remember_decoded): the proposer keeps at
+# most 8 in flight, and entries are up to 1 MiB, so this bounds the memo at 64 MiB.
+DECODED_MEMO_MAX = 64
 
 # Per-request results of apply_batch: (OK, outcome bytes) or (REFUSED, message).
 OK = 0
@@ -162,10 +164,15 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         """The leader built ``entry`` from ``requests`` (with their commands decoded): its own
         apply of the entry takes them from here instead of decoding it again. A memo of a pure
         function of the entry's bytes, so an entry that never commits (leadership lost) only
-        costs memory, bounded by clearing; the apply then decodes as every follower does."""
+        costs memory: bounded, and dropped when this node stops leading."""
         if len(self._decoded) >= DECODED_MEMO_MAX:
             self._decoded.clear()
         self._decoded[entry] = requests
+
+    def forget_decoded(self) -> None:
+        """This node stopped leading: entries it proposed and that are still to come will be
+        decoded like any other (the memo only saves work, it is never needed)."""
+        self._decoded.clear()
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, entry: bytes, now_ms: int) -> list[tuple[int, bytes]]:

@@ -226,3 +226,5 @@ def test_entries_remembered_but_never_applied_are_forgotten_within_a_bound() -> 
         requests = [envelope.Request(envelope.COMMAND, "", codec.encode_command(put), put)]
         consumer.remember_decoded(envelope.encode_batch(requests), requests)
     assert len(consumer._decoded) <= replicated.DECODED_MEMO_MAX
+    consumer.forget_decoded()  # what a leader stepping down does
+    assert consumer._decoded == {}
