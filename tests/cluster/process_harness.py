@@ -134,16 +134,23 @@ class ProcessCluster:
                 return None
 
     async def wait_for_leader(self, timeout_s: float = STARTUP_S) -> Node:
+        """The leader, once the cluster has settled: it is ready, knows every connected
+        member's gRPC address, and every node that answers names it as the leader. (Right
+        after a start a node may not have reached the leader yet; a request sent to it then
+        is rightly refused with "retry shortly", which a test's single call does not do.)"""
         give_up = time.monotonic() + timeout_s
         while time.monotonic() < give_up:
-            for node in self.running():
-                status = await self.status(node)
-                if status is None or not (status.is_leader and status.ready):
+            statuses = [(node, await self.status(node)) for node in self.running()]
+            answering = [(node, status) for node, status in statuses if status is not None]
+            for node, status in answering:
+                if not (status.is_leader and status.ready):
                     continue
-                if all(m.grpc_addr for m in status.members if m.connected):
+                if not all(m.grpc_addr for m in status.members if m.connected):
+                    continue
+                if all(s.leader_grpc_addr == node.grpc_addr for _, s in answering):
                     return node
             await asyncio.sleep(0.1)
-        raise AssertionError(f"no leader within {timeout_s} s; see logs in {self.root}")
+        raise AssertionError(f"no settled leader within {timeout_s} s; see logs in {self.root}")
 
     async def snapshot(self, node: Node) -> tuple[bytes, int]:
         async with self.channel(node) as channel:
