@@ -24,6 +24,7 @@ def test_a_compaction_writes_its_dump_at_gzip_level_1_and_it_reads_back(tmp_path
             await cluster.wait_for_leader()
             for i in range(30):
                 await cluster.apply(c.Put("dump", 1, 0, 60_000, b"job-%d" % i))
+            await cluster.assert_converged()  # every node has applied job-29
             node = next(iter(cluster.nodes.values()))
             dump = node.config.dump_path
             before = dump.stat().st_mtime_ns if dump.exists() else 0
@@ -36,7 +37,6 @@ def test_a_compaction_writes_its_dump_at_gzip_level_1_and_it_reads_back(tmp_path
             # RFC 1952: XFL 4 = "compressor used fastest algorithm" (level 1); level 9 writes 2.
             assert data[:2] == b"\x1f\x8b" and data[8] == 4
             assert b"job-29" in gzip.decompress(data)
-            await cluster.assert_converged()
         finally:
             await cluster.stop_all()
 
