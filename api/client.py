@@ -31,6 +31,7 @@ import grpc
 import structlog
 
 from api import jsm_pb2, jsm_pb2_grpc
+from cluster.errors import LEADER_HINT_KEY
 from cluster.queue import QueueUnavailable, WakeupHandler
 from statemachine import codec
 from statemachine.commands import Command
@@ -38,7 +39,6 @@ from statemachine.replies import Reply
 
 log = structlog.get_logger(__name__)
 
-LEADER_HINT_KEY = "leader-grpc-addr"
 # Per call: a little over a node's own limits (4 s to commit, 4.5 s to forward), so a hung
 # node (paused, partitioned) costs one short wait before the next node is tried.
 CALL_TIMEOUT_S = 5.0

@@ -88,17 +88,18 @@ class QueueService:
                 envelope.Request(envelope.COMMAND, item.request_id, item.command, decoded)
             )
         if valid:
-            applied = await self._apply_valid(requests)
+            applied = await self._apply_valid([batch[i] for i in valid], requests)
             for i, result in zip(valid, applied, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
-    async def _apply_valid(self, requests: list[envelope.Request]) -> list[jsm_pb2.ApplyResult]:
+    async def _apply_valid(
+        self, batch: list[jsm_pb2.ApplyRequest], requests: list[envelope.Request]
+    ) -> list[jsm_pb2.ApplyResult]:
+        """``batch`` as received and as ``requests`` (decoded): forwarded as it came, or
+        proposed with the commands already decoded."""
         leader_grpc = await self._route()
         if leader_grpc:
-            batch = [
-                jsm_pb2.ApplyRequest(command=r.payload, request_id=r.request_id) for r in requests
-            ]
             reply = await self._forward(leader_grpc, jsm_pb2.ApplyRequest(batch=batch))
             return list(reply.results)
         results = []

@@ -50,8 +50,7 @@ class WakeupHub:
         # A snapshot install replaces the ring object, hence the identity check.
         if notified is not None and notified[0] is ring and notified[1] == ring.last_seq:
             return
-        seen = (ring, ring.last_seq)
-        self._notified = seen
+        self._notified = (ring, ring.last_seq)
         self._loop.call_soon_threadsafe(self._event.set)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import time
 import types
 from pathlib import Path
 
+import pytest
 from cluster_harness import InProcessCluster
 
 from cluster import compaction
@@ -63,13 +64,11 @@ def test_the_compaction_child_is_lowered_to_the_lowest_priority_once() -> None:
         child.wait()
 
 
-def test_install_refuses_a_pysyncobj_whose_serializer_no_longer_uses_gzip(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_install_refuses_a_pysyncobj_whose_serializer_no_longer_uses_gzip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pysyncobj import serializer as serializer_module
 
     monkeypatch.setattr(serializer_module, "gzip", object())
-    try:
+    with pytest.raises(RuntimeError, match=r"review cluster/compaction\.py"):
         compaction.install()
-    except RuntimeError as exc:
-        assert "review cluster/compaction.py" in str(exc)
-    else:
-        raise AssertionError("install patched an unknown serializer")
