@@ -103,6 +103,14 @@ def standalone() -> Iterator[int]:
 
 @contextmanager
 def cluster() -> Iterator[int]:
+    with cluster_processes() as (port, _, _):
+        yield port
+
+
+@contextmanager
+def cluster_processes() -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """A proxy in front of three nodes: its port, the nodes' gRPC addresses, and every
+    process's pid by name (``proxy``, ``n1``..``n3``) for benchmarks that weigh them."""
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     raft = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
     grpc = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
@@ -121,7 +129,8 @@ def cluster() -> Iterator[int]:
     try:
         port, proxy = _proxy(["--cluster", ",".join(grpc), "--insecure"])
         processes.insert(0, proxy)
-        yield port
+        pids = {"proxy": proxy.pid} | {f"n{i + 1}": node.pid for i, node in enumerate(nodes)}
+        yield port, grpc, pids
     finally:
         _stop(processes)
         shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""Where a put's cost goes on the way through the proxy and a 3-node cluster.
+
+    .venv/bin/python -m bench.proxy_cost [--puts 16000] [--connections 32] [--rounds 3]
+
+Issue 4's target is a put rate, and a rate alone does not say what to work on next. This
+starts ``beanstalkd -b DIR -f0`` and then a proxy in front of three nodes (both as in
+bench/proxy_bench.py), puts with greenstalk on ``--connections`` threads, and prints for each
+round: puts/s, Raft log entries and puts per entry (from the leader's commit index), and the
+CPU time per put of every process (user + system, from /proc), the load generator included.
+On 2 cores, 1,000,000 us of CPU a second is the whole machine: at N puts/s the five processes
+can spend at most 2,000,000 / N us per put between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+
+import grpc
+
+from api import cluster_pb2_grpc, empty_pb2
+from bench.proxy_bench import _parallel, _puts, beanstalkd, cluster_processes
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # the name, in parentheses, may hold spaces
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _status(addr: str) -> tuple[bool, int]:
+    """(is this node the leader, its commit index)."""
+    with grpc.insecure_channel(addr) as channel:
+        status = cluster_pb2_grpc.ClusterStub(channel).Status(empty_pb2.Empty(), timeout=5)
+    return status.is_leader, status.commit_index
+
+
+def _commit_index(addrs: list[str]) -> int:
+    return max(_status(addr)[1] for addr in addrs)
+
+
+def _roles(addrs: list[str], pids: dict[str, int]) -> dict[str, int]:
+    """Pids by role: proxy, leader, follower 1, follower 2."""
+    leading = [_status(addr)[0] for addr in addrs]
+    nodes = [pids[f"n{i + 1}"] for i in range(len(addrs))]
+    roles = {"proxy": pids["proxy"], "leader": nodes[leading.index(True)]}
+    followers = [pid for pid, leads in zip(nodes, leading, strict=True) if not leads]
+    roles |= {f"follower {n + 1}": pid for n, pid in enumerate(followers)}
+    return roles
+
+
+def _round(
+    port: int, connections: int, puts: int, pids: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """One measured run: (puts/s, CPU us per put by process name, "client" included)."""
+    before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    client_before = _own_cpu_s()
+    rate = _parallel(port, connections, puts, _puts)
+    done = puts // connections * connections
+    cost = {name: (_cpu_s(pid) - before[name]) / done * 1e6 for name, pid in pids.items()}
+    cost["client"] = (_own_cpu_s() - client_before) / done * 1e6
+    return rate, cost
+
+
+def _print(label: str, rate: float, cost: dict[str, float], extra: str = "") -> None:
+    total = sum(cost.values())
+    parts = ", ".join(f"{name} {us:.0f}" for name, us in cost.items())
+    print(
+        f"{label}: {rate:7,.0f} puts/s{extra}; CPU per put (us): {parts}; total {total:.0f} "
+        f"= {total * rate / 1e6:.2f} cores",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--puts", type=int, default=16000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
+    )
+    with beanstalkd("-b", "DIR", "-f0") as port:
+        # beanstalkd() does not hand out its pid: find it by its port on the command line.
+        pid = _pid_listening(port)
+        _parallel(port, args.connections, args.puts // 4, _puts)  # warm up
+        for n in range(args.rounds):
+            rate, cost = _round(port, args.connections, args.puts, {"beanstalkd": pid})
+            _print(f"beanstalkd -b -f0, round {n + 1}", rate, cost)
+    with cluster_processes() as (port, addrs, pids):
+        _parallel(port, args.connections, args.puts // 4, _puts)  # warm up; a leader is settled
+        roles = _roles(addrs, pids)
+        for n in range(args.rounds):
+            first = _commit_index(addrs)
+            rate, cost = _round(port, args.connections, args.puts, roles)
+            entries = max(1, _commit_index(addrs) - first)
+            extra = f", {entries} log entries, {args.puts / entries:.1f} puts per entry"
+            _print(f"proxy + 3-node cluster, round {n + 1}", rate, cost, extra)
+    return 0
+
+
+def _pid_listening(port: int) -> int:
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"beanstalkd") and str(port).encode() in argv:
+            return int(name)
+    raise RuntimeError(f"no beanstalkd process found for port {port}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
