@@ -1,12 +1,14 @@
 """Where a put's cost goes on the way through the proxy and a 3-node cluster.
 
     .venv/bin/python -m bench.proxy_cost [--puts 16000] [--connections 32] [--rounds 3]
+                                         [--workload put|cycle]
 
 Issue 4's target is a put rate, and a rate alone does not say what to work on next. This
 starts ``beanstalkd -b DIR -f0`` and then a proxy in front of three nodes (both as in
 bench/proxy_bench.py), puts with greenstalk on ``--connections`` threads, and prints for each
 round: puts/s, Raft log entries and puts per entry (from the leader's commit index), and the
 CPU time per put of every process (user + system, from /proc), the load generator included.
+``--workload cycle`` does put-reserve-delete cycles instead, and counts per cycle.
 On 2 cores, 1,000,000 us of CPU a second is the whole machine: at N puts/s the five processes
 can spend at most 2,000,000 / N us per put between them.
 """
@@ -21,7 +23,7 @@ import resource
 import grpc
 
 from api import cluster_pb2_grpc, empty_pb2
-from bench.proxy_bench import _parallel, _puts, beanstalkd, cluster_processes
+from bench.proxy_bench import _cycles, _parallel, _puts, beanstalkd, cluster_processes
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -59,32 +61,39 @@ def _roles(addrs: list[str], pids: dict[str, int]) -> dict[str, int]:
     return roles
 
 
+WORKLOADS = {"put": _puts, "cycle": _cycles}
+
+
 def _round(
-    port: int, connections: int, puts: int, pids: dict[str, int]
+    port: int, connections: int, count: int, pids: dict[str, int], workload: str = "put"
 ) -> tuple[float, dict[str, float]]:
-    """One measured run: (puts/s, CPU us per put by process name, "client" included)."""
+    """One measured run: (puts or cycles a second, CPU us per put or cycle by process name,
+    "client" included)."""
     before = {name: _cpu_s(pid) for name, pid in pids.items()}
     client_before = _own_cpu_s()
-    rate = _parallel(port, connections, puts, _puts)
-    done = puts // connections * connections
+    rate = _parallel(port, connections, count, WORKLOADS[workload])
+    done = count // connections * connections
     cost = {name: (_cpu_s(pid) - before[name]) / done * 1e6 for name, pid in pids.items()}
     cost["client"] = (_own_cpu_s() - client_before) / done * 1e6
     return rate, cost
 
 
-def _print(label: str, rate: float, cost: dict[str, float], extra: str = "") -> None:
+def _print(
+    label: str, rate: float, cost: dict[str, float], extra: str = "", unit: str = "put"
+) -> None:
     total = sum(cost.values())
     parts = ", ".join(f"{name} {us:.0f}" for name, us in cost.items())
     print(
-        f"{label}: {rate:7,.0f} puts/s{extra}; CPU per put (us): {parts}; total {total:.0f} "
-        f"= {total * rate / 1e6:.2f} cores",
+        f"{label}: {rate:7,.0f} {unit}s/s{extra}; CPU per {unit} (us): {parts}; "
+        f"total {total:.0f} = {total * rate / 1e6:.2f} cores",
         flush=True,
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--puts", type=int, default=16000)
+    parser.add_argument("--puts", type=int, default=16000, help="puts or cycles per round")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="put")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -97,17 +106,19 @@ def main() -> int:
         pid = _pid_listening(port)
         _parallel(port, args.connections, args.puts // 4, _puts)  # warm up
         for n in range(args.rounds):
-            rate, cost = _round(port, args.connections, args.puts, {"beanstalkd": pid})
-            _print(f"beanstalkd -b -f0, round {n + 1}", rate, cost)
+            pids = {"beanstalkd": pid}
+            rate, cost = _round(port, args.connections, args.puts, pids, args.workload)
+            _print(f"beanstalkd -b -f0, round {n + 1}", rate, cost, unit=args.workload)
     with cluster_processes() as (port, addrs, pids):
         _parallel(port, args.connections, args.puts // 4, _puts)  # warm up; a leader is settled
         roles = _roles(addrs, pids)
         for n in range(args.rounds):
             first = _commit_index(addrs)
-            rate, cost = _round(port, args.connections, args.puts, roles)
+            rate, cost = _round(port, args.connections, args.puts, roles, args.workload)
             entries = max(1, _commit_index(addrs) - first)
-            extra = f", {entries} log entries, {args.puts / entries:.1f} puts per entry"
-            _print(f"proxy + 3-node cluster, round {n + 1}", rate, cost, extra)
+            commands = args.puts * (3 if args.workload == "cycle" else 1)
+            extra = f", {entries} log entries, {commands / entries:.1f} commands per entry"
+            _print(f"proxy + 3-node cluster, round {n + 1}", rate, cost, extra, args.workload)
     return 0
 
 

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from statemachine.commands import Command
 from statemachine.replies import Outcome, Reply, Wakeup
 
 FORMAT_VERSION: Final = 1
+_VERSION: Final = bytes([FORMAT_VERSION])
 
 # Append-only: (tag, class). Commands 1-63, replies 64-119, envelopes 120+.
 _TABLE: Final[tuple[tuple[int, type[Any]], ...]] = (
@@ -67,15 +69,12 @@ class CodecError(ValueError):
 
 def encode_command(command: Command) -> bytes:
     """Encode one command of ``statemachine.commands``."""
-    if type(command) is c.Put:
-        fast = _encode_put(command)
-        if fast is not None:
-            return fast
-    return _encode_top(command)
+    fast = _encode_flat_top(command)
+    return fast if fast is not None else _encode_top(command)
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
-    fast = _encode_inserted(outcome)
+    fast = _encode_outcome_flat(outcome)
     return fast if fast is not None else _encode_top(outcome)
 
 
@@ -150,10 +149,10 @@ def _write_varint(number: int, out: bytearray) -> None:
 
 def decode_command(data: bytes) -> Command:
     """Decode and validate a command; raise CodecError when ``data`` is not one."""
-    if data[:4] == _PUT_HEAD and type(data) is bytes:  # the body is sliced out as bytes
-        put = _decode_put(data)
-        if put is not None:
-            return put
+    if type(data) is bytes and data[:1] == _VERSION:  # bytes: fields are sliced out of it
+        flat = _decode_flat(data, 1, _FLAT_COMMANDS)
+        if flat is not None and flat[1] == len(data):
+            return typing.cast(Command, flat[0])
     value = _decode_top(data)
     if not isinstance(value, _COMMAND_CLASSES):
         raise CodecError(f"expected a command, got a {type(value).__name__}")
@@ -161,10 +160,10 @@ def decode_command(data: bytes) -> Command:
 
 
 def decode_outcome(data: bytes) -> Outcome:
-    if data[:8] == _INSERTED_HEAD:
-        inserted = _decode_inserted(data)
-        if inserted is not None:
-            return inserted
+    if type(data) is bytes and data[:4] == _OUTCOME_HEAD:
+        flat = _decode_flat(data, 4, _FLAT_REPLIES)
+        if flat is not None and data[flat[1] :] == _NO_WAKEUPS:
+            return Outcome(typing.cast(Reply, flat[0]))
     value = _decode_top(data)
     if not isinstance(value, Outcome):
         raise CodecError(f"expected an Outcome, got a {type(value).__name__}")
@@ -322,116 +321,162 @@ def _checker(hint: Any) -> _Check:
     return lambda value: False
 
 
-# --- The put's own path --------------------------------------------------------------------
+# --- Flat values' own path ----------------------------------------------------------------
 #
 # A put crosses this codec seven times on its way through the cluster: the proxy encodes it
 # and decodes its outcome; the leader decodes it at the edge and encodes its outcome; each
-# follower decodes it and encodes the outcome. About a seventh of a put's CPU over the five
-# processes went here (docs/benchmarks.md). For the two shapes that carry nearly all of that
-# traffic, a Put and an Outcome that is an Inserted without wake-ups, the functions below
-# write and read the very bytes of the generic code above, unrolled: about half the time.
-# They recognise only well-formed values of exactly those shapes. Anything else, malformed
-# or merely unusual, goes to the generic code, which decides and says why: so they return
-# only what it would return (tests/cluster/test_codec.py checks this).
+# follower decodes it and encodes the outcome. That was about a seventh of a put's CPU over
+# the five processes (docs/benchmarks.md). Nearly all of that traffic is flat: a class whose
+# fields are ints, strs, bytes, bools or optional ints (Put, Reserve, Delete; Inserted,
+# Reserved, Deleted), alone or as the reply of an Outcome without wake-ups. For those, the
+# functions below write and read the very bytes of the generic code above with one loop over
+# the fields' kinds, known per class, instead of a dispatch and a type check per field: about
+# half the time. They take only well-formed values of exactly those shapes. Anything else,
+# malformed or merely unusual, goes to the generic code, which decides and says why; so they
+# return only what it would return (tests/cluster/test_codec.py checks this).
 
-_PUT_FIELDS: Final = len(dataclasses.fields(c.Put))
-_PUT_HEAD: Final = bytes([FORMAT_VERSION, _OBJECT, _TAG_BY_CLASS[c.Put], _PUT_FIELDS])
-_INSERTED_HEAD: Final = bytes(
+# A field's kind is the tag its value is written with, or (negative, so that no byte read
+# equals it) one of the two that take either of two tags.
+_K_INT, _K_STR, _K_BYTES, _K_BOOL, _K_INT_OR_NONE = _INT, _STR, _BYTES, -1, -2
+_KIND_BY_HINT: Final[dict[Any, int]] = {
+    int: _K_INT,
+    str: _K_STR,
+    bytes: _K_BYTES,
+    bool: _K_BOOL,
+    int | None: _K_INT_OR_NONE,
+}
+_OUTCOME_HEAD: Final = bytes(
     [FORMAT_VERSION, _OBJECT, _TAG_BY_CLASS[Outcome], len(dataclasses.fields(Outcome))]
-) + bytes([_OBJECT, _TAG_BY_CLASS[r.Inserted], len(dataclasses.fields(r.Inserted)), _INT])
+)
 _NO_WAKEUPS: Final = bytes([_TUPLE, 0])
+_Flat = tuple[bytes, tuple[int, ...], Callable[[Any], tuple[Any, ...]]]
+_FLAT_CACHE: dict[type[Any], _Flat | None] = {}
 
 
-def _encode_put(put: c.Put) -> bytes | None:
-    """The generic encoding of ``put``, or None when a field is not of its plain type."""
-    tube, body, client_id, request_id = put.tube, put.body, put.client_id, put.request_id
-    if not (type(tube) is type(client_id) is type(request_id) is str and type(body) is bytes):
+def _flat(cls: type[Any]) -> _Flat | None:
+    """For a flat class with a one-byte tag: its object header (tag, class tag, field count),
+    its fields' kinds, and a getter of its field values in order. None for any other class."""
+    if cls in _FLAT_CACHE:
+        return _FLAT_CACHE[cls]
+    tag = _TAG_BY_CLASS.get(cls)
+    flat: _Flat | None = None
+    if tag is not None and tag < 0x80:
+        hints = _hints(cls)
+        found = [_KIND_BY_HINT.get(hint) for _, hint, _ in hints]
+        kinds = tuple(kind for kind in found if kind is not None)
+        if len(kinds) == len(found):
+            names = [name for name, _, _ in hints]
+            getter = operator.attrgetter(*names) if len(names) > 1 else None
+            flat = (
+                bytes([_OBJECT, tag, len(kinds)]),
+                kinds,
+                getter if getter is not None else _single_or_no_field(names),
+            )
+    _FLAT_CACHE[cls] = flat
+    return flat
+
+
+def _single_or_no_field(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    # attrgetter of one name returns the value itself, not a 1-tuple
+    if not names:
+        return lambda value: ()
+    name = names[0]
+    return lambda value: (getattr(value, name),)
+
+
+_FLAT_COMMANDS: Final = {
+    tag: cls for tag, cls in _TABLE if cls in _COMMAND_CLASSES and _flat(cls) is not None
+}
+_FLAT_REPLIES: Final = {
+    tag: cls for tag, cls in _TABLE if cls in _REPLY_CLASSES and _flat(cls) is not None
+}
+
+
+def _encode_flat_top(value: object, head: bytes = _VERSION, tail: bytes = b"") -> bytes | None:
+    cls = type(value)
+    flat = _FLAT_CACHE[cls] if cls in _FLAT_CACHE else _flat(cls)
+    if flat is None:
         return None
-    out = bytearray(_PUT_HEAD)
-    _encode_blob(_STR, tube.encode("utf-8"), out)
-    for number in (put.priority, put.delay_ms, put.ttr_ms):
-        if type(number) is not int or not _INT_MIN <= number <= _INT_MAX:
-            return None
-        out.append(_INT)
-        _write_varint(number << 1 if number >= 0 else (-number << 1) - 1, out)
-    _encode_blob(_BYTES, body, out)
-    _encode_blob(_STR, client_id.encode("utf-8"), out)
-    _encode_blob(_STR, request_id.encode("utf-8"), out)
+    prefix, kinds, fields = flat
+    out = bytearray(head)
+    out += prefix
+    for kind, item in zip(kinds, fields(value), strict=True):
+        item_type = type(item)
+        if item_type is str and kind == _K_STR:
+            _encode_blob(_STR, item.encode("utf-8"), out)
+        elif item_type is int and kind in (_K_INT, _K_INT_OR_NONE):
+            if not _INT_MIN <= item <= _INT_MAX:
+                return None
+            out.append(_INT)
+            _write_varint(item << 1 if item >= 0 else (-item << 1) - 1, out)
+        elif item_type is bytes and kind == _K_BYTES:
+            _encode_blob(_BYTES, item, out)
+        elif item_type is bool and kind == _K_BOOL:
+            out.append(_TRUE if item else _FALSE)
+        elif item is None and kind == _K_INT_OR_NONE:
+            out.append(_NONE)
+        else:
+            return None  # a field that is not its plain type: the generic code decides
+    out += tail
     return bytes(out)
 
 
-def _decode_put(data: bytes) -> c.Put | None:
-    """The Put that ``data`` (starting with _PUT_HEAD) encodes, or None to leave it to the
-    generic reader."""
+def _encode_outcome_flat(outcome: Outcome) -> bytes | None:
+    wakeups = outcome.wakeups
+    if type(outcome) is not Outcome or type(wakeups) is not tuple or wakeups:
+        return None
+    return _encode_flat_top(outcome.reply, _OUTCOME_HEAD, _NO_WAKEUPS)
+
+
+def _decode_flat(data: bytes, pos: int, classes: dict[int, type[Any]]) -> tuple[object, int] | None:
+    """The value of one of ``classes`` whose object tag is at ``pos`` and the position after
+    it, or None to leave it to the generic reader."""
     try:
-        tube, pos = _fast_blob(data, len(_PUT_HEAD), _STR)
-        priority, pos = _fast_int(data, pos)
-        delay_ms, pos = _fast_int(data, pos)
-        ttr_ms, pos = _fast_int(data, pos)
-        body, pos = _fast_blob(data, pos, _BYTES)
-        client_id, pos = _fast_blob(data, pos, _STR)
-        request_id, pos = _fast_blob(data, pos, _STR)
-        if pos != len(data):
+        if data[pos] != _OBJECT:
             return None
-        return c.Put(
-            tube.decode("utf-8"),
-            priority,
-            delay_ms,
-            ttr_ms,
-            body,
-            client_id.decode("utf-8"),
-            request_id.decode("utf-8"),
-        )
+        cls = classes.get(data[pos + 1])
+        if cls is None:
+            return None
+        kinds = _FLAT_CACHE[cls][1]  # type: ignore[index]  # every class here is flat
+        if data[pos + 2] != len(kinds):  # an older, shorter encoding: the generic reader
+            return None
+        values, pos = _read_fields(data, pos + 3, kinds)
+        return cls(*values), pos
     except (IndexError, ValueError):  # truncated, not the shape, not UTF-8: CodecError is one
         return None
 
 
-def _encode_inserted(outcome: Outcome) -> bytes | None:
-    reply, wakeups = outcome.reply, outcome.wakeups
-    if type(reply) is not r.Inserted or type(wakeups) is not tuple or wakeups:
-        return None
-    job_id = reply.job_id
-    if type(job_id) is not int or not 0 <= job_id <= _INT_MAX:
-        return None
-    out = bytearray(_INSERTED_HEAD)
-    _write_varint(job_id << 1, out)
-    out += _NO_WAKEUPS
-    return bytes(out)
-
-
-def _decode_inserted(data: bytes) -> Outcome | None:
-    try:
-        job_id, pos = _fast_int(data, len(_INSERTED_HEAD) - 1)
-    except (IndexError, ValueError):
-        return None
-    if data[pos:] != _NO_WAKEUPS:
-        return None
-    return Outcome(r.Inserted(job_id))
-
-
-def _fast_int(data: bytes, pos: int) -> tuple[int, int]:
-    if data[pos] != _INT:
-        raise CodecError("not an integer")
-    raw = data[pos + 1]
-    if raw >= 0x80:
-        raw, end = _read_varint(data, pos + 1)
-    else:
-        end = pos + 2
-    value = (raw >> 1) ^ -(raw & 1)
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise CodecError("integer out of range")
-    return value, end
-
-
-def _fast_blob(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
-    if data[pos] != tag:
-        raise CodecError("not the expected tag")
-    size = data[pos + 1]
-    if size >= 0x80:
-        size, start = _read_varint(data, pos + 1)
-    else:
-        start = pos + 2
-    stop = start + size
-    if stop > len(data):
-        raise CodecError("truncated encoding")
-    return data[start:stop], stop
+def _read_fields(data: bytes, pos: int, kinds: tuple[int, ...]) -> tuple[list[object], int]:
+    values: list[object] = []
+    for kind in kinds:
+        tag = data[pos]
+        if tag == kind or (tag == _INT and kind == _K_INT_OR_NONE):
+            if tag == _INT:
+                raw = data[pos + 1]
+                if raw >= 0x80:
+                    raw, pos = _read_varint(data, pos + 1)
+                else:
+                    pos += 2
+                value = (raw >> 1) ^ -(raw & 1)
+                if not _INT_MIN <= value <= _INT_MAX:
+                    raise CodecError("integer out of range")
+                values.append(value)
+                continue
+            size = data[pos + 1]  # a str or bytes
+            if size >= 0x80:
+                size, start = _read_varint(data, pos + 1)
+            else:
+                start = pos + 2
+            pos = start + size
+            if pos > len(data):
+                raise CodecError("truncated encoding")
+            values.append(data[start:pos].decode("utf-8") if tag == _STR else data[start:pos])
+        elif kind == _K_BOOL and tag in (_TRUE, _FALSE):
+            values.append(tag == _TRUE)
+            pos += 1
+        elif kind == _K_INT_OR_NONE and tag == _NONE:
+            values.append(None)
+            pos += 1
+        else:
+            raise CodecError("not the field's plain kind")
+    return values, pos

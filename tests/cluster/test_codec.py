@@ -139,9 +139,37 @@ def test_damaged_bytes_decode_to_a_valid_command_or_a_codec_error_never_anything
     assert codec.decode_command(codec.encode_command(decoded)) == decoded
 
 
-# --- The put's own path: the same bytes and values as the generic code ----------------------
+# --- Flat values' own path: the same bytes and values as the generic code -------------------
 
 anything = st.one_of(ints, st.booleans(), texts, st.binary(max_size=8), st.none())
+_FLAT_CLASSES = sorted(
+    {*codec._FLAT_COMMANDS.values(), *codec._FLAT_REPLIES.values()}, key=lambda cls: cls.__name__
+)
+_PLAIN = {
+    codec._K_INT: ints,
+    codec._K_STR: texts,
+    codec._K_BYTES: st.binary(max_size=300),
+    codec._K_BOOL: st.booleans(),
+    codec._K_INT_OR_NONE: st.none() | ints,
+}
+
+
+@st.composite
+def _flat_values(draw: st.DrawFn, plain: bool = True) -> object:
+    """An instance of a flat class, its fields of their plain kinds or (``plain=False``) of
+    any kind at all, as a caller that ignores the type hints might build it."""
+    cls = draw(st.sampled_from(_FLAT_CLASSES))
+    kinds = codec._flat(cls)[1]  # type: ignore[index]
+    return cls(*(draw(_PLAIN[kind] if plain else anything) for kind in kinds))
+
+
+def _as_sent(value: object) -> tuple[object, bytes | str]:
+    """(what the cluster sends: a command, or a reply in an Outcome; its generic encoding)."""
+    sent = value if type(value) in codec._FLAT_COMMANDS.values() else r.Outcome(value)  # type: ignore[arg-type]
+    try:
+        return sent, codec._encode_top(sent)
+    except codec.CodecError as exc:
+        return sent, str(exc)
 
 
 def _result(function: object, value: object) -> tuple[str, object]:
@@ -151,20 +179,23 @@ def _result(function: object, value: object) -> tuple[str, object]:
         return ("refused", str(exc))
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.builds(c.Put, texts, ints, ints, ints, st.binary(max_size=300), texts, texts)
-    | st.builds(c.Put, anything, anything, anything, anything, anything, anything, anything)
-)
-def test_a_put_is_encoded_to_the_generic_bytes_whatever_its_fields_hold(put: c.Put) -> None:
-    assert _result(codec.encode_command, put) == _result(codec._encode_top, put)
+def test_the_flat_classes_are_the_commands_and_replies_of_the_busy_paths() -> None:
+    names = {cls.__name__ for cls in _FLAT_CLASSES}
+    assert {"Put", "Reserve", "Delete", "Release", "Touch", "Use", "Watch"} <= names
+    assert {"Inserted", "Reserved", "Deleted", "Waiting", "TimedOut", "NotFound"} <= names
+    assert not {"CheckClients", "TubeList", "Wakeup", "Outcome"} & names  # tuples, unions
 
 
-@settings(max_examples=300, deadline=None)
-@given(anything | st.integers(min_value=2**64, max_value=2**70))
-def test_an_inserted_outcome_is_encoded_to_the_generic_bytes(job_id: object) -> None:
-    outcome = r.Outcome(r.Inserted(job_id))  # type: ignore[arg-type]
-    assert _result(codec.encode_outcome, outcome) == _result(codec._encode_top, outcome)
+@settings(max_examples=500, deadline=None)
+@given(_flat_values() | _flat_values(plain=False))
+def test_a_flat_value_is_encoded_to_the_generic_bytes_whatever_its_fields_hold(
+    value: object,
+) -> None:
+    sent, generic = _as_sent(value)
+    encode = codec.encode_command if sent is value else codec.encode_outcome
+    assert _result(encode, sent) == (
+        ("value", generic) if isinstance(generic, bytes) else ("refused", generic)
+    )
 
 
 def _damage(encoded: bytes, data: st.DataObject) -> bytes:
@@ -194,24 +225,19 @@ def _agrees_with_the_generic_reader(decode: object, data: bytes) -> None:
         assert (kind, value) == (generic_kind, generic_value)
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.builds(c.Put, texts, ints, ints, ints, st.binary(max_size=300), texts, texts), st.data())
-def test_a_put_is_decoded_like_the_generic_reader_even_when_damaged(
-    put: c.Put, data: st.DataObject
+@settings(max_examples=1000, deadline=None)
+@given(_flat_values(), st.data())
+def test_a_flat_value_is_decoded_like_the_generic_reader_even_when_damaged(
+    value: object, data: st.DataObject
 ) -> None:
-    _agrees_with_the_generic_reader(codec.decode_command, _damage(codec.encode_command(put), data))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=2**64 - 1), st.data())
-def test_an_inserted_outcome_is_decoded_like_the_generic_reader_even_when_damaged(
-    job_id: int, data: st.DataObject
-) -> None:
-    encoded = codec.encode_outcome(r.Outcome(r.Inserted(job_id)))
-    _agrees_with_the_generic_reader(codec.decode_outcome, _damage(encoded, data))
+    _, generic = _as_sent(value)
+    assert isinstance(generic, bytes)
+    for decode in (codec.decode_command, codec.decode_outcome):
+        _agrees_with_the_generic_reader(decode, _damage(generic, data))
 
 
 _PUT = codec.encode_command(c.Put("t", 1, 0, 1000, b"b", "c", "r"))
+_RESERVE = codec.encode_command(c.Reserve("c", None, "r", False))
 _INSERTED = codec.encode_outcome(r.Outcome(r.Inserted(5)))
 
 
@@ -225,6 +251,11 @@ _INSERTED = codec.encode_outcome(r.Outcome(r.Inserted(5)))
         (codec.decode_command, _PUT.replace(b"s\x01t", b"s\x81\x00t"), "shortest form"),
         (codec.decode_command, _PUT.replace(b"i\x02", b"i" + b"\x80" * 9 + b"\x04"), "64 bits"),
         (codec.decode_command, _PUT.replace(b"i\x02", b"T"), r"Put\.priority"),
+        (codec.decode_command, _RESERVE[:-1] + b"\x00", "unknown value tag 0"),
+        (codec.decode_command, _RESERVE[:-1] + b"\x00\x00", "unknown value tag 0"),
+        (codec.decode_command, _PUT.replace(b"i\x02", b"N"), r"Put\.priority"),
+        (codec.decode_command, _RESERVE.replace(b"N", b"T"), r"Reserve\.timeout_ms"),
+        (codec.decode_command, _INSERTED, "expected a command"),
         (codec.decode_outcome, _INSERTED + b"\x00", "trailing bytes"),
         (codec.decode_outcome, _INSERTED[:-1], "truncated"),
         (
@@ -232,32 +263,43 @@ _INSERTED = codec.encode_outcome(r.Outcome(r.Inserted(5)))
             _INSERTED.replace(b"i\x0a", b"i" + b"\x80" * 9 + b"\x04"),
             "64 bits",
         ),
+        (codec.decode_outcome, _INSERTED.replace(b"\x41", b"\x16"), r"Outcome\.reply"),
     ],
 )
-def test_a_malformed_put_or_inserted_outcome_is_refused_with_the_generic_reason(
+def test_a_malformed_flat_value_is_refused_with_the_generic_reason(
     decode: object, data: bytes, message: str
 ) -> None:
     with pytest.raises(codec.CodecError, match=message):
         decode(data)  # type: ignore[operator]
 
 
-def test_a_put_and_its_inserted_outcome_skip_the_generic_code(
+def test_a_put_reserve_delete_and_their_outcomes_skip_the_generic_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Why the put's own path exists: a put crosses the codec seven times in the cluster.
-    put = c.Put("tube", 2**32 - 1, 0, 120_000, b"\r\n\x00body", "client-1", "client-1-7")
-    outcome = r.Outcome(r.Inserted(2**40))
-    put_bytes, outcome_bytes = codec.encode_command(put), codec.encode_outcome(outcome)
-    peek_bytes = codec.encode_command(c.Peek(1))
+    # Why the flat path exists: a put crosses the codec seven times in the cluster.
+    commands = [
+        c.Put("tube", 2**32 - 1, 0, 120_000, b"\r\n\x00body", "client-1", "client-1-7"),
+        c.Reserve("client-1", None, "client-1-8", False),
+        c.Reserve("client-1", 5_000, "client-1-9", True),
+        c.Delete("client-1", 2**40),
+    ]
+    outcomes = [
+        r.Outcome(r.Inserted(2**40)),
+        r.Outcome(r.Reserved(7, b"body")),
+        r.Outcome(r.Deleted()),
+    ]
+    encoded = [codec.encode_command(command) for command in commands]
+    encoded_outcomes = [codec.encode_outcome(outcome) for outcome in outcomes]
+    peek_bytes = codec.encode_command(c.CheckClients("p", ("a",)))
 
     def generic(*args: object) -> None:
         raise AssertionError("the generic codec ran")
 
     monkeypatch.setattr(codec, "_encode", generic)
     monkeypatch.setattr(codec, "_read", generic)
-    assert codec.encode_command(put) == put_bytes
-    assert codec.encode_outcome(outcome) == outcome_bytes
-    assert codec.decode_command(put_bytes) == put
-    assert codec.decode_outcome(outcome_bytes) == outcome
+    assert [codec.encode_command(command) for command in commands] == encoded
+    assert [codec.decode_command(data) for data in encoded] == commands
+    assert [codec.encode_outcome(outcome) for outcome in outcomes] == encoded_outcomes
+    assert [codec.decode_outcome(data) for data in encoded_outcomes] == outcomes
     with pytest.raises(AssertionError, match="generic"):  # anything else still goes there
         codec.decode_command(peek_bytes)
