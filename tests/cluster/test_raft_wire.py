@@ -74,6 +74,23 @@ def test_messages_go_out_uncompressed_and_compressed_ones_are_still_read() -> No
     assert _Uncompressed.decompress(zlib.compress(message, 3)) == message
 
 
+def test_pysyncobj_pickles_with_protocol_4_and_still_reads_what_protocol_2_wrote() -> None:
+    import pysyncobj.pickle as pysyncobj_pickle
+
+    from cluster import raft_wire
+
+    raft_wire.install()  # what every node does before building its SyncObj
+    entry = b"\x01o" + bytes(range(256)) * 5  # a log entry: our batch of encoded commands
+    message = {"type": "append_entries", "term": 3, "entries": [(entry, 7, 3)]}
+    written = pysyncobj_pickle.dumps(message)
+    assert written[:2] == b"\x80\x04"  # protocol 4: bytes as bytes, not latin-1 text
+    assert len(written) < len(pickle.dumps(message, 2)) * 0.75
+    assert pysyncobj_pickle.loads(written) == message
+    # Journals, dump files and nodes of before wrote protocol 2: still read.
+    assert pysyncobj_pickle.loads(pickle.dumps(message, 2)) == message
+    assert _Uncompressed.decompress(written) == written  # not taken for a zlib stream
+
+
 def test_a_node_with_another_secret_gets_nothing_from_the_cluster(tmp_path: Path) -> None:
     """Real nodes on real sockets: two share the secret and commit; the third, with another
     secret, has every frame refused, so it never learns an entry or a leader."""
