@@ -44,7 +44,46 @@ _NOT_APPLIED = {
 }
 
 Result = tuple[int, bytes, int]  # (replicated.OK | REFUSED, payload, raft index)
-_Pending = tuple[envelope.Request, "asyncio.Future[Result]"]
+
+
+class _Call:
+    """One caller's requests: settled one by one as their entries commit (several entries when
+    it is large), answered through one future once all are. One future per call, not per
+    request: each future's completion costs the loop a callback, and the leader spent 72-76 us
+    of CPU per put this way against 78-82 with a future per request (bench/proxy_cost.py)."""
+
+    __slots__ = ("error", "future", "remaining", "results")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.future: asyncio.Future[list[Result]] = loop.create_future()
+        self.results: list[Result | None] = [None] * size
+        self.remaining = size
+        self.error: BaseException | None = None
+
+    def settle(self, position: int, result: Result | None, error: BaseException | None) -> None:
+        if self.future.done():  # the caller gave up (timeout or cancel)
+            return
+        self.results[position] = result
+        if error is not None and self.error is None:
+            self.error = error
+        self.remaining -= 1
+        if self.remaining == 0:
+            if self.error is not None:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(self.results)  # type: ignore[arg-type]  # all set
+
+    def expire(self, timeout_s: float) -> None:
+        if not self.future.done():
+            self.future.set_exception(
+                Ambiguous(
+                    f"no outcome within {timeout_s:.0f} s (the cluster may have lost its "
+                    "quorum): it may still be applied; retry with the same request id"
+                )
+            )
+
+
+_Pending = tuple[envelope.Request, _Call, int]  # a request, its call, its place in the call
 
 
 class Proposer:
@@ -78,24 +117,19 @@ class Proposer:
         return (await self.submit_many([request]))[0]
 
     async def submit_many(self, requests: list[envelope.Request]) -> list[Result]:
-        """Replicate requests in this order (they may share a log entry)."""
-        futures = [self._loop.create_future() for _ in requests]
-        self._pending.extend(zip(requests, futures, strict=True))
+        """Replicate requests in this order (they may share a log entry). When one fails the
+        call raises the first failure, once every request in it is settled."""
+        if not requests:
+            return []
+        call = _Call(self._loop, len(requests))
+        self._pending.extend((request, call, i) for i, request in enumerate(requests))
         self._schedule_flush()
+        timer = self._loop.call_later(self._timeout_s, call.expire, self._timeout_s)
         try:
-            done, _ = await asyncio.wait(futures, timeout=self._timeout_s)
+            return await call.future
         finally:
-            for future in futures:
-                future.cancel()  # no-op when done; _take_batch skips unsent cancelled ones
-        if len(done) == len(futures):
-            errors = [f.exception() for f in futures if f.exception() is not None]
-            if errors:
-                raise errors[0]  # type: ignore[misc]
-            return [future.result() for future in futures]
-        raise Ambiguous(
-            f"no outcome within {self._timeout_s:.0f} s (the cluster may have lost its "
-            "quorum): it may still be applied; retry with the same request id"
-        )
+            timer.cancel()
+            call.future.cancel()  # no-op when done; _take_batch skips what is still unsent
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -113,14 +147,14 @@ class Proposer:
         batch: list[_Pending] = []
         size = 0
         while self._pending and len(batch) < MAX_BATCH_REQUESTS and size < MAX_BATCH_BYTES:
-            request, future = self._pending.popleft()
-            if not future.done():  # the caller gave up (timeout or cancel): skip it
-                batch.append((request, future))
-                size += len(request.payload)
+            pending = self._pending.popleft()
+            if not pending[1].future.done():  # the caller gave up (timeout or cancel): skip it
+                batch.append(pending)
+                size += len(pending[0].payload)
         return batch
 
     def _send(self, batch: list[_Pending]) -> None:
-        requests = [request for request, _ in batch]
+        requests = [request for request, _, _ in batch]
         entry = envelope.encode_batch(requests)
         self._remember(entry, requests)
         started = time.perf_counter()
@@ -163,14 +197,12 @@ class Proposer:
         self._inflight -= 1
         if error == FAIL_REASON.SUCCESS:
             self._on_commit(time.perf_counter() - started)
-            for (_, future), (status, payload) in zip(batch, result, strict=True):
-                if not future.done():
-                    future.set_result((status, payload, index))
+            for (_, call, position), (status, payload) in zip(batch, result, strict=True):
+                call.settle(position, (status, payload, index), None)
         else:
             failure = self._failure(error, exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
+            for _, call, position in batch:
+                call.settle(position, None, failure)
         if self._pending:
             self._schedule_flush()
 
