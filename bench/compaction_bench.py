@@ -13,13 +13,11 @@ that holds a node up shows in those last two, not in the median.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import greenstalk
 
-from bench.proxy_bench import _parallel, _puts, cluster
+from bench.proxy_bench import _parallel, _puts, cluster, machine
 
 
 def main() -> int:
@@ -27,10 +25,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} cpus, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
-    )
+    print(machine())
     with cluster() as port:
         fill_started = time.perf_counter()
         rate = _parallel(port, 32, args.jobs, _puts)

@@ -137,6 +137,14 @@ def cluster_processes() -> Iterator[tuple[int, list[str], dict[str, int]]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def machine() -> str:
+    """The line every benchmark prints first: figures mean little without it."""
+    return (
+        f"machine: {platform.platform()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
+    )
+
+
 # --- workloads --------------------------------------------------------------------------------
 
 
@@ -243,10 +251,7 @@ def main() -> int:
     ]
     if not args.no_cluster:
         targets.append(("proxy, 3-node cluster", cluster))
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} cpus, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
-    )
+    print(machine())
     results: dict[str, dict[str, float]] = {}
     for name, start in targets:
         with start() as port:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 
 import grpc
 
 from api import cluster_pb2_grpc, empty_pb2
-from bench.proxy_bench import _cycles, _parallel, _puts, beanstalkd, cluster_processes
+from bench.proxy_bench import _cycles, _parallel, _puts, beanstalkd, cluster_processes, machine
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -97,10 +96,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} cpus, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
-    )
+    print(machine())
     with beanstalkd("-b", "DIR", "-f0") as port:
         # beanstalkd() does not hand out its pid: find it by its port on the command line.
         pid = _pid_listening(port)

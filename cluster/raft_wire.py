@@ -104,7 +104,7 @@ class _Uncompressed:
 
 
 def install() -> None:
-    """Use both for every SyncObj this process builds from now on (idempotent)."""
+    """Use all three for every SyncObj this process builds from now on (idempotent)."""
     if (
         not hasattr(tcp_connection, "zlib")
         or not hasattr(syncobj_module, "getEncryptor")

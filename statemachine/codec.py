@@ -367,23 +367,18 @@ def _flat(cls: type[Any]) -> _Flat | None:
         found = [_KIND_BY_HINT.get(hint) for _, hint, _ in hints]
         kinds = tuple(kind for kind in found if kind is not None)
         if len(kinds) == len(found):
-            names = [name for name, _, _ in hints]
-            getter = operator.attrgetter(*names) if len(names) > 1 else None
-            flat = (
-                bytes([_OBJECT, tag, len(kinds)]),
-                kinds,
-                getter if getter is not None else _single_or_no_field(names),
-            )
+            names = tuple(name for name, _, _ in hints)
+            flat = (bytes([_OBJECT, tag, len(kinds)]), kinds, _getter(names))
     _FLAT_CACHE[cls] = flat
     return flat
 
 
-def _single_or_no_field(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    # attrgetter of one name returns the value itself, not a 1-tuple
-    if not names:
-        return lambda value: ()
-    name = names[0]
-    return lambda value: (getattr(value, name),)
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The field values of an object, in order, as a tuple."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)  # one C call
+    return lambda value: tuple(getattr(value, name) for name in names)  # attrgetter of one
+    # name would give the value itself, not a 1-tuple
 
 
 _FLAT_COMMANDS: Final = {
