@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 
-from cluster import compaction, envelope, raft_wire
+from cluster import appends, compaction, envelope, raft_wire
 from cluster.clock import Clock, LeaderTime, SystemClock
 from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
@@ -96,6 +96,7 @@ class RaftNode:
         compaction.install()
         self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
         self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
+        appends.install(self.syncobj)
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
         # The leader syncs its own journal on the syncer thread, from the moment an entry is
         # appended, in parallel with the followers' round trip; the proposer's callback waits
