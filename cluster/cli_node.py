@@ -42,11 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 class _ResendNoise(logging.Filter):
     """pysyncobj logs CRITICAL "truncating already-applied log entries" each time a follower
-    receives entries it already holds: with ``appendEntriesUseBatch=False`` the leader re-sends
-    from the last acknowledged index on every proposal, before acknowledgements arrive. Those
-    entries are committed, so they are the same entries, and under load the line repeats
-    hundreds of times a second. Let one through a minute, counting the rest, so that a real
-    divergence (which pysyncobj reports with the same words) still shows in the log."""
+    receives entries it already holds. Its leader used to re-send pipelined entries on every
+    proposal, and under load the line repeated hundreds of times a second; cluster/appends.py
+    stopped those re-sends, but any other path that repeats entries (a leader's retry after a
+    refusal) would flood the log the same way. Let one through a minute, counting the rest, so
+    that a real divergence (which pysyncobj reports with the same words) still shows."""
 
     def __init__(self) -> None:
         super().__init__()

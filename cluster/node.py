@@ -96,7 +96,7 @@ class RaftNode:
         compaction.install()
         self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
         self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
-        appends.install(self.syncobj)
+        appends.install(self.syncobj, lambda: self.consumer.state.wakeups.last_seq)
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
         # The leader syncs its own journal on the syncer thread, from the moment an entry is
         # appended, in parallel with the followers' round trip; the proposer's callback waits

@@ -1,5 +1,6 @@
 """The leader's append messages (cluster/appends.py): under load each entry goes to a follower
-once and a follower never truncates entries it already holds.
+once and a follower never truncates entries it already holds; the commit index goes out on its
+own only when the applied entries made wake-ups, and then at once.
 
 Three real nodes in one process (cluster_harness.py), with counters wrapped around the
 leader's send and the followers' journal truncation: nothing of ours is faked."""
@@ -7,7 +8,9 @@ leader's send and the followers' journal truncation: nothing of ours is faked.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +97,84 @@ def test_under_load_each_entry_goes_to_each_follower_once_and_nothing_is_truncat
             await cluster.stop_all()
 
     _run(scenario())
+
+
+@contextlib.asynccontextmanager
+async def _heartbeats_off(leader: RaftNode) -> AsyncIterator[None]:
+    """No heartbeats from the leader for a moment, so that every append without entries it
+    sends is commit news. Followers call an election after 0.3 s without a message, and the
+    scenarios inside take a few tens of milliseconds of appends."""
+    conf = leader.syncobj._getConf()
+    period_s = conf.appendEntriesPeriod
+    conf.appendEntriesPeriod = 3600.0
+    await asyncio.sleep(2 * period_s)  # the heartbeat already due goes out
+    try:
+        yield
+    finally:
+        conf.appendEntriesPeriod = period_s
+        leader.syncobj._SyncObj__newAppendEntriesTime = 0.0  # a heartbeat on the next tick
+
+
+def _news_to(appends: list[tuple[str, list[int], int]], follower: RaftNode) -> list[int]:
+    """The commit indices of the appends without entries sent to ``follower``."""
+    return [
+        commit
+        for node, indices, commit in appends
+        if node == follower.config.raft_addr and not indices
+    ]
+
+
+def test_a_put_nobody_waits_for_sends_no_message_with_only_the_commit_index(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        await cluster.start_all()
+        try:
+            leader = await cluster.wait_for_leader()
+            followers = [n for n in cluster.nodes.values() if n is not leader]
+            async with _heartbeats_off(leader):
+                appends = _record_appends(leader)
+                for i in range(10):
+                    await cluster.apply(c.Put("default", 1, 0, 60_000, b"job%d" % i))
+                await asyncio.sleep(0.02)
+            assert len([a for a in appends if a[1]]) == 20  # each entry, to each follower
+            assert [_news_to(appends, f) for f in followers] == [[], []]
+            await cluster.assert_converged()  # the commit index rode on the next heartbeat
+        finally:
+            await cluster.stop_all()
+
+    _run(scenario())
+
+
+def test_a_put_that_wakes_a_waiting_reserve_sends_the_commit_index_at_once(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        await cluster.start_all()
+        try:
+            leader = await cluster.wait_for_leader()
+            followers = [n for n in cluster.nodes.values() if n is not leader]
+            await cluster.apply(c.Connect("w1", "p1"))
+            await cluster.apply(c.Reserve("w1", None, "rsv-1"))
+            async with _heartbeats_off(leader):
+                # A proxy's stream on a follower gets the wake-up now, not at the heartbeat.
+                seen = [asyncio.create_task(_wakeup_seen(f, "p1")) for f in followers]
+                await asyncio.sleep(0.01)  # the streams attach
+                appends = _record_appends(leader)
+                put = await cluster.apply(c.Put("default", 1, 0, 60_000, b"x"))
+                assert put.wakeups, "the put answers the waiting reserve"
+                await asyncio.wait_for(asyncio.gather(*seen), 0.25)
+            for follower in followers:
+                assert max(_news_to(appends, follower)) >= cluster.last_index
+        finally:
+            await cluster.stop_all()
+
+    _run(scenario())
+
+
+async def _wakeup_seen(node: RaftNode, proxy_id: str) -> None:
+    async for event in node.hub.stream(proxy_id, 0):
+        if event.wakeup:
+            return
