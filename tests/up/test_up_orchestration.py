@@ -88,6 +88,7 @@ def test_up_starts_everything_stops_on_sigterm_and_resumes_on_the_same_addresses
     listen = f"127.0.0.1:{free_ports(1)[0]}"
     up = _run_until_up(tmp_path, listen, "--workers", "2")
     try:
+        up.wait_for("stop with Ctrl-C")  # the summary's last line: all of it has been read
         pids = up.child_pids()
         assert sorted(pids) == ["node-1", "node-2", "node-3", "proxy", "worker"]
         assert all(_alive(pid) for pid in pids.values())
