@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps fmt lint typecheck proto proto-check test bench run check clean
+.PHONY: install system-deps native pure fmt lint typecheck proto proto-check test bench run check clean
 
 $(BIN)/beanraft: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,6 +12,14 @@ $(BIN)/beanraft: pyproject.toml
 	touch $@
 
 install: $(BIN)/beanraft
+
+# The hot pure modules compiled with mypyc, in place (beanraft/native.py); skipped when current,
+# and without a C compiler everything runs interpreted. `make pure` removes the build.
+native: install
+	$(BIN)/python -m beanraft.native build
+
+pure: install
+	$(BIN)/python -m beanraft.native clean
 
 fmt: install
 	$(BIN)/ruff format .
@@ -37,16 +45,19 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq beanstalkd >/dev/null; \
 	  (systemctl stop beanstalkd || pkill -x beanstalkd) >/dev/null 2>&1 || true; }
 
-test: install system-deps
+# Everything against the native build, then the modules it compiles interpreted as well.
+test: install system-deps native
 	$(BIN)/pytest -q
+	BEANRAFT_PURE=1 $(BIN)/pytest -q tests/statemachine tests/cluster/test_codec.py tests/proxy/test_protocol.py tests/test_native.py
 
-bench: install
+bench: install native
 	$(BIN)/python -m bench.statemachine_bench
 
-run: install
+run: install native
 	$(BIN)/beanraft up --nodes 3 --workers 2
 
 check: lint typecheck proto-check test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	-$(BIN)/python -m beanraft.native clean
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build

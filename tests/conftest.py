@@ -1,12 +1,34 @@
-"""Settings for the whole test session, applied before any test module imports grpc.
+"""Settings for the whole test session, applied before any test module imports grpc or ours.
 
 The executor tests fork isolated jobs from this very process (as a worker does), after the
 cluster tests have used gRPC in it. A gRPC stream that a test left open keeps gRPC's poller
 busy, and gRPC's fork handlers then crash the forked job (SIGABRT in ev_epoll1 ``Wakeup``).
 A real worker never loads gRPC (it speaks beanstalkd's protocol), so only this shared test
 process needs gRPC's fork support off.
+
+The hot pure modules may have native builds beside their sources (beanraft/native.py). A
+build older than a source would test old code, so the session refuses to start on one;
+``BEANRAFT_PURE=1`` tests the interpreted sources instead (in this process: the nodes and
+proxies that tests start run whatever is built).
 """
 
 import os
 
+import pytest
+
+from beanraft import native
+
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+if os.environ.get("BEANRAFT_PURE") == "1":
+    native.prefer_sources()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if native.stale():
+        raise pytest.UsageError(f"native build: {native.status()}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    mode = "interpreted (BEANRAFT_PURE=1)" if native.prefer_sources_active() else native.status()
+    return f"beanraft modules: {mode}"

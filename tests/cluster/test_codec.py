@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from beanraft import native
 from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r
@@ -269,7 +270,9 @@ def test_a_malformed_flat_value_is_refused_with_the_generic_reason(
 def test_a_put_reserve_delete_and_their_outcomes_skip_the_generic_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Why the flat path exists: a put crosses the codec seven times in the cluster.
+    # Why the flat path exists: a put crosses the codec seven times in the cluster. The
+    # interpreted source is patched: a native build calls its own functions directly.
+    codec = native.load_source("statemachine.codec")
     commands = [
         c.Put("tube", 2**32 - 1, 0, 120_000, b"\r\n\x00body", "client-1", "client-1-7"),
         c.Reserve("client-1", None, "client-1-8", False),
