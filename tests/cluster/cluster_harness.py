@@ -4,7 +4,9 @@ loopback ports, real journals in a temp dir) sharing one asyncio loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cluster import envelope
@@ -103,3 +105,14 @@ class InProcessCluster:
             if loop.time() > give_up:
                 raise AssertionError(f"replicas did not converge: indexes {sorted(indexes)}")
             await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(root: Path, size: int = 3) -> AsyncIterator[InProcessCluster]:
+    """A started cluster with a leader, stopped on the way out whatever happened."""
+    cluster = InProcessCluster(root, size)
+    await cluster.start_all()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop_all()

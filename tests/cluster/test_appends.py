@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from cluster_harness import InProcessCluster
+from cluster_harness import InProcessCluster, running_cluster
 
 from cluster.node import RaftNode
 from statemachine import commands as c
@@ -64,6 +64,11 @@ def _count_truncations(node: RaftNode) -> list[int]:
     return truncated
 
 
+async def _roles(cluster: InProcessCluster) -> tuple[RaftNode, list[RaftNode]]:
+    leader = await cluster.wait_for_leader()
+    return leader, [n for n in cluster.nodes.values() if n is not leader]
+
+
 async def _put_from_many_clients(cluster: InProcessCluster) -> None:
     async def client(n: int) -> None:
         for i in range(PUTS_EACH):
@@ -76,11 +81,8 @@ def test_under_load_each_entry_goes_to_each_follower_once_and_nothing_is_truncat
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            leader = await cluster.wait_for_leader()
-            followers = [n for n in cluster.nodes.values() if n is not leader]
+        async with running_cluster(tmp_path) as cluster:
+            leader, followers = await _roles(cluster)
             appends = _record_appends(leader)
             truncated = [_count_truncations(f) for f in followers]
             first = leader.syncobj.raftCommitIndex
@@ -93,8 +95,6 @@ def test_under_load_each_entry_goes_to_each_follower_once_and_nothing_is_truncat
             assert repeated == {}
             assert len({index for _, index in sent}) >= entries
             assert truncated == [[], []]
-        finally:
-            await cluster.stop_all()
 
     _run(scenario())
 
@@ -128,11 +128,8 @@ def test_a_put_nobody_waits_for_sends_no_message_with_only_the_commit_index(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            leader = await cluster.wait_for_leader()
-            followers = [n for n in cluster.nodes.values() if n is not leader]
+        async with running_cluster(tmp_path) as cluster:
+            leader, followers = await _roles(cluster)
             async with _heartbeats_off(leader):
                 appends = _record_appends(leader)
                 for i in range(10):
@@ -141,8 +138,6 @@ def test_a_put_nobody_waits_for_sends_no_message_with_only_the_commit_index(
             assert len([a for a in appends if a[1]]) == 20  # each entry, to each follower
             assert [_news_to(appends, f) for f in followers] == [[], []]
             await cluster.assert_converged()  # the commit index rode on the next heartbeat
-        finally:
-            await cluster.stop_all()
 
     _run(scenario())
 
@@ -151,11 +146,8 @@ def test_a_put_that_wakes_a_waiting_reserve_sends_the_commit_index_at_once(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            leader = await cluster.wait_for_leader()
-            followers = [n for n in cluster.nodes.values() if n is not leader]
+        async with running_cluster(tmp_path) as cluster:
+            leader, followers = await _roles(cluster)
             await cluster.apply(c.Connect("w1", "p1"))
             await cluster.apply(c.Reserve("w1", None, "rsv-1"))
             async with _heartbeats_off(leader):
@@ -168,8 +160,6 @@ def test_a_put_that_wakes_a_waiting_reserve_sends_the_commit_index_at_once(
                 await asyncio.wait_for(asyncio.gather(*seen), 0.25)
             for follower in followers:
                 assert max(_news_to(appends, follower)) >= cluster.last_index
-        finally:
-            await cluster.stop_all()
 
     _run(scenario())
 
