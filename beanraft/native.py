@@ -145,12 +145,15 @@ def build() -> int:
     # setuptools copies an unchanged build's files with their old times; the build is now.
     for path in [extension(m) for m in built()] + _shared_libraries():
         path.touch()
-    problems = stale() if result.returncode == 0 else [f"mypyc's build exited {result.returncode}"]
-    if problems or len(built()) < len(MODULES):
+    if result.returncode != 0:
+        problems = [f"mypyc's build exited {result.returncode}"]
+    else:  # a build that made nothing is not stale, only absent
+        problems = stale() or ([] if built() else ["it made no modules"])
+    if problems:
         clean()
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:])
         print(
-            f"native build failed ({'; '.join(problems) or 'modules missing'}); running "
+            f"native build failed ({'; '.join(problems)}); running "
             "interpreted (the same code, about 20% slower). Install gcc and the Python "
             f"headers, then run `make native`.\n{tail}",
             file=sys.stderr,
