@@ -109,9 +109,10 @@ def cluster() -> Iterator[int]:
 
 
 @contextmanager
-def cluster_processes() -> Iterator[tuple[int, list[str], dict[str, int]]]:
-    """A proxy in front of three nodes: its port, the nodes' gRPC addresses, and every
-    process's pid by name (``proxy``, ``n1``..``n3``) for benchmarks that weigh them."""
+def cluster_processes(fsync: str = "batch") -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """A proxy in front of three nodes (``--fsync`` policy ``fsync``, the nodes' default
+    unless a benchmark asks): its port, the nodes' gRPC addresses, and every process's pid by
+    name (``proxy``, ``n1``..``n3``) for benchmarks that weigh them."""
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     raft = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
     grpc = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
@@ -121,7 +122,7 @@ def cluster_processes() -> Iterator[tuple[int, list[str], dict[str, int]]]:
         args = [
             sys.executable, "-m", "beanraft", "node", "--node-id", f"n{i + 1}",
             "--data-dir", str(root / f"n{i + 1}"), "--raft-addr", raft[i],
-            "--grpc-addr", grpc[i], "--peers", peers, "--insecure",
+            "--grpc-addr", grpc[i], "--peers", peers, "--insecure", "--fsync", fsync,
         ]  # fmt: skip
         log = open(root / f"n{i + 1}.log", "wb")  # noqa: SIM115 - the child owns it
         nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))

@@ -1,7 +1,7 @@
 """Where a put's cost goes on the way through the proxy and a 3-node cluster.
 
     .venv/bin/python -m bench.proxy_cost [--puts 16000] [--connections 32] [--rounds 3]
-                                         [--workload put|cycle]
+                                         [--workload put|cycle] [--fsync batch|always|never]
 
 Issue 4's target is a put rate, and a rate alone does not say what to work on next. This
 starts ``beanstalkd -b DIR -f0`` and then a proxy in front of three nodes (both as in
@@ -11,6 +11,12 @@ CPU time per put of every process (user + system, from /proc), the load generato
 ``--workload cycle`` does put-reserve-delete cycles instead, and counts per cycle.
 On 2 cores, 1,000,000 us of CPU a second is the whole machine: at N puts/s the five processes
 can spend at most 2,000,000 / N us per put between them.
+
+``--fsync`` sets the nodes' journal policy (default ``batch``, the nodes' own default): with
+``never`` the same run shows what the three replicas' syncs cost, on a machine where they
+share one disk. Before the rounds it times ``fdatasync`` of small appends in the directory the
+nodes write to, with nothing else running: beanstalkd ``-f0`` pays that once per put, the
+cluster about three times per log entry (the leader and each follower).
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import tempfile
+import time
 
 import grpc
 
 from api import cluster_pb2_grpc, empty_pb2
 from bench.proxy_bench import _cycles, _parallel, _puts, beanstalkd, cluster_processes, machine
+from cluster.durability import POLICIES
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -95,8 +104,10 @@ def main() -> int:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="put")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fsync", choices=POLICIES, default="batch", help="the nodes' policy")
     args = parser.parse_args()
     print(machine())
+    print(f"disk, idle: fdatasync of a 1 KiB append takes {_sync_p50_us():.0f} us at p50")
     with beanstalkd("-b", "DIR", "-f0") as port:
         # beanstalkd() does not hand out its pid: find it by its port on the command line.
         pid = _pid_listening(port)
@@ -105,7 +116,7 @@ def main() -> int:
             pids = {"beanstalkd": pid}
             rate, cost = _round(port, args.connections, args.puts, pids, args.workload)
             _print(f"beanstalkd -b -f0, round {n + 1}", rate, cost, unit=args.workload)
-    with cluster_processes() as (port, addrs, pids):
+    with cluster_processes(args.fsync) as (port, addrs, pids):
         _parallel(port, args.connections, args.puts // 4, _puts)  # warm up; a leader is settled
         roles = _roles(addrs, pids)
         for n in range(args.rounds):
@@ -114,8 +125,23 @@ def main() -> int:
             entries = max(1, _commit_index(addrs) - first)
             commands = args.puts * (3 if args.workload == "cycle" else 1)
             extra = f", {entries} log entries, {commands / entries:.1f} commands per entry"
-            _print(f"proxy + 3-node cluster, round {n + 1}", rate, cost, extra, args.workload)
+            label = f"proxy + 3-node cluster (--fsync {args.fsync}), round {n + 1}"
+            _print(label, rate, cost, extra, args.workload)
     return 0
+
+
+def _sync_p50_us(appends: int = 300) -> float:
+    """Median time of ``fdatasync`` after a 1 KiB append to a new file, in the temporary
+    directory the benchmark's nodes and beanstalkd write to."""
+    record = os.urandom(1024)
+    times_s = []
+    with tempfile.TemporaryFile() as f:
+        for _ in range(appends):
+            os.write(f.fileno(), record)
+            start_s = time.perf_counter()
+            os.fdatasync(f.fileno())
+            times_s.append(time.perf_counter() - start_s)
+    return sorted(times_s)[appends // 2] * 1e6
 
 
 def _pid_listening(port: int) -> int:
