@@ -13,15 +13,17 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
 
 import structlog
 
+from cluster.dumpfile import DamagedDump
 from cluster.durability import POLICIES
+from cluster.journal import DamagedJournal
 from cluster.node import NodeConfig
 
 log = structlog.get_logger(__name__)
+EXIT_DAMAGED = 3  # the data directory failed its checks (sysexits has no better fit)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,32 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-job-size", type=int, default=65535, help="bytes (beanstalkd -z)")
 
 
-class _ResendNoise(logging.Filter):
-    """pysyncobj logs CRITICAL "truncating already-applied log entries" each time a follower
-    receives entries it already holds. Its leader used to re-send pipelined entries on every
-    proposal, and under load the line repeated hundreds of times a second; cluster/appends.py
-    stopped those re-sends, but any other path that repeats entries (a leader's retry after a
-    refusal) would flood the log the same way. Let one through a minute, counting the rest, so
-    that a real divergence (which pysyncobj reports with the same words) still shows."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last_s = -60.0
-        self._suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "truncating already-applied" not in str(record.msg):
-            return True
-        now_s = time.monotonic()
-        if now_s - self._last_s < 60.0:
-            self._suppressed += 1
-            return False
-        self._last_s = now_s
-        record.msg = f"{record.msg} ({self._suppressed} similar lines suppressed)"
-        self._suppressed = 0
-        return True
-
-
 def configure_logging() -> None:
     # pysyncobj logs through the standard library: same stream, key=value like structlog.
     logging.basicConfig(
@@ -73,7 +49,6 @@ def configure_logging() -> None:
         stream=sys.stderr,
         format="timestamp=%(asctime)s level=%(levelname)s logger=%(name)s event=%(message)r",
     )
-    logging.getLogger("pysyncobj.syncobj").addFilter(_ResendNoise())
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -136,4 +111,14 @@ def run(args: argparse.Namespace) -> int:
         max_job_size=args.max_job_size,
     )
     options = ServerOptions(args.tls_dir, args.metrics_addr, args.join)
-    return asyncio.run(run_node(config, options))
+    try:
+        return asyncio.run(run_node(config, options))
+    except (DamagedJournal, DamagedDump) as exc:
+        log.error(
+            "refusing to start: this node's data cannot be trusted, and serving it could "
+            "spread damage. Move the data directory aside and start the node again with an "
+            "empty one and --join (it copies the state from the cluster), or restore a snapshot",
+            data_dir=str(args.data_dir),
+            damage=str(exc),
+        )
+        return EXIT_DAMAGED

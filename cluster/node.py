@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+from pysyncobj import FAIL_REASON, SyncObjConf
 
-from cluster import appends, compaction, envelope, raft_wire
+from cluster import envelope, raftcore
 from cluster.clock import Clock, LeaderTime, SystemClock
+from cluster.dumpfile import DumpStore
 from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
+from cluster.journal import Journal
 from cluster.proposer import Proposer, Result
 from cluster.replicated import MachineConsumer, ReplicatedState
 from cluster.wakeups import WakeupHub
@@ -45,6 +47,8 @@ log = structlog.get_logger(__name__)
 _LEADER = 2
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 JOURNAL_COMPACT_BYTES = 1 << 30
+LEADER_FALLBACK_S = 1.0
+DUMP_CHUNK_BYTES = 1 << 20  # a dump goes to a follower far behind in chunks of this size
 
 
 @dataclass
@@ -66,11 +70,11 @@ class NodeConfig:
 
     @property
     def journal_path(self) -> Path:
-        return self.data_dir / "raft.journal"
+        return self.data_dir / "raft.log"
 
     @property
     def dump_path(self) -> Path:
-        return self.data_dir / "raft.dump"
+        return self.data_dir / "state.dump"
 
     @property
     def seed_path(self) -> Path:
@@ -92,11 +96,29 @@ class RaftNode:
             self_raft_addr=config.raft_addr,
         )
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        raft_wire.install()
-        compaction.install()
-        self.syncobj = SyncObj(config.raft_addr, config.peers, self._conf(), [self.consumer])
-        self.journal_sync = JournalSync(self.syncobj, config.fsync, str(config.dump_path))
-        appends.install(self.syncobj, lambda: self.consumer.state.wakeups.last_seq)
+        raftcore.install()
+        # Storage is opened and checked before Raft starts: a damaged log or dump stops the
+        # node here (DamagedJournal, DamagedDump), before it could serve or send any of it.
+        self.journal = Journal(config.journal_path, sync_meta=config.fsync != "never")
+        self.dumps = DumpStore(
+            config.dump_path,
+            DUMP_CHUNK_BYTES,
+            state_bytes=lambda: self.consumer.state.to_bytes(),
+            restore=self.consumer.restore,
+            member=raftcore.make_node,
+        )
+        self.dumps.check_at_start()
+        self.journal_sync = JournalSync(self.journal, config.fsync)
+        self.syncobj = raftcore.RaftCore(
+            config.raft_addr,
+            config.peers,
+            self._conf(),
+            [self.consumer],
+            self.journal,
+            self.dumps,
+            last_wakeup_seq=lambda: self.consumer.state.wakeups.last_seq,
+            ack_gate=self.journal_sync,
+        )
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
         # The leader syncs its own journal on the syncer thread, from the moment an entry is
         # appended, in parallel with the followers' round trip; the proposer's callback waits
@@ -105,7 +127,6 @@ class RaftNode:
         # every other append, send and apply meanwhile (docs/benchmarks.md, cluster run F).
         self.journal_sync.start_syncer(self.is_leader)
         self.syncobj.addOnTickCallback(self._compact_if_journal_large)
-        self.syncobj.addOnTickCallback(compaction.ChildPriority(self.syncobj).tend)
         self.leader_time = LeaderTime(config.clock)
         self.proposer = Proposer(
             self.consumer.apply_batch,
@@ -141,7 +162,10 @@ class RaftNode:
             appendEntriesPeriod=cfg.append_entries_period_s,
             raftMinTimeout=cfg.raft_min_timeout_s,
             raftMaxTimeout=cfg.raft_max_timeout_s,
-            leaderFallbackTimeout=5.0,
+            # A leader that has not heard from a majority for this long steps down (pysyncobj's
+            # CheckQuorum): about one election timeout, so clients of a leader cut off from the
+            # others move to the new one as soon as it exists.
+            leaderFallbackTimeout=LEADER_FALLBACK_S,
             # Redial a peer after 1 s, not 5: a node that starts before its peers would
             # otherwise sit out its first seconds (pysyncobj dials from the larger address).
             connectionRetryTime=1.0,
@@ -182,9 +206,8 @@ class RaftNode:
 
     def _compact_if_journal_large(self) -> None:
         # pysyncobj compacts by entry count, but one of our entries may hold a whole batch,
-        # and its journal's offsets are 32-bit (4 GiB at most between compactions).
-        journal = self.syncobj._SyncObj__raftLog
-        if getattr(journal, "_FileJournal__currentOffset", 0) > JOURNAL_COMPACT_BYTES:
+        # and the whole log is read back (and held in memory) at start.
+        if self.journal.size_bytes > JOURNAL_COMPACT_BYTES:
             self.syncobj.forceLogCompaction()
 
     def _drain_tick_jobs(self) -> None:

@@ -13,10 +13,10 @@ Rules:
   ``cluster.envelope`` batch of ``statemachine.codec`` bytes; ``now_ms`` is stamped by the leader.
 - The apply is deterministic: it reads no clock and no randomness; it evicts old request ids by
   the machine's (clamped) time and the ring by count, so every replica evicts the same ones.
-- A state machine exception is a bug: the process exits (StateMachineBug) rather than apply a
-  half-done entry; the other replicas carry on or fail the same way (style guide, "Errors").
-- Snapshots pickle ``ReplicatedState`` through ``__reduce__`` as the machine's own versioned
-  snapshot bytes plus plain data: no live object, lock or thread is ever pickled.
+- A state machine exception is a bug: the process exits rather than apply a half-done entry;
+  the other replicas carry on or fail the same way.
+- A dump (``cluster.dumpfile``) holds ``ReplicatedState.to_bytes()``: the machine's own
+  versioned snapshot bytes plus plain data; no live object, lock or thread is ever pickled.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import pickle
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from pysyncobj import SyncObjConsumer, replicated
@@ -91,9 +90,6 @@ class ReplicatedState:
         self.max_now_ms = max_now_ms
         self.next_deadline_ms = machine.next_deadline_ms()
 
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return (_state_from_bytes, (self.to_bytes(),))
-
     def to_bytes(self) -> bytes:
         plain = {
             "version": 1,
@@ -124,14 +120,6 @@ def _wakeups(ring: list[tuple[int, str, bytes]], last_seq: int) -> Wakeups:
     return Wakeups(deque(ring), last_seq, sum(len(data) for _, _, data in ring))
 
 
-def _state_from_bytes(data: bytes) -> ReplicatedState:
-    return ReplicatedState.from_bytes(data)
-
-
-class StateMachineBug(Exception):
-    pass
-
-
 class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
     """The replicated half of a node. ``on_applied()`` runs on the tick thread after every
     applied entry (and after a snapshot is installed) so the node can wake streams.
@@ -155,8 +143,9 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         )
         self.state = ReplicatedState(machine)
 
-    def _deserialize(self, data: dict[str, Any]) -> None:
-        super()._deserialize(data)
+    def restore(self, state_bytes: bytes) -> None:
+        """Replace the state with a dump's (on the tick thread, between two applies)."""
+        self.state = ReplicatedState.from_bytes(state_bytes)
         log.info("snapshot loaded", wakeup_seq=self.state.wakeups.last_seq)
         _quietly(self.on_applied)
 

@@ -9,6 +9,7 @@ import pytest
 from cluster_harness import InProcessCluster
 
 from cluster.durability import JournalSync
+from cluster.journal import Journal
 from statemachine import commands as c
 
 
@@ -28,7 +29,7 @@ def test_with_batch_an_acknowledged_put_is_synced_on_the_leader_and_a_follower(
             for i in range(20):
                 before = [f.journal_sync.syncs for f in followers]
                 await cluster.apply(_put(i))
-                assert not leader.journal_sync._dirty  # the leader synced before the ack
+                assert not leader.journal_sync.dirty  # the leader synced before the ack
                 synced = [f.journal_sync.syncs > b for f, b in zip(followers, before, strict=True)]
                 assert any(synced), "no follower synced before the put was acknowledged"
             await cluster.assert_converged()
@@ -56,9 +57,9 @@ def test_with_never_nothing_is_synced_but_everything_is_written(tmp_path: Path) 
     asyncio.run(scenario())
 
 
-def test_an_unknown_fsync_policy_is_refused_with_the_choices() -> None:
+def test_an_unknown_fsync_policy_is_refused_with_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="always, batch or never"):
-        JournalSync(object(), "sometimes", "/nonexistent")
+        JournalSync(Journal(tmp_path / "raft.log"), "sometimes")
 
 
 def test_with_always_every_appended_entry_is_synced_as_it_is_written(tmp_path: Path) -> None:
@@ -70,7 +71,7 @@ def test_with_always_every_appended_entry_is_synced_as_it_is_written(tmp_path: P
             before = leader.journal_sync.syncs
             for i in range(10):
                 await cluster.apply(_put(i))
-                assert not leader.journal_sync._dirty
+                assert not leader.journal_sync.dirty
             assert leader.journal_sync.syncs >= before + 10  # one per entry at least
             await cluster.assert_converged()
         finally:
