@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fsync", choices=POLICIES, default="batch", help="journal fsync policy")
     parser.add_argument("--metrics-addr", help="HOST:PORT for Prometheus metrics (default off)")
     parser.add_argument("--max-job-size", type=int, default=65535, help="bytes (beanstalkd -z)")
+    parser.add_argument(
+        "--compact-after-entries",
+        type=int,
+        default=5000,
+        help="write a dump and cut the log once it holds this many entries (etcd's "
+        "--snapshot-count)",
+    )
 
 
 def configure_logging() -> None:
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         secret=secret,
         fsync=args.fsync,
         max_job_size=args.max_job_size,
+        log_compaction_min_entries=max(2, args.compact_after_entries),
     )
     options = ServerOptions(args.tls_dir, args.metrics_addr, args.join)
     try:

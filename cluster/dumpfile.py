@@ -216,6 +216,7 @@ class DumpStore:
         self._pid = 0
         if status == 0:
             self.written += 1
+            log.info("dump written", path=str(self.path), index=self._current_id)
             for f in self._outgoing.values():  # a transmission in progress sent the old file
                 f.close()
             self._outgoing.clear()

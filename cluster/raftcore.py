@@ -521,11 +521,14 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         self._reprobe(node)
 
     def _reprobe(self, node: Any) -> None:
-        """Messages to ``node`` may have been lost with its connection: probe from its match."""
+        """``node``'s connection went or came back: messages to it may be lost, and it may have
+        restarted with a torn tail cut off (cluster.journal), holding less than it once
+        acknowledged. So it is probed afresh, as by a new leader: from the end of the log, with
+        nothing known to match (a lower match only delays commits; none is undone)."""
         self._progress[node] = Progress()
-        match = self._SyncObj__raftMatchIndex.get(node)
-        if match is not None and self._SyncObj__raftState == LEADER:
-            self._SyncObj__raftNextIndex[node] = match + 1
+        if self._SyncObj__raftState == LEADER and node in self._SyncObj__raftMatchIndex:
+            self._SyncObj__raftMatchIndex[node] = 0
+            self._SyncObj__raftNextIndex[node] = self._last_index() + 1
 
     # --- PreVote (rule 4) ----------------------------------------------------------------------
 

@@ -149,7 +149,7 @@ async def _compact_logs(cluster: ProcessCluster) -> None:
             await cluster_pb2_grpc.ClusterStub(channel).Snapshot(empty_pb2.Empty(), timeout=10)
     for node in cluster.running():
         for _ in range(100):
-            if (node.data_dir / "raft.dump").exists():
+            if (node.data_dir / "state.dump").exists():
                 break
             await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # the journal is cut on the tick after the dump is renamed
