@@ -21,7 +21,9 @@ from cluster.journal import (
 )
 
 
-def _fill(journal: Journal, count: int, start: int = 1, term: int = 1) -> list[tuple[bytes, int, int]]:
+def _fill(
+    journal: Journal, count: int, start: int = 1, term: int = 1
+) -> list[tuple[bytes, int, int]]:
     entries = [(b"command-%d" % i * 3, i, term) for i in range(start, start + count)]
     for entry in entries:
         journal.add(*entry)
