@@ -15,6 +15,11 @@ id. Every node numbers wake-ups the same way (they are part of the replicated st
 stream breaks (node killed, leader change) the client reopens it on another node from the last
 number it saw and nothing is lost or delivered twice. The first ``apply`` waits until every
 subscription is attached, so a reserve cannot be answered before its proxy is listening.
+
+A stream can also stall without breaking: its node paused, or cut off from the leader while its
+heartbeats still arrive. Each event carries the node's applied index, and the client knows the
+index its own commands were applied at; a stream silent for ``STREAM_SILENCE_S``, or behind an
+index this client saw applied ``STREAM_LAG_S`` ago, is dropped and reopened elsewhere.
 """
 
 from __future__ import annotations
@@ -39,11 +44,15 @@ from statemachine.replies import Reply
 
 log = structlog.get_logger(__name__)
 
-# Per call: a little over a node's own limits (4 s to commit, 4.5 s to forward), so a hung
-# node (paused, partitioned) costs one short wait before the next node is tried.
-CALL_TIMEOUT_S = 5.0
+# Per call: a commit takes milliseconds, an election under a second; a node that has not
+# answered in 2 s is paused or cut off, and the call is retried on the next one with the same
+# request ids. Well under a proxy's lease (10 s), so a stalled node never costs a lease
+# (ARCHITECTURE.md, "Liveness").
+CALL_TIMEOUT_S = 2.0
 RETRY_FOR_S = 20.0
-STREAM_SILENCE_S = 12.0  # nodes send a heartbeat every 5 s
+STREAM_SILENCE_S = 2.0  # nodes send a heartbeat every 0.5 s
+STREAM_LAG_S = 1.5  # behind what this client saw applied for this long: the stream stalled
+STREAM_CHECK_S = 0.25
 # Few calls in flight, so that whatever queues meanwhile travels in one big batch: each call is
 # one log entry (a follower fsync, a leader fsync, a Raft round), and that per-entry cost, not
 # the per-command one, bounds throughput (bench/proxy_bench.py, 32 connections: 4 calls in
@@ -85,6 +94,7 @@ class RemoteQueue:
         self._apply_streams: dict[str, ApplyStream] = {}
         self._hold: asyncio.TimerHandle | None = None  # a free slot held for a fuller batch
         self._crowded = False  # the last call answered more than one command (see apply)
+        self.applied_index = 0  # the highest Raft index a command of this client applied at
 
     def _stub(self, address: str) -> jsm_pb2_grpc.JobStateMachineStub:
         channel = self._channels.get(address)
@@ -180,6 +190,8 @@ class RemoteQueue:
                 # A follower forwarded the call: go straight to the leader next time.
                 hint = response.leader_hint
                 self._preferred = hint if hint and hint in self._addresses else target
+                for result in response.results:
+                    self.applied_index = max(self.applied_index, result.applied_index)
                 return list(response.results)
             except CallFailed as failure:  # ApplyStream.call turns every failure into one
                 code = failure.code
@@ -212,17 +224,22 @@ class RemoteQueue:
         self._streams.append(task)
 
     async def _follow(self, proxy_id: str, handler: WakeupHandler, attached: asyncio.Event) -> None:
-        last_seq = 0
+        cursor = _Cursor()  # survives every reconnect: the next stream resumes after it
         candidates = self._candidates()
         target = self._preferred
         while True:
             try:
-                last_seq = await self._stream_once(target, proxy_id, last_seq, handler, attached)
+                await self._stream_once(target, proxy_id, cursor, handler, attached)
             except asyncio.CancelledError:
-                raise
-            except (grpc.aio.AioRpcError, TimeoutError) as exc:
-                reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "silent"
-                log.info("wake-up stream lost", node=target, after_seq=last_seq, reason=reason)
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the queue is closing
+                log.info("wake-up stream cancelled", node=target, after_seq=cursor.seq)
+            except (grpc.aio.AioRpcError, StreamStalled) as exc:
+                reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                log.info("wake-up stream lost", node=target, after_seq=cursor.seq, reason=reason)
+            except Exception:  # never let the follower die: every wait of the proxy needs it
+                log.warning("wake-up stream failed", node=target, exc_info=True)
             target = next(candidates)
             await asyncio.sleep(0.05)
 
@@ -230,27 +247,41 @@ class RemoteQueue:
         self,
         target: str,
         proxy_id: str,
-        last_seq: int,
+        cursor: _Cursor,
         handler: WakeupHandler,
         attached: asyncio.Event,
-    ) -> int:
-        request = jsm_pb2.WakeupStreamRequest(proxy_id=proxy_id, after_seq=last_seq)
+    ) -> None:
+        request = jsm_pb2.WakeupStreamRequest(proxy_id=proxy_id, after_seq=cursor.seq)
         call = self._stub(target).StreamWakeups(request)
+        loop = asyncio.get_running_loop()
+        watch = _StallWatch(loop.time())
+        reading: asyncio.Future[Any] | None = None
         try:
             while True:
-                event = await asyncio.wait_for(call.read(), STREAM_SILENCE_S)
+                # A read is never cancelled (that would cancel the whole call): it is waited
+                # for in slices, and the stream is checked for a stall between them.
+                reading = reading or asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({reading}, timeout=STREAM_CHECK_S)
+                if not done:
+                    watch.check(loop.time(), self.applied_index)
+                    continue
+                event, reading = reading.result(), None
                 if event is grpc.aio.EOF:
-                    return last_seq
+                    return
+                watch.heard(loop.time(), event.applied_index)
+                watch.check(loop.time(), self.applied_index)
                 attached.set()
                 if event.gap:
                     log.warning("wake-ups were lost to a gap", proxy_id=proxy_id, seq=event.seq)
                     self.on_gap(proxy_id)
-                if event.seq > last_seq:
+                if event.seq > cursor.seq:
                     if event.wakeup:
                         handler(codec.decode_wakeup(event.wakeup))
-                    last_seq = event.seq
+                    cursor.seq = event.seq
         finally:
             call.cancel()
+            if reading is not None:
+                reading.cancel()
 
     async def close(self) -> None:
         if self._hold is not None:
@@ -266,6 +297,42 @@ class RemoteQueue:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+class StreamStalled(Exception):
+    """A wake-up stream that is open but no longer keeps up (see the module docstring)."""
+
+
+class _Cursor:
+    """The number of the last wake-up a proxy's stream delivered (0: none yet)."""
+
+    seq = 0
+
+
+class _StallWatch:
+    """Watches one wake-up stream for silence and for lagging behind this client's commits."""
+
+    def __init__(self, now: float) -> None:
+        self._heard_at = now
+        self._applied = 0  # the stream node's applied index, as its last event said
+        self._lag_target = 0  # an index this client saw applied that the node had not...
+        self._lag_since = 0.0  # ...since this time
+
+    def heard(self, now: float, applied_index: int) -> None:
+        self._heard_at = now
+        self._applied = max(self._applied, applied_index)
+
+    def check(self, now: float, client_applied: int) -> None:
+        if now - self._heard_at > STREAM_SILENCE_S:
+            raise StreamStalled(f"silent for {STREAM_SILENCE_S:.0f} s")
+        if self._lag_target and self._applied >= self._lag_target:
+            self._lag_target = 0
+        if not self._lag_target and client_applied > self._applied:
+            self._lag_target, self._lag_since = client_applied, now
+        if self._lag_target and now - self._lag_since > STREAM_LAG_S:
+            raise StreamStalled(
+                f"the node has not applied index {self._lag_target} for {STREAM_LAG_S} s"
+            )
 
 
 _STATUS = {status.value[0]: status for status in grpc.StatusCode}

@@ -148,12 +148,21 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
     async def StreamWakeups(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if not request.proxy_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
-        async for event in self.service.node.hub.stream(request.proxy_id, request.after_seq):
+        node = self.service.node
+        async for event in node.hub.stream(request.proxy_id, request.after_seq):
+            if not node.in_contact():
+                # Cut off from the leader, this node applies nothing new: the wake-ups it could
+                # send would come late or never. End the stream; the proxy resumes elsewhere.
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"node {node.config.node_id} lost contact with the leader: resume the "
+                    "stream on another node",
+                )
             yield jsm_pb2.WakeupEvent(
                 seq=event.seq,
                 wakeup=event.wakeup,
                 gap=event.gap,
-                applied_index=int(self.service.node.syncobj.raftLastApplied),
+                applied_index=int(node.syncobj.raftLastApplied),
             )
 
     # --- coolbeans-compatible methods ---------------------------------------------------

@@ -242,6 +242,11 @@ class RaftNode:
     def is_leader(self) -> bool:
         return bool(self.syncobj._isLeader())
 
+    def in_contact(self) -> bool:
+        """This node leads a quorum, or heard from a leader within two election timeouts:
+        what it applies keeps up with the cluster."""
+        return bool(self.syncobj.in_contact(2 * self.config.raft_max_timeout_s))
+
     def leader_raft_addr(self) -> str:
         leader = self.syncobj._getLeader()
         return leader.address if leader is not None else ""

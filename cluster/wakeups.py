@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from cluster.replicated import Wakeups
 
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 0.5  # a proxy drops a stream silent for 2 s (api/client.py)
 
 
 @dataclass(frozen=True, slots=True)

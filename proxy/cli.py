@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"--max-job-size must be 0..{JOB_SIZE_LIMIT}", file=sys.stderr)
         return 2
     if args.lease_ms < 300:
-        print("--lease-ms must be at least 300 (renewed every third of it)", file=sys.stderr)
+        print("--lease-ms must be at least 300 (renewed every quarter of it)", file=sys.stderr)
         return 2
     try:
         asyncio.run(_serve(args))

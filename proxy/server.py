@@ -12,9 +12,12 @@ commands until the buffer drains; when a client sends faster than we answer, rea
 paused once its unparsed bytes pass ``READ_BUFFER_MAX``. Neither ever blocks another connection.
 
 ``ProxyServer`` owns the proxy's identity (``proxy_id``, made once per process), renews the
-proxy's lease every third of ``lease_ms`` while it has connections, routes wake-ups from
+proxy's lease every quarter of ``lease_ms`` while it has connections, routes wake-ups from
 ``JobQueue.subscribe`` to sessions, and on a clean stop sends ``DropProxy`` so the machine
-releases every client at once.
+releases every client at once. If no renewal got through for a whole lease (the cluster was
+down or paused), the machine may have dropped this proxy's clients and ended their waits
+without a wake-up: the proxy then asks which of its waiting sessions the machine still has
+waiting, and the others reserve again.
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ log = structlog.get_logger(__name__)
 VERSION: Final = "1.12-beanraft"
 READ_BUFFER_MAX: Final = 1 << 20
 WRITE_HIGH_WATER: Final = 256 * 1024
-LEASE_MS_DEFAULT: Final = 5000
+# Longer than a renewal can take when a node stalls (a call timeout of 2 s, then an election
+# and a retry elsewhere): a proxy that is alive never loses its lease (ARCHITECTURE.md,
+# "Liveness"). A proxy that dies frees its clients' jobs after this long.
+LEASE_MS_DEFAULT: Final = 10_000
+RENEWALS_PER_LEASE: Final = 4
 
 
 class _Connection(asyncio.Protocol):
@@ -162,6 +169,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        self._renewed_at = time.monotonic()  # when the last renewal that got through was sent
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -250,14 +258,23 @@ class ProxyServer:
                 await asyncio.sleep(0.25)
 
     async def _renew_lease(self) -> None:
+        sent_at = time.monotonic()
         await self.queue.apply(sm.RenewLease(self.proxy_id, self.lease_ms))
+        # The lease runs from when a renewal is applied, which is some time between its send
+        # and its answer: a whole lease between the last send and this answer may be a lapse.
+        lapsed = time.monotonic() - self._renewed_at > self.lease_ms / 1000
+        self._renewed_at = sent_at
+        if lapsed and self.ctx.sessions:
+            log.warning("lease_may_have_lapsed_checking_sessions", proxy_id=self.proxy_id)
+            self.track(asyncio.get_running_loop().create_task(self.recover_lost_wakeups()))
 
     async def _renew_forever(self) -> None:
-        """Renew every third of the lease while there are connections. With none, the lease may
-        lapse (nothing to free), so an idle cluster writes nothing; Connect renews it again."""
+        """Renew every quarter of the lease while there are connections. With none, the lease
+        may lapse (nothing to free), so an idle cluster writes nothing; Connect renews it."""
         while True:
-            await asyncio.sleep(self.lease_ms / 3000)
+            await asyncio.sleep(self.lease_ms / 1000 / RENEWALS_PER_LEASE)
             if not self.ctx.sessions:
+                self._renewed_at = time.monotonic()  # nothing to lose while there is nobody
                 continue
             try:
                 await self._renew_lease()

@@ -11,6 +11,12 @@ lost; ``deliver`` resolves the wait when the client id and request id match. ``p
 a wait early: a half-closed peer gets ``TIMED_OUT`` (beanstalkd 1.12, section 8.1); a closed one
 gets nothing and its ``Disconnect`` releases whatever the machine gave it meanwhile.
 
+Liveness: a reserve with a timeout is always answered within its timeout plus
+``RESERVE_GRACE_S`` plus ``CHECK_S`` (ARCHITECTURE.md, "Liveness"). Past the grace the session
+asks the machine; a wait the machine no longer has (its answer was lost, or the proxy's lease
+lapsed and the machine dropped it) is asked again at once, one the machine still has is waited
+for, and with no answer from the machine the client gets TIMED_OUT.
+
 Errors: ``QueueUnavailable`` is retried with backoff for ``retry_for_s`` with the same command
 (put and reserve carry request ids, so a retry after an ambiguous outcome is not applied twice),
 then the client gets ``INTERNAL_ERROR``. ``UnknownClient`` means the machine dropped this
@@ -40,6 +46,11 @@ _PEER_GONE: Final = object()
 _LOST: Final = object()
 _BACKOFF_FIRST_S: Final = 0.02
 _BACKOFF_MAX_S: Final = 0.5
+# A reserve with a timeout is answered by the machine at its timeout; this much later (the
+# cluster or the wake-up stream in trouble) the session asks the machine whether it still
+# waits, and answers TIMED_OUT itself if the machine does not say within CHECK_S.
+RESERVE_GRACE_S: Final = 3.0
+CHECK_S: Final = 2.0
 
 
 @dataclass
@@ -240,18 +251,22 @@ class Session:
         if self._stashed:
             self._unsettled = None
             return render.render(event, self._stashed.pop(0))
+        loop = asyncio.get_running_loop()
+        ends_at = None if event.timeout_s is None else loop.time() + event.timeout_s
         timeout_ms = None if event.timeout_s is None else event.timeout_s * 1000
         request_id = self._unsettled or self._request_id()
         while True:
             command = sm.Reserve(self.client_id, timeout_ms, request_id, event.with_timeout)
-            outcome = await self._reserve_once(command)
+            outcome = await self._reserve_once(command, ends_at)
             if outcome is not _LOST:
                 break
-            # The answer was lost in a gap of the wake-up stream. Ask again: a reserve with a
-            # timeout (which may have run out) asks without waiting; a job the lost answer
-            # gave this client comes back to ready at its TTR.
+            # The machine no longer waits for this reserve, yet its answer never came (lost in
+            # a gap of the wake-up stream, or the wait was dropped with a lapsed lease). Ask
+            # again for the time that is left; a job a lost answer gave this client comes back
+            # to ready at its TTR, or goes to this client's next reserve if the answer turns up.
             log.warning("wakeup_lost_reserving_again", client_id=self.client_id)
-            timeout_ms = 0 if timeout_ms is not None else None
+            if ends_at is not None:
+                timeout_ms = max(0, int((ends_at - loop.time()) * 1000))
             self._abandoned.add(request_id)
             request_id = self._request_id()
         if outcome is _PEER_GONE:
@@ -259,7 +274,7 @@ class Session:
         assert isinstance(outcome, r.Reply)
         return render.render(event, outcome)
 
-    async def _reserve_once(self, command: sm.Reserve) -> object:
+    async def _reserve_once(self, command: sm.Reserve, ends_at: float | None) -> object:
         """The reply, or the wake-up that answered the wait, or _PEER_GONE / _LOST."""
         waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending = (command.request_id, waiter)
@@ -275,9 +290,41 @@ class Session:
             if self._peer_gone and not waiter.done():
                 # A reserve pipelined before the peer shut down: nobody can wait for it.
                 waiter.set_result(_PEER_GONE)
-            return await waiter
+            if ends_at is None:
+                return await waiter
+            return await self._answer_by(waiter, ends_at + RESERVE_GRACE_S, command.request_id)
         finally:
             self._pending = None
+
+    async def _answer_by(
+        self, waiter: asyncio.Future[object], check_at: float, request_id: str
+    ) -> object:
+        """The wait's answer; past ``check_at`` what the machine says about the wait."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), check_at - loop.time())
+            except TimeoutError:
+                pass
+            waiting = await self._machine_waits()
+            if waiting is False:
+                return _LOST
+            if waiting is None:  # no answer from the cluster: do not keep the client hanging
+                log.warning("reserve_unanswered_timing_out", client_id=self.client_id)
+                self._unsettled = request_id
+                return r.TimedOut()
+            check_at = loop.time() + 1.0  # the machine still waits (its clock is behind)
+
+    async def _machine_waits(self) -> bool | None:
+        """Whether the machine has this client waiting; None when it does not say in time."""
+        command = sm.CheckClients(self.ctx.proxy_id, (self.client_id,))
+        try:
+            states = await asyncio.wait_for(self.ctx.queue.apply(command), CHECK_S)
+        except (TimeoutError, QueueUnavailable):
+            return None
+        if not isinstance(states, r.ClientStates):
+            return None
+        return self.client_id in states.waiting
 
     @property
     def waiting(self) -> bool:
