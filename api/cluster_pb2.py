@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from api import empty_pb2 as empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcluster.proto\x12\x10\x63oolbeans.api.v1\x1a\x0b\x65mpty.proto\"?\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x11\n\tgrpc_addr\x18\x03 \x01(\t\"\x1f\n\x0cLeaveRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\")\n\x14IsNodeLeaderResponse\x12\x11\n\tis_leader\x18\x01 \x01(\x08\"\x8d\x01\n\x0cMemberStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\traft_addr\x18\x02 \x01(\t\x12\x11\n\tgrpc_addr\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x11\n\tis_leader\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x06 \x01(\x03\x12\x0b\n\x03lag\x18\x07 \x01(\x03\"\xb4\x02\n\rClusterStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\traft_addr\x18\x02 \x01(\t\x12\x11\n\tgrpc_addr\x18\x03 \x01(\t\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\x16\n\x0eleader_node_id\x18\x05 \x01(\t\x12\x18\n\x10leader_raft_addr\x18\x06 \x01(\t\x12\x18\n\x10leader_grpc_addr\x18\x07 \x01(\t\x12\x0c\n\x04term\x18\x08 \x01(\x03\x12\x14\n\x0c\x63ommit_index\x18\t \x01(\x03\x12\x15\n\rapplied_index\x18\n \x01(\x03\x12\x12\n\nhas_quorum\x18\x0b \x01(\x08\x12/\n\x07members\x18\x0c \x03(\x0b\x32\x1e.coolbeans.api.v1.MemberStatus\x12\r\n\x05ready\x18\r \x01(\x08\"H\n\rSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x32\xb8\x03\n\x07\x43luster\x12@\n\x04Join\x12\x1d.coolbeans.api.v1.JoinRequest\x1a\x17.coolbeans.api.v1.Empty\"\x00\x12\x42\n\x05Leave\x12\x1e.coolbeans.api.v1.LeaveRequest\x1a\x17.coolbeans.api.v1.Empty\"\x00\x12Q\n\x0cIsNodeLeader\x12\x17.coolbeans.api.v1.Empty\x1a&.coolbeans.api.v1.IsNodeLeaderResponse\"\x00\x12>\n\x08Snapshot\x12\x17.coolbeans.api.v1.Empty\x1a\x17.coolbeans.api.v1.Empty\"\x00\x12\x44\n\x06Status\x12\x17.coolbeans.api.v1.Empty\x1a\x1f.coolbeans.api.v1.ClusterStatus\"\x00\x12N\n\x0eStreamSnapshot\x12\x17.coolbeans.api.v1.Empty\x1a\x1f.coolbeans.api.v1.SnapshotChunk\"\x00\x30\x01\x42\x14Z\x12.;coolbeans_api_v1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcluster.proto\x12\x10\x63oolbeans.api.v1\x1a\x0b\x65mpty.proto\"T\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x11\n\tgrpc_addr\x18\x03 \x01(\t\x12\x13\n\x0bincarnation\x18\x04 \x01(\t\"\x1f\n\x0cLeaveRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\")\n\x14IsNodeLeaderResponse\x12\x11\n\tis_leader\x18\x01 \x01(\x08\"\x8d\x01\n\x0cMemberStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\traft_addr\x18\x02 \x01(\t\x12\x11\n\tgrpc_addr\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x11\n\tis_leader\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x06 \x01(\x03\x12\x0b\n\x03lag\x18\x07 \x01(\x03\"\xb4\x02\n\rClusterStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\traft_addr\x18\x02 \x01(\t\x12\x11\n\tgrpc_addr\x18\x03 \x01(\t\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\x16\n\x0eleader_node_id\x18\x05 \x01(\t\x12\x18\n\x10leader_raft_addr\x18\x06 \x01(\t\x12\x18\n\x10leader_grpc_addr\x18\x07 \x01(\t\x12\x0c\n\x04term\x18\x08 \x01(\x03\x12\x14\n\x0c\x63ommit_index\x18\t \x01(\x03\x12\x15\n\rapplied_index\x18\n \x01(\x03\x12\x12\n\nhas_quorum\x18\x0b \x01(\x08\x12/\n\x07members\x18\x0c \x03(\x0b\x32\x1e.coolbeans.api.v1.MemberStatus\x12\r\n\x05ready\x18\r \x01(\x08\"H\n\rSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x32\xb8\x03\n\x07\x43luster\x12@\n\x04Join\x12\x1d.coolbeans.api.v1.JoinRequest\x1a\x17.coolbeans.api.v1.Empty\"\x00\x12\x42\n\x05Leave\x12\x1e.coolbeans.api.v1.LeaveRequest\x1a\x17.coolbeans.api.v1.Empty\"\x00\x12Q\n\x0cIsNodeLeader\x12\x17.coolbeans.api.v1.Empty\x1a&.coolbeans.api.v1.IsNodeLeaderResponse\"\x00\x12>\n\x08Snapshot\x12\x17.coolbeans.api.v1.Empty\x1a\x17.coolbeans.api.v1.Empty\"\x00\x12\x44\n\x06Status\x12\x17.coolbeans.api.v1.Empty\x1a\x1f.coolbeans.api.v1.ClusterStatus\"\x00\x12N\n\x0eStreamSnapshot\x12\x17.coolbeans.api.v1.Empty\x1a\x1f.coolbeans.api.v1.SnapshotChunk\"\x00\x30\x01\x42\x14Z\x12.;coolbeans_api_v1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022.;coolbeans_api_v1'
   _globals['_JOINREQUEST']._serialized_start=48
-  _globals['_JOINREQUEST']._serialized_end=111
-  _globals['_LEAVEREQUEST']._serialized_start=113
-  _globals['_LEAVEREQUEST']._serialized_end=144
-  _globals['_ISNODELEADERRESPONSE']._serialized_start=146
-  _globals['_ISNODELEADERRESPONSE']._serialized_end=187
-  _globals['_MEMBERSTATUS']._serialized_start=190
-  _globals['_MEMBERSTATUS']._serialized_end=331
-  _globals['_CLUSTERSTATUS']._serialized_start=334
-  _globals['_CLUSTERSTATUS']._serialized_end=642
-  _globals['_SNAPSHOTCHUNK']._serialized_start=644
-  _globals['_SNAPSHOTCHUNK']._serialized_end=716
-  _globals['_CLUSTER']._serialized_start=719
-  _globals['_CLUSTER']._serialized_end=1159
+  _globals['_JOINREQUEST']._serialized_end=132
+  _globals['_LEAVEREQUEST']._serialized_start=134
+  _globals['_LEAVEREQUEST']._serialized_end=165
+  _globals['_ISNODELEADERRESPONSE']._serialized_start=167
+  _globals['_ISNODELEADERRESPONSE']._serialized_end=208
+  _globals['_MEMBERSTATUS']._serialized_start=211
+  _globals['_MEMBERSTATUS']._serialized_end=352
+  _globals['_CLUSTERSTATUS']._serialized_start=355
+  _globals['_CLUSTERSTATUS']._serialized_end=663
+  _globals['_SNAPSHOTCHUNK']._serialized_start=665
+  _globals['_SNAPSHOTCHUNK']._serialized_end=737
+  _globals['_CLUSTER']._serialized_start=740
+  _globals['_CLUSTER']._serialized_end=1180
 # @@protoc_insertion_point(module_scope)

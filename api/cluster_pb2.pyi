@@ -27,21 +27,25 @@ class JoinRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ADDR_FIELD_NUMBER: _builtins.int
     GRPC_ADDR_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     addr: _builtins.str
     """the joining node's Raft address"""
     grpc_addr: _builtins.str
     """beanraft: the joining node's gRPC address (for leader hints)"""
+    incarnation: _builtins.str
+    """beanraft: a random id made with the node's data dir"""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         addr: _builtins.str = ...,
         grpc_addr: _builtins.str = ...,
+        incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "grpc_addr", b"grpc_addr", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "grpc_addr", b"grpc_addr", "incarnation", b"incarnation", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

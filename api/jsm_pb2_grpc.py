@@ -6,7 +6,7 @@ import warnings
 from api import empty_pb2 as empty__pb2
 from api import jsm_pb2 as jsm__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -3,8 +3,10 @@
 One log entry carries every request the leader had pending when it proposed (group commit: a
 busy leader replicates many puts per Raft round trip). Each request is
 ``(kind, request_id, payload)``: kind ``COMMAND`` carries ``statemachine.codec`` bytes; kind
-``MEMBER`` records a node's id and gRPC address under its Raft address, so any replica can say
-where the leader's gRPC endpoint is (a leader hint) and ``cluster status`` can name members.
+``MEMBER`` records a node's id, gRPC address and incarnation under its Raft address, so any
+replica can say where the leader's gRPC endpoint is (a leader hint) and ``cluster status`` can
+name members; kind ``FORGET`` removes a node from that directory and tells that node, and only
+that incarnation of it, to stop (a new node at the same address replays it and carries on).
 
 The format is explicit bytes (struct + lengths), not pickle: the log never holds a pickle of
 ours, so what a follower applies is data, never code.
@@ -65,10 +67,23 @@ def decode_batch(data: bytes) -> list[Request]:
     return requests
 
 
-def encode_member(node_id: str, grpc_addr: str, raft_addr: str) -> bytes:
-    return "\n".join((node_id, grpc_addr, raft_addr)).encode("utf-8")
+def encode_member(node_id: str, grpc_addr: str, raft_addr: str, incarnation: str = "") -> bytes:
+    return "\n".join((node_id, grpc_addr, raft_addr, incarnation)).encode("utf-8")
 
 
-def decode_member(payload: bytes) -> tuple[str, str, str]:
-    node_id, grpc_addr, raft_addr = payload.decode("utf-8").split("\n")
-    return node_id, grpc_addr, raft_addr
+def decode_member(payload: bytes) -> tuple[str, str, str, str]:
+    """(node id, gRPC address, Raft address, incarnation); entries written before nodes had
+    incarnations have three fields."""
+    node_id, grpc_addr, raft_addr, *rest = payload.decode("utf-8").split("\n")
+    return node_id, grpc_addr, raft_addr, rest[0] if rest else ""
+
+
+def encode_forget(raft_addr: str, incarnation: str) -> bytes:
+    return f"{raft_addr}\n{incarnation}".encode()
+
+
+def decode_forget(payload: bytes) -> tuple[str, str | None]:
+    """(Raft address, incarnation of the node removed); None for an entry written before
+    nodes had incarnations, which names the node by its address alone."""
+    raft_addr, sep, incarnation = payload.decode("utf-8").partition("\n")
+    return raft_addr, incarnation if sep else None

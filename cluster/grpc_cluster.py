@@ -37,7 +37,9 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             await guarded(context, self._forward(context, "Join", request))
             return empty_pb2.Empty()
         log.info("join requested", node_id=request.node_id, raft_addr=request.addr)
-        add = self.node.add_member(request.node_id, request.addr, request.grpc_addr)
+        add = self.node.add_member(
+            request.node_id, request.addr, request.grpc_addr, request.incarnation
+        )
         await guarded(context, add)
         return empty_pb2.Empty()
 

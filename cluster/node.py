@@ -21,7 +21,9 @@ the node's own Raft address, never 0.0.0.0; journal and dump file are both used;
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,20 @@ class NodeConfig:
     def seed_path(self) -> Path:
         return self.data_dir / "seed.snapshot"
 
+    def incarnation(self) -> str:
+        """A random id made once with the data dir: a node started afresh at an address where
+        another was removed is another incarnation, and the old removal does not stop it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "node.incarnation"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            value = secrets.token_hex(8)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(value + "\n")
+            os.replace(tmp, path)
+            return value
+
 
 class RaftNode:
     def __init__(self, config: NodeConfig, loop: asyncio.AbstractEventLoop) -> None:
@@ -88,12 +104,14 @@ class RaftNode:
         self.leader_changes = 0
         self.on_state_change: Callable[[int, int], None] = lambda old, new: None
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.incarnation = config.incarnation()
         self.hub = WakeupHub(loop, lambda: self.consumer.state.wakeups)
         self.consumer = MachineConsumer(
             MachineConfig(max_job_size=config.max_job_size),
             seed_snapshot=self._seed(),
             on_applied=self.hub.notify,
             self_raft_addr=config.raft_addr,
+            incarnation=self.incarnation,
         )
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         raftcore.install()
@@ -278,6 +296,18 @@ class RaftNode:
                 log.warning("tick proposal failed", exc_info=True)
             await asyncio.sleep(delay_s)
 
+    def registered(self) -> bool:
+        """The member directory holds this node's id, gRPC address and incarnation."""
+        raft_addr = self.config.raft_addr
+        return self.state.members.get(raft_addr) == (
+            self.config.node_id,
+            self.config.grpc_addr,
+        ) and (self.state.incarnations.get(raft_addr) == self.incarnation)
+
+    def _member_payload(self) -> bytes:
+        cfg = self.config
+        return envelope.encode_member(cfg.node_id, cfg.grpc_addr, cfg.raft_addr, self.incarnation)
+
     @property
     def removed(self) -> bool:
         """The log removed this node from the cluster: it must stop (see remove_member)."""
@@ -287,10 +317,8 @@ class RaftNode:
         """Propose what the leader owes the log; return how long to sleep."""
         if not self.is_leader():
             return 0.05
-        me = (self.config.node_id, self.config.grpc_addr)
-        if self.state.members.get(self.config.raft_addr) != me:
-            payload = envelope.encode_member(*me, self.config.raft_addr)
-            await self.submit([envelope.Request(envelope.MEMBER, "", payload)])
+        if not self.registered():
+            await self.submit([envelope.Request(envelope.MEMBER, "", self._member_payload())])
         deadline_ms = self.state.next_deadline_ms
         if deadline_ms is None:
             return 0.05
@@ -323,7 +351,9 @@ class RaftNode:
 
     # --- Membership -----------------------------------------------------------------------
 
-    async def add_member(self, node_id: str, raft_addr: str, grpc_addr: str) -> None:
+    async def add_member(
+        self, node_id: str, raft_addr: str, grpc_addr: str, incarnation: str = ""
+    ) -> None:
         """Add a voter (leader only). Already a member: only its directory entry is updated."""
         if not self.is_leader():
             raise self.not_leader()
@@ -332,7 +362,7 @@ class RaftNode:
             await self._membership(self.syncobj.addNodeToCluster, raft_addr)
             log.info("member added", node_id=node_id, raft_addr=raft_addr)
         if grpc_addr:
-            payload = envelope.encode_member(node_id, grpc_addr, raft_addr)
+            payload = envelope.encode_member(node_id, grpc_addr, raft_addr, incarnation)
             await self.submit([envelope.Request(envelope.MEMBER, "", payload)])
 
     async def remove_member(self, raft_addr: str) -> None:
@@ -342,17 +372,18 @@ class RaftNode:
         if raft_addr == self.config.raft_addr:
             raise MembershipRefused("the leader cannot remove itself: transfer leadership first")
         # First the directory entry, which the leaving node still receives and which tells it
-        # to stop its Raft: a removed node left running would start elections with ever
-        # higher terms and disrupt the cluster (pysyncobj has no PreVote).
-        forget = envelope.Request(envelope.FORGET, "", raft_addr.encode())
+        # (that incarnation of it: a node started later at the same address replays this
+        # entry and carries on) to stop its Raft rather than sit outside the cluster.
+        incarnation = self.state.incarnations.get(raft_addr, "")
+        forget = envelope.Request(
+            envelope.FORGET, "", envelope.encode_forget(raft_addr, incarnation)
+        )
         forget_index = (await self.submit([forget]))[0][2]
         # The leaving node must also learn that the entry is committed: a later entry, sent
         # with a commit index past the FORGET, tells it. Wait (briefly: it may be dead) for it
         # to hold both before it is cut off.
         await self._wait_for_match(raft_addr, forget_index)
-        me = envelope.encode_member(
-            self.config.node_id, self.config.grpc_addr, self.config.raft_addr
-        )
+        me = self._member_payload()
         marker_index = (await self.submit([envelope.Request(envelope.MEMBER, "", me)]))[0][2]
         await self._wait_for_match(raft_addr, marker_index)
         await self._membership(self.syncobj.removeNodeFromCluster, raft_addr)

@@ -81,12 +81,15 @@ class ReplicatedState:
         wakeups: Wakeups | None = None,
         members: dict[str, tuple[str, str]] | None = None,
         max_now_ms: int = 0,
+        incarnations: dict[str, str] | None = None,
     ) -> None:
         self.machine = machine
         self.requests = requests if requests is not None else OrderedDict()
         self.wakeups = wakeups or Wakeups(deque(), 0)
         self.requests_bytes = sum(len(outcome) for _, outcome in self.requests.values())
         self.members = members if members is not None else {}
+        # Raft address -> the incarnation (a random id made with the data dir) last seen there
+        self.incarnations = incarnations if incarnations is not None else {}
         self.max_now_ms = max_now_ms
         self.next_deadline_ms = machine.next_deadline_ms()
 
@@ -99,6 +102,7 @@ class ReplicatedState:
             "last_seq": self.wakeups.last_seq,
             "members": self.members,
             "max_now_ms": self.max_now_ms,
+            "incarnations": self.incarnations,
         }
         return pickle.dumps(plain, protocol=5)
 
@@ -113,6 +117,7 @@ class ReplicatedState:
             _wakeups(plain["wakeups"], plain["last_seq"]),
             plain["members"],
             plain["max_now_ms"],
+            plain.get("incarnations", {}),
         )
 
 
@@ -131,10 +136,12 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         seed_snapshot: bytes | None = None,
         on_applied: Callable[[], None] | None = None,
         self_raft_addr: str = "",
+        incarnation: str = "",
     ) -> None:
         # Attributes set before SyncObjConsumer.__init__ are local, never snapshotted.
         self.on_applied = on_applied or (lambda: None)
         self.self_raft_addr = self_raft_addr
+        self.incarnation = incarnation
         self.removed = False
         self._decoded: dict[bytes, list[envelope.Request]] = {}  # see remember_decoded
         super().__init__()
@@ -185,14 +192,17 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         self, state: ReplicatedState, request: envelope.Request, now_ms: int
     ) -> tuple[int, bytes]:
         if request.kind == envelope.MEMBER:
-            node_id, grpc_addr, raft_addr = envelope.decode_member(request.payload)
+            node_id, grpc_addr, raft_addr, incarnation = envelope.decode_member(request.payload)
             state.members[raft_addr] = (node_id, grpc_addr)
+            if incarnation:
+                state.incarnations[raft_addr] = incarnation
             return (OK, b"")
         if request.kind == envelope.FORGET:
-            raft_addr = request.payload.decode()
+            raft_addr, incarnation = envelope.decode_forget(request.payload)
             state.members.pop(raft_addr, None)
-            if raft_addr == self.self_raft_addr:
-                self.removed = True  # local: the node stops its Raft (cluster.node)
+            state.incarnations.pop(raft_addr, None)
+            if raft_addr == self.self_raft_addr and incarnation in (None, self.incarnation):
+                self.removed = True  # local: this very node stops its Raft (cluster.node)
             return (OK, b"")
         remembered = state.requests.get(request.request_id) if request.request_id else None
         if remembered is not None:

@@ -137,14 +137,16 @@ class NodeServer:
         address (Join of an existing member changes only the directory)."""
         node, service = self.node, self.service
         assert node is not None and service is not None
-        me = (self.config.node_id, self.config.grpc_addr)
-        if node.is_leader() or node.state.members.get(self.config.raft_addr) == me:
+        if node.is_leader() or node.registered():
             return
         _, leader_grpc = node.leader_info()
         if not leader_grpc:
             return
         request = cluster_pb2.JoinRequest(
-            node_id=me[0], addr=self.config.raft_addr, grpc_addr=me[1]
+            node_id=self.config.node_id,
+            addr=self.config.raft_addr,
+            grpc_addr=self.config.grpc_addr,
+            incarnation=node.incarnation,
         )
         try:
             await cluster_pb2_grpc.ClusterStub(service._channel(leader_grpc)).Join(
@@ -177,7 +179,10 @@ async def join_cluster(config: NodeConfig, options: ServerOptions) -> list[str]:
             try:
                 status = await stub.Status(empty_pb2.Empty(), timeout=5)
                 request = cluster_pb2.JoinRequest(
-                    node_id=config.node_id, addr=config.raft_addr, grpc_addr=config.grpc_addr
+                    node_id=config.node_id,
+                    addr=config.raft_addr,
+                    grpc_addr=config.grpc_addr,
+                    incarnation=config.incarnation(),
                 )
                 await stub.Join(request, timeout=60)
                 members = [m.raft_addr for m in status.members if m.raft_addr != config.raft_addr]

@@ -6,6 +6,7 @@ Each test ends by checking that every running replica holds an equal snapshot.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -283,6 +284,38 @@ def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower_without_divergenc
         await cluster.assert_converged()
         stats = await queue.apply(c.Stats())
         assert isinstance(stats, r.ServerStats) and stats.current_jobs_ready == 22
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_node_left_and_replaced_at_the_same_address_with_join_stays_and_catches_up(
+    cluster: ProcessCluster,
+) -> None:
+    """The new node replays the old node's removal from the log; it names the old incarnation,
+    so the new node carries on instead of stopping itself."""
+
+    async def scenario() -> None:
+        leader = await cluster.wait_for_leader()
+        queue = cluster.queue()
+        for i in range(10):
+            await queue.apply(_put(b"before-%d" % i))
+        leaving = next(n for n in cluster.nodes if n is not leader)
+        _admin(cluster, "leave", "--node-id", leaving.node_id)
+        assert leaving.proc is not None
+        await asyncio.to_thread(leaving.proc.wait, 30)  # the removed node stops by itself
+        leaving.proc = None
+        await _wait_members(cluster, 2)
+        shutil.rmtree(leaving.data_dir)  # a new machine at the same address
+        leaving.extra = ["--join", leader.grpc_addr]
+        cluster.start(leaving, peers=[])
+        await _wait_members(cluster, 3)
+        await queue.apply(_put(b"after"))
+        snapshot = await cluster.assert_converged()
+        assert b"after" in snapshot and b"before-9" in snapshot
+        await asyncio.sleep(1.0)  # it would have stopped by now if it obeyed the old removal
+        assert leaving.running, leaving.log_path.read_text()[-2000:]
+        assert "removed from the cluster" not in leaving.log_path.read_text().split("joined")[-1]
         await queue.close()
 
     asyncio.run(scenario())
