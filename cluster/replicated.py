@@ -198,10 +198,10 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
                 state.incarnations[raft_addr] = incarnation
             return (OK, b"")
         if request.kind == envelope.FORGET:
-            raft_addr, incarnation = envelope.decode_forget(request.payload)
+            raft_addr, removed = envelope.decode_forget(request.payload)
             state.members.pop(raft_addr, None)
             state.incarnations.pop(raft_addr, None)
-            if raft_addr == self.self_raft_addr and incarnation in (None, self.incarnation):
+            if raft_addr == self.self_raft_addr and removed in (None, self.incarnation):
                 self.removed = True  # local: this very node stops its Raft (cluster.node)
             return (OK, b"")
         remembered = state.requests.get(request.request_id) if request.request_id else None
