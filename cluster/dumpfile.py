@@ -25,9 +25,11 @@ to a follower that is too far behind for the log. ``DumpStore`` takes the place 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
 import os
+import signal
 import struct
 import time
 import zlib
@@ -160,6 +162,16 @@ def write_dump_file(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when its parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -239,14 +251,20 @@ class DumpStore:
         _, last, prev, cluster = data
         members = sorted(node.address for node in cluster)
         self._current_id = id
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: nothing but this, then _exit
-            os._exit(self._write_in_child(Dump(last, prev, members, b"")))
+            os._exit(self._write_in_child(Dump(last, prev, members, b""), parent))
         self._pid = pid
 
-    def _write_in_child(self, meta: Dump) -> int:
+    def _write_in_child(self, meta: Dump, parent: int) -> int:
         try:
             gc.disable()
+            # A child that outlived a killed node would rename its dump into the data dir of
+            # the node restarted there, over the dump that node's journal was cut against.
+            _die_with_parent()
+            if os.getppid() != parent:
+                return 1
             os.nice(CHILD_NICE)
             dump = Dump(meta.last, meta.prev, meta.members, self._state_bytes())
             write_dump_file(self.path, encode_dump(dump))
@@ -268,6 +286,10 @@ class DumpStore:
             raise DamagedDump(f"{self.path}: pysyncobj asked to load a dump that is not there")
         self._loaded = dump
         return None, dump.last, dump.prev, [self._member(m) for m in dump.members]
+
+    def pending(self) -> Dump | None:
+        """The dump the next ``deserialize`` will load (checked already), if known."""
+        return self._checked
 
     def take_loaded(self) -> Dump | None:
         dump, self._loaded = self._loaded, None

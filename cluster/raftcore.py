@@ -299,8 +299,8 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         if prev < settled:
             self._reply(node, matched=settled)  # committed entries match the leader's
             return
-        if self._term_at(prev) != prev_term:
-            self._refuse(node, prev, prev_term)
+        if prev_term is None or self._term_at(prev) != prev_term:
+            self._refuse(node, prev, prev_term or 0)
             return
         new = self._new_entries(entries)
         if new and not self._append(new):
@@ -393,7 +393,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         match_index: dict[Any, int] = self._SyncObj__raftMatchIndex
         match = match_index.get(node, 0)
         if message["success"]:
-            matched = message["next_node_idx"] - 1
+            matched = min(message["next_node_idx"] - 1, self._last_index())
             if matched > match:
                 match_index[node] = match = matched
             if progress.state != SNAPSHOT:
@@ -469,6 +469,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         batch_bytes = self._SyncObj__conf.appendEntriesBatchSizeBytes
         transport = self._SyncObj__transport
         last = self._last_index()
+        start = min(start, last + 1)
         while True:
             entries = self._SyncObj__getEntries(start, None, batch_bytes) if start <= last else []
             message = {
@@ -566,9 +567,16 @@ class RaftCore(SyncObj):  # type: ignore[misc]
             self._SyncObj__raftLeader = None
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
-        # pysyncobj resets its log to the dump's head and logs (and swallows) any failure;
-        # the state is installed only when that reset happened, or the log and the state
-        # would disagree about what is applied.
+        # pysyncobj empties its log unless the log starts with the dump's last two entries.
+        # A node stopped between writing a dump and cutting its log to it holds the dump's
+        # entries further in, and entries after them that it may have acknowledged: cut the
+        # log to the dump's head first, so those stay.
+        pending = self.dumps.pending()
+        if pending is not None and not clearJournal:
+            self._cut_log_to(pending.prev, pending.last)
+        # pysyncobj then resets its log to the dump's head and logs (and swallows) any
+        # failure; the state is installed only when that reset happened, or the log and the
+        # state would disagree about what is applied.
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
         dump = self.dumps.take_loaded()
         if dump is None:
@@ -585,6 +593,16 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         except Exception:
             log.critical("a checked dump failed to load: exiting", exc_info=True)
             os._exit(70)
+
+    def _cut_log_to(self, prev: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
+        first = self._first_index()
+        at = prev[1] - first
+        if (
+            0 < at < len(self.journal) - 1
+            and self.journal[at] == prev
+            and self.journal[at + 1] == last
+        ):
+            self.journal.deleteEntriesTo(at)
 
     # --- rule 6 ----------------------------------------------------------------------------------
 

@@ -3,12 +3,18 @@ follower in chunks that are checked before they replace anything."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_harness import InProcessCluster
 
 from cluster.dumpfile import (
     FAILED,
@@ -22,6 +28,7 @@ from cluster.dumpfile import (
     read_dump,
     write_dump_file,
 )
+from statemachine import commands as c
 
 _DUMP = Dump(
     last=(b"\x00last", 41, 3),
@@ -147,3 +154,84 @@ def test_a_dump_damaged_on_the_way_is_dropped_and_the_old_one_kept(tmp_path: Pat
     assert read_dump(follower_path) == older
     assert _send_all(sender, receiver)  # the next transmission goes through
     assert read_dump(follower_path) == _DUMP
+
+
+def test_a_node_stopped_between_its_dump_and_its_log_cut_keeps_the_entries_after_the_dump(
+    tmp_path: Path,
+) -> None:
+    """pysyncobj empties a log that does not start at the dump's head; a node stopped after
+    writing a dump but before cutting its log holds the dump's entries further in, followed by
+    entries it acknowledged. They must survive the restart."""
+
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        await cluster.start_all()
+        leader = await cluster.wait_for_leader()
+        i = next(i for i, n in cluster.nodes.items() if n is not leader)
+        follower = cluster.nodes[i]
+        for n in range(30):
+            await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
+        await cluster.assert_converged()
+        follower.journal.deleteEntriesTo = lambda entry_to: None  # stopped before the cut
+        follower.syncobj.forceLogCompaction()
+        for _ in range(200):
+            if follower.dumps.written:
+                break
+            await asyncio.sleep(0.05)
+        assert follower.dumps.written
+        for n in range(30, 40):
+            await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
+        await cluster.assert_converged()
+        last = follower.journal[-1][1]
+        await cluster.stop_all()
+        alone = cluster.start(i)  # alone: it can only read its own disk
+        await asyncio.sleep(1.0)
+        assert alone.journal[-1][1] == last
+        dump = read_dump(alone.config.dump_path)
+        assert dump is not None and alone.journal[0] == dump.prev
+        await cluster.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_a_dump_child_dies_with_its_node_and_writes_nothing_after_it(tmp_path: Path) -> None:
+    """A node killed while its child writes a dump takes the child with it: the child must not
+    rename a dump into the data dir of the node restarted there."""
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from cluster.dumpfile import DumpStore
+
+        def slow_state() -> bytes:
+            time.sleep(5)
+            return b"state"
+
+        store = DumpStore(Path({str(tmp_path / "state.dump")!r}), 4096, slow_state, print)
+        store.serialize((None, (b"l", 2, 1), (b"p", 1, 1), set()), 1)
+        print(store._pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    node = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2]
+    )
+    assert node.stdout is not None
+    child = int(node.stdout.readline())
+    node.kill()
+    node.wait()
+    give_up = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < give_up, "the dump child outlived its node"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert not (tmp_path / "state.dump").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for init is as good as gone
+        return f.read().split(")")[-1].split()[0] != "Z"
