@@ -70,7 +70,10 @@ class LeaderTime:
         if term == self._term:
             return
         self._term = term
-        self._base_ms = max(last_stamp_ms, self._clock.now_ms() - self._grace_ms)
+        now_ms = self._clock.now_ms()
+        # A new cluster (nothing stamped yet) starts at the wall clock, not behind it: every
+        # millisecond of lag would use up the grace that later failovers need.
+        self._base_ms = max(last_stamp_ms, now_ms - self._grace_ms) if last_stamp_ms else now_ms
         self._base_monotonic_ms = self._clock.monotonic_ms()
 
     def now_ms(self) -> int:

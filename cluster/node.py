@@ -50,6 +50,8 @@ _LEADER = 2
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 JOURNAL_COMPACT_BYTES = 1 << 30
 LEADER_FALLBACK_S = 1.0
+LEASE_EXTENSION_MS = 10_000  # a proxy's default lease (proxy/server.py)
+STALL_S = 2.0  # a leader whose tick loop did not run for this long was paused
 DUMP_CHUNK_BYTES = 1 << 20  # a dump goes to a follower far behind in chunks of this size
 
 
@@ -155,6 +157,8 @@ class RaftNode:
             remember=self.consumer.remember_decoded,
         )
         self._tick_inflight = False
+        self._leases_extended_term = -1
+        self._last_tick_s = loop.time()
         self._last_ticked_deadline_ms: int | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -282,8 +286,25 @@ class RaftNode:
     async def submit(self, requests: list[envelope.Request]) -> list[Result]:
         if not self.is_leader():
             raise self.not_leader()
-        self.leader_time.start_term(int(self.syncobj.raftCurrentTerm), self.state.max_now_ms)
-        return await self.proposer.submit_many(requests)
+        term = int(self.syncobj.raftCurrentTerm)
+        self.leader_time.start_term(term, self.state.max_now_ms)
+        self._check_stall()
+        if self._leases_extended_term == term:
+            return await self.proposer.submit_many(requests)
+        # The first entry of a term extends every proxy's lease before anything it stamps
+        # can expire one: the outage before this leader must not disconnect live proxies.
+        extend = c.ExtendLeases(self.leader_time.now_ms() + LEASE_EXTENSION_MS)
+        first = envelope.Request(envelope.COMMAND, "", codec.encode_command(extend), extend)
+        results = await self.proposer.submit_many([first, *requests])
+        self._leases_extended_term = term
+        return results[1:]
+
+    def _check_stall(self) -> None:
+        """The tick loop runs every 50 ms; when it has not for seconds, this process was
+        paused or starved and no proxy could renew meanwhile: extend the leases again, as
+        after an outage, before anything this leader stamps next can expire one."""
+        if self.loop.time() - self._last_tick_s > STALL_S:
+            self._leases_extended_term = -1
 
     async def _tick_loop(self) -> None:
         while True:
@@ -315,6 +336,8 @@ class RaftNode:
 
     async def _tick_once(self) -> float:
         """Propose what the leader owes the log; return how long to sleep."""
+        self._check_stall()
+        self._last_tick_s = self.loop.time()
         if not self.is_leader():
             return 0.05
         if not self.registered():

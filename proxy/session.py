@@ -50,7 +50,7 @@ _BACKOFF_MAX_S: Final = 0.5
 # cluster or the wake-up stream in trouble) the session asks the machine whether it still
 # waits, and answers TIMED_OUT itself if the machine does not say within CHECK_S.
 RESERVE_GRACE_S: Final = 3.0
-CHECK_S: Final = 2.0
+CHECK_S: Final = 1.5  # so every timed reserve is answered within its timeout + 5 s
 
 
 @dataclass
@@ -276,11 +276,20 @@ class Session:
 
     async def _reserve_once(self, command: sm.Reserve, ends_at: float | None) -> object:
         """The reply, or the wake-up that answered the wait, or _PEER_GONE / _LOST."""
-        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[object] = loop.create_future()
         self._pending = (command.request_id, waiter)
         try:
             try:
-                reply = await self._apply(command)
+                if ends_at is None:
+                    reply = await self._apply(command)
+                else:  # the cluster may be down: answer by the bound all the same
+                    limit_s = ends_at + RESERVE_GRACE_S + CHECK_S - loop.time()
+                    reply = await asyncio.wait_for(self._apply(command), max(0.0, limit_s))
+            except TimeoutError:
+                log.warning("reserve_unanswered_timing_out", client_id=self.client_id)
+                self._unsettled = command.request_id
+                return r.TimedOut()
             except QueueUnavailable:
                 self._unsettled = command.request_id
                 raise

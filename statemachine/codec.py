@@ -41,6 +41,7 @@ _TABLE: Final[tuple[tuple[int, type[Any]], ...]] = (
     (16, c.Release), (17, c.Bury), (18, c.Touch), (19, c.Kick), (20, c.KickJob),
     (21, c.PauseTube), (22, c.Peek), (23, c.PeekReady), (24, c.PeekDelayed), (25, c.PeekBuried),
     (26, c.StatsJob), (27, c.StatsTube), (28, c.Stats), (29, c.ListTubes), (30, c.CheckClients),
+    (31, c.ExtendLeases),
     (64, r.Ok), (65, r.Inserted), (66, r.Reserved), (67, r.Waiting), (68, r.DeadlineSoon),
     (69, r.TimedOut), (70, r.Deleted), (71, r.Released), (72, r.Buried), (73, r.Touched),
     (74, r.Kicked), (75, r.Paused), (76, r.Using), (77, r.Watching), (78, r.Found),

@@ -64,6 +64,16 @@ class DropProxy:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtendLeases:
+    """A new leader took over: no proxy's lease runs out before ``until_ms``. It is applied at
+    the machine's time without advancing it, so a lease that the outage before it would have
+    expired is kept: as etcd renews every lease when its leader changes, a failover never
+    disconnects the clients of a proxy that is alive and renewing."""
+
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes. Proposed by the leader only when ``next_deadline_ms()`` is due."""
 
@@ -253,6 +263,7 @@ Command = (
     | Disconnect
     | RenewLease
     | DropProxy
+    | ExtendLeases
     | Tick
     | Use
     | Watch

@@ -60,6 +60,7 @@ HANDLERS: dict[type, Handler] = {
     c.Connect: ops_sessions.connect,
     c.Disconnect: ops_sessions.disconnect,
     c.RenewLease: ops_sessions.renew_lease,
+    c.ExtendLeases: ops_sessions.extend_leases,
     c.DropProxy: ops_sessions.drop_proxy,
     c.Tick: ops_sessions.tick,
     c.Use: ops_sessions.use,
@@ -122,7 +123,8 @@ class JobStateMachine:
         handler = HANDLERS.get(type(command))
         if handler is None:
             raise TypeError(f"not a state-machine command: {command!r}")
-        advance(state, now_ms)
+        if type(command) is not c.ExtendLeases:  # it acts before the time that passed
+            advance(state, now_ms)
         window = state.window
         if window.entries:
             window.purge(state.now_ms)

@@ -63,6 +63,15 @@ def drop_proxy(state: State, cmd: c.DropProxy) -> Reply:
     return Ok()
 
 
+def extend_leases(state: State, cmd: c.ExtendLeases) -> Reply:
+    if cmd.until_ms < 0:
+        return InvalidArgument(f"until_ms {cmd.until_ms} must not be negative")
+    for proxy_id, expiry_ms in state.leases.items():
+        if expiry_ms < cmd.until_ms:
+            state.leases[proxy_id] = cmd.until_ms
+    return Ok()
+
+
 def tick(state: State, cmd: c.Tick) -> Reply:
     # The events due by now were processed before dispatch; a tick has nothing else to do.
     return Ok()

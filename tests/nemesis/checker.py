@@ -97,9 +97,13 @@ def check(history: History, drained: list[str], applied: list[Applied]) -> Repor
             )
     times = sorted(history.ack_times)
     report.longest_gap_s = _longest_gap(times, times[0] if times else 0, times[-1] if times else 0)
-    for fault in applied:
-        # from the fault's start to 10 s after its heal: the outage and the recovery
-        gap = _longest_gap(times, fault.started, fault.healed + 10)
+    for i, fault in enumerate(applied):
+        # from the fault's start to 10 s after its heal (the outage and the recovery), or to
+        # the next fault's start if that is sooner
+        end = fault.healed + 10
+        if i + 1 < len(applied):
+            end = min(end, applied[i + 1].started)
+        gap = _longest_gap(times, fault.started, end)
         report.fault_gaps.append((fault.kind, ",".join(fault.targets), gap))
     return report
 

@@ -242,6 +242,12 @@ class MachineAgainstModel(RuleBasedStateMachine):
         # -1 stands for DropProxy: a clean shutdown is as rare as a lease that runs out.
         self.apply(c.DropProxy(proxy) if lease_ms < 0 else c.RenewLease(proxy, lease_ms))
 
+    @rule(ahead_ms=st.sampled_from((-1, 0, 2000, 10_000)))
+    def a_new_leader_extends_every_lease_after_an_outage(self, ahead_ms: int) -> None:
+        self.clock_ms += 7000  # stamped after the outage, yet it acts before that time passes
+        until = -1 if ahead_ms < 0 else self.clock_ms + ahead_ms
+        self.apply(c.ExtendLeases(until))
+
     @rule(tube=tubes, data=st.data())
     def use(self, tube: str, data: st.DataObject) -> None:
         self.apply(c.Use(self.client(data), tube))

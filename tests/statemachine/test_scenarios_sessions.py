@@ -93,6 +93,29 @@ def test_renewing_a_lease_postpones_its_expiry(q: Driver) -> None:
     assert q.machine.next_deadline_ms() is None
 
 
+def test_a_new_leader_after_an_outage_extends_leases_before_the_outage_counts(
+    q: Driver,
+) -> None:
+    q.connect("c1", proxy="p1")
+    q.do(c.RenewLease("p1", 3_000))
+    q.at(9_000)  # the cluster was down from 1 s to 9 s: the lease would have run out at 3 s
+    assert q.do(c.ExtendLeases(until_ms=19_000)) == r.Ok()
+    assert q.machine.now_ms == 0  # it acted before the outage's time passed
+    q.tick(18_999)
+    assert q.stats().current_connections == 1
+    q.tick(19_000)
+    assert q.stats().current_connections == 0
+
+
+def test_extending_leases_never_shortens_one_and_refuses_a_negative_time(q: Driver) -> None:
+    q.connect("c1", proxy="p1")
+    q.do(c.RenewLease("p1", 30_000))
+    q.do(c.ExtendLeases(until_ms=5_000))
+    q.tick(29_999)
+    assert q.stats().current_connections == 1
+    assert isinstance(q.do(c.ExtendLeases(until_ms=-1)), r.InvalidArgument)
+
+
 def test_a_proxy_that_never_renewed_has_no_expiry(q: Driver) -> None:
     q.connect("c1")
     assert q.machine.next_deadline_ms() is None
