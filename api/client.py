@@ -226,7 +226,7 @@ class RemoteQueue:
     async def _follow(self, proxy_id: str, handler: WakeupHandler, attached: asyncio.Event) -> None:
         cursor = _Cursor()  # survives every reconnect: the next stream resumes after it
         candidates = self._candidates()
-        target = self._preferred
+        target = next(candidates)  # the preferred node first, then each other in turn
         while True:
             try:
                 await self._stream_once(target, proxy_id, cursor, handler, attached)
@@ -251,7 +251,9 @@ class RemoteQueue:
         handler: WakeupHandler,
         attached: asyncio.Event,
     ) -> None:
-        request = jsm_pb2.WakeupStreamRequest(proxy_id=proxy_id, after_seq=cursor.seq)
+        request = jsm_pb2.WakeupStreamRequest(
+            proxy_id=proxy_id, after_seq=cursor.seq, exact=cursor.known
+        )
         call = self._stub(target).StreamWakeups(request)
         loop = asyncio.get_running_loop()
         watch = _StallWatch(loop.time())
@@ -278,6 +280,7 @@ class RemoteQueue:
                     if event.wakeup:
                         handler(codec.decode_wakeup(event.wakeup))
                     cursor.seq = event.seq
+                cursor.known = True
         finally:
             call.cancel()
             if reading is not None:
@@ -304,9 +307,11 @@ class StreamStalled(Exception):
 
 
 class _Cursor:
-    """The number of the last wake-up a proxy's stream delivered (0: none yet)."""
+    """The number of the last wake-up a proxy's stream delivered, once one stream attached
+    (``known``): from then on every stream resumes exactly there, 0 included."""
 
     seq = 0
+    known = False
 
 
 class _StallWatch:

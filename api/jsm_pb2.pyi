@@ -1065,18 +1065,24 @@ class WakeupStreamRequest(_message.Message):
 
     PROXY_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
     proxy_id: _builtins.str
     after_seq: _builtins.int
-    """Resume after this wake-up sequence number (0: only wake-ups from now on)."""
+    """Resume after this wake-up sequence number (0: only wake-ups from now on, unless exact)."""
+    exact: _builtins.bool
+    """after_seq is the last number this proxy saw, even when it is 0 (a resumed stream that had
+    seen no wake-up yet must still get every one numbered from 1).
+    """
     def __init__(
         self,
         *,
         proxy_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        exact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "proxy_id", b"proxy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "exact", b"exact", "proxy_id", b"proxy_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

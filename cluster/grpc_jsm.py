@@ -149,7 +149,7 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
         if not request.proxy_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
         node = self.service.node
-        async for event in node.hub.stream(request.proxy_id, request.after_seq):
+        async for event in node.hub.stream(request.proxy_id, request.after_seq, request.exact):
             if not node.in_contact():
                 # Cut off from the leader, this node applies nothing new: the wake-ups it could
                 # send would come late or never. End the stream; the proxy resumes elsewhere.

@@ -54,7 +54,7 @@ _FILE_HEADER = struct.Struct("<8sIII12x")
 # command length, crc, index, term
 _RECORD = struct.Struct("<IIQQ")
 FIRST_RECORD_OFFSET = _FILE_HEADER.size
-GROW_BYTES = 8 << 20
+GROW_BYTES = 1 << 20  # a step of allocation: also the room a full disk must give back
 MAX_RECORD_BYTES = 256 << 20  # far above the largest entry the proposer builds (1 MiB)
 
 META_MAGIC = b"BRAFTMET"

@@ -48,7 +48,7 @@ from statemachine.machine import MachineConfig
 log = structlog.get_logger(__name__)
 _LEADER = 2
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
-JOURNAL_COMPACT_BYTES = 1 << 30
+JOURNAL_COMPACT_BYTES = 64 << 20  # big entries (job bodies) compact by size before count
 LEADER_FALLBACK_S = 1.0
 LEASE_EXTENSION_MS = 10_000  # a proxy's default lease (proxy/server.py)
 STALL_S = 2.0  # a leader whose tick loop did not run for this long was paused

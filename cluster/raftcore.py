@@ -82,6 +82,7 @@ _VERIFIED = {
     "syncobj.SyncObj._SyncObj__sendAppendEntries": "9cb9073128c392fa",
     "syncobj.SyncObj._SyncObj__applyLogEntries": "073db677773b5a2d",
     "syncobj.SyncObj._SyncObj__onBecomeLeader": "5a3fd97bc17dc1cf",
+    "syncobj.SyncObj._SyncObj__sendNextNodeIdx": "68aaeefc267b8896",
     "syncobj.SyncObj._SyncObj__onNodeConnected": "2655afb481b4c69b",
     "syncobj.SyncObj._SyncObj__onNodeDisconnected": "a81c0475ba2218cc",
     "syncobj.SyncObj._SyncObj__setCurrentTerm": "0ad5bf456ac06bd3",
@@ -377,16 +378,40 @@ class RaftCore(SyncObj):  # type: ignore[misc]
                 "reset": True,
                 "rejected": prev,
                 "hint_term": self._term_at(hint) or 0,
+                "term": self._term(),
             },
         )
 
     def _reply(self, node: Any, matched: int) -> None:
-        message = {"type": "next_node_idx", "next_node_idx": matched + 1, "success": True}
-        self._SyncObj__transport.send(node, {**message, "reset": False})
+        self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=matched + 1, success=True)
+
+    def _SyncObj__sendNextNodeIdx(
+        self,
+        node: Any,
+        reset: bool = False,
+        nextNodeIdx: int | None = None,
+        success: bool = False,
+    ) -> None:
+        # Every answer to an append carries the term it answers in: the leader drops one from
+        # another term (it may vouch for entries a later leader made this node drop).
+        if nextNodeIdx is None:
+            nextNodeIdx = self._last_index() + 1
+        self._SyncObj__transport.send(
+            node,
+            {
+                "type": "next_node_idx",
+                "next_node_idx": nextNodeIdx,
+                "reset": reset,
+                "success": success,
+                "term": self._term(),
+            },
+        )
 
     # --- the leader's view of each follower (rule 3) -----------------------------------------
 
     def _on_append_reply(self, node: Any, message: dict[str, Any]) -> None:
+        if message.get("term", self._term()) != self._term():
+            return  # an answer to an append of another term (Raft's responses carry terms)
         self._SyncObj__lastResponseTime[node] = time.monotonic()
         progress = self._progress_of(node)
         next_index: dict[Any, int] = self._SyncObj__raftNextIndex

@@ -60,10 +60,13 @@ class WakeupHub:
     def last_seq(self) -> int:
         return self._ring().last_seq
 
-    async def stream(self, proxy_id: str, after_seq: int) -> AsyncIterator[StreamEvent]:
-        """Wake-ups for ``proxy_id`` numbered above ``after_seq`` (0: from now on), forever."""
+    async def stream(
+        self, proxy_id: str, after_seq: int, exact: bool = False
+    ) -> AsyncIterator[StreamEvent]:
+        """Wake-ups for ``proxy_id`` numbered above ``after_seq`` (0 and not ``exact``: from
+        now on), forever."""
         loop = asyncio.get_running_loop()
-        cursor = after_seq if after_seq > 0 else self.last_seq()
+        cursor = after_seq if after_seq > 0 or exact else self.last_seq()
         yield StreamEvent(cursor, b"")  # attached: the client may now rely on the stream
         sent_at = loop.time()
         while not self._closed:

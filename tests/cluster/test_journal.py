@@ -192,7 +192,7 @@ def _flip(path: Path, offset: int) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs (root only), for a journal that grows in 8 MiB steps."""
+    """A 24 MiB tmpfs (root only) to fill."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("a full-disk test needs root to mount a tmpfs")
@@ -212,7 +212,7 @@ def test_a_full_disk_raises_disk_full_keeps_the_log_as_it_was_and_recovers(
 ) -> None:
     journal = Journal(small_disk / "raft.log")
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # leave less than one more journal step free
+    with open(filler, "wb") as f:  # half the disk: the journal fills the rest
         f.write(bytes(12 << 20))
     written = []
     with pytest.raises(DiskFull, match="no space left"):

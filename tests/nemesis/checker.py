@@ -84,6 +84,11 @@ def check(history: History, drained: list[str], applied: list[Applied]) -> Repor
         report.events.append(f"{consumer}: delete of job {job_id} NOT_FOUND {near(t)}")
     found = Counter(history.deleted_bodies) + Counter(drained)
     report.lost = sorted(body for body in history.acked if found[body] == 0)
+    for body in report.lost[:5]:
+        job_id = history.acked[body]
+        report.events.append(
+            f"put {body} (job {job_id}) lost, acknowledged {near(history.acked_at[body])}"
+        )
     report.duplicated = sorted(body for body, n in found.items() if n > 1)
     report.double_deleted = {job_id: who for job_id, who in history.deleted.items() if len(who) > 1}
     report.reserves = len(history.reserves)

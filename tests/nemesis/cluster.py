@@ -217,12 +217,20 @@ class NemesisCluster:
         give(tls, user)
         return Node(node_id, user, raft_port, grpc_port, disk, tls, self.root / f"n{node_id}.log")
 
-    def _proxy(self) -> Proxy:
+    def add_proxy(self, first: Node | None = None) -> Proxy:
+        """Another proxy; ``first`` is the node it opens its wake-up stream on first."""
+        order = sorted(self.nodes, key=lambda n: n is not first)
+        proxy = self._proxy(order)
+        self.proxies.append(proxy)
+        return proxy
+
+    def _proxy(self, order: list[Node] | None = None) -> Proxy:
         log_path = self.root / f"proxy-{len(self.proxies) + 1}.log"
+        nodes = order or self.nodes
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0",
-                 "--cluster", ",".join(n.grpc_addr for n in self.nodes),
+                 "--cluster", ",".join(n.grpc_addr for n in nodes),
                  "--tls-dir", str(self.tls_dir)],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=log,
             )  # fmt: skip
@@ -250,9 +258,10 @@ class NemesisCluster:
             return None
         return asyncio.run(ask())
 
-    def leader(self) -> Node | None:
-        """The node that leads and that every other answering node names as leader."""
-        views = {node.node_id: self.status(node) for node in self.nodes}
+    def leader(self, excluding: tuple[Node, ...] = ()) -> Node | None:
+        """The node that leads and that every other answering node (but ``excluding``, cut
+        off) names as leader."""
+        views = {node.node_id: self.status(node) for node in self.nodes if node not in excluding}
         answering = {k: v for k, v in views.items() if v is not None}
         for node in self.nodes:
             view = answering.get(node.node_id)
@@ -262,10 +271,14 @@ class NemesisCluster:
                 return node
         return None
 
-    def wait_for_leader(self, timeout_s: float = 30.0) -> Node:
+    def followers(self) -> list[Node]:
+        leader = self.wait_for_leader()
+        return [n for n in self.nodes if n is not leader]
+
+    def wait_for_leader(self, timeout_s: float = 30.0, excluding: tuple[Node, ...] = ()) -> Node:
         give_up = time.monotonic() + timeout_s
         while time.monotonic() < give_up:
-            leader = self.leader()
+            leader = self.leader(excluding)
             if leader is not None:
                 return leader
             time.sleep(0.2)

@@ -41,6 +41,7 @@ class History:
     lock: threading.Lock = field(default_factory=threading.Lock)
     acked: dict[str, int] = field(default_factory=dict)  # body -> job id
     ack_times: list[float] = field(default_factory=list)
+    acked_at: dict[str, float] = field(default_factory=dict)
     unknown: set[str] = field(default_factory=set)  # puts whose outcome never came back
     put_errors: list[str] = field(default_factory=list)
     deleted: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # id -> consumers
@@ -51,7 +52,9 @@ class History:
     def put_ok(self, body: str, job_id: int) -> None:
         with self.lock:
             self.acked[body] = job_id
-            self.ack_times.append(time.monotonic())
+            now = time.monotonic()
+            self.ack_times.append(now)
+            self.acked_at[body] = now
 
     def put_unknown(self, body: str, error: str) -> None:
         with self.lock:
