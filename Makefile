@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps native pure fmt lint typecheck proto proto-check test bench run check clean
+.PHONY: install system-deps native pure fmt lint typecheck proto proto-check test bench nemesis run check clean
 
 $(BIN)/beanraft: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,12 +38,16 @@ proto: install
 proto-check: install
 	$(BIN)/python -m api.generate --check
 
-# The conformance suite and benchmarks compare against Debian's beanstalkd 1.12.
+# The conformance suite and benchmarks compare against Debian's beanstalkd 1.12; the fault
+# tests cut links between nodes with iptables.
 system-deps:
 	@command -v beanstalkd >/dev/null 2>&1 || { \
 	  echo "installing beanstalkd (the reference server) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq beanstalkd >/dev/null; \
 	  (systemctl stop beanstalkd || pkill -x beanstalkd) >/dev/null 2>&1 || true; }
+	@command -v iptables >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+	  echo "installing iptables (the fault tests cut links with it) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
 
 # Everything against the native build, then the modules it compiles interpreted as well (its
 # report goes aside, so that a report CI asks for in PYTEST_ADDOPTS is the whole suite's).
@@ -53,6 +57,12 @@ test: install system-deps native
 
 bench: install native
 	$(BIN)/python -m bench.statemachine_bench
+
+# The long fault schedule (as root): SEED and FAULTS choose it; docs/fault-tolerance.md.
+SEED ?= 1
+FAULTS ?= 40
+nemesis: install system-deps native
+	cd tests && ../$(BIN)/python -m nemesis --seed $(SEED) --faults $(FAULTS)
 
 run: install native
 	$(BIN)/beanraft up --nodes 3 --workers 2

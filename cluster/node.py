@@ -127,7 +127,15 @@ class RaftNode:
             restore=self.consumer.restore,
             member=raftcore.make_node,
         )
-        self.dumps.check_at_start()
+        dump = self.dumps.check_at_start()
+        log.info(
+            "storage opened",
+            log_first_index=self.journal[0][1] if len(self.journal) else 0,
+            log_last_index=self.journal[-1][1] if len(self.journal) else 0,
+            commit_index=self.journal.getRaftCommitIndex(),
+            term=self.journal.getCurrentTerm(),
+            dump_index=dump.last[1] if dump is not None else 0,
+        )
         self.journal_sync = JournalSync(self.journal, config.fsync)
         self.syncobj = raftcore.RaftCore(
             config.raft_addr,

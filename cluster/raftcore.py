@@ -20,7 +20,8 @@ The rules, and why each is still safe:
    from the first one that conflicts with the leader's, never entries that match, and it
    commits at most up to the last entry the leader's message vouched for. pysyncobj deleted
    everything after the message's previous entry, even entries already acknowledged to the
-   leader, and committed up to its own last entry, verified or not. A refusal carries the index
+   leader, and committed up to its own last entry, verified or not (its handling of a dump's
+   chunks, kept, still does: the commit index is put back after it). A refusal carries the index
    it refused and a hint: the last entry at or before it whose term is not newer than the
    leader's (etcd's ``findConflictByTerm``), so the leader skips a whole term per round trip.
 3. The leader tracks each follower as etcd's raft does: PROBE (one append at a time, from
@@ -186,6 +187,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         self.dumps = dumps
         self.ack_gate = ack_gate
         self.disk_full = False
+        self.installs = 0  # dumps installed (from disk at start, or from a leader)
         self.last_leader_contact = 0.0  # monotonic time of the last append from a leader
         self._last_wakeup_seq = last_wakeup_seq
         self._progress: dict[Any, Progress] = {}
@@ -276,10 +278,24 @@ class RaftCore(SyncObj):  # type: ignore[misc]
             self._on_pre_vote_response(node, message)
         elif kind == "request_vote" and self.disk_full:
             return  # no vote from a node that cannot write what the winner sends
+        elif kind == "append_entries":
+            self._delegate_append(node, message)
         else:
-            if kind == "append_entries" and message.get("term", -1) >= self._term():
-                self.last_leader_contact = time.monotonic()
             SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _delegate_append(self, node: Any, message: dict[str, Any]) -> None:
+        """pysyncobj's own handling of a dump's chunks (and of a plain pysyncobj leader's
+        chunked entries). It ends by committing up to this node's last entry, verified by
+        nothing: a node with an uncommitted tail from an old term would apply it, and then
+        vouch for it. So the commit index is put back unless a dump was installed (whose
+        entries are all committed)."""
+        if message.get("term", -1) >= self._term():
+            self.last_leader_contact = time.monotonic()
+        commit, installs = self._SyncObj__raftCommitIndex, self.installs
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        if self.installs == installs:
+            self._SyncObj__raftCommitIndex = commit
+            self.journal.setRaftCommitIndex(commit)
 
     def _term(self) -> int:
         return int(self._SyncObj__raftCurrentTerm)
@@ -348,6 +364,13 @@ class RaftCore(SyncObj):  # type: ignore[misc]
             if change is not None:
                 self._SyncObj__doChangeCluster(change, reverse=True)
         self.ack_gate.log_truncated()
+        log.warning(
+            "dropped uncommitted entries that conflict with the leader's",
+            first_index=index,
+            count=len(removed),
+            terms=sorted({term for _, _, term in removed}),
+            commit_index=self._SyncObj__raftCommitIndex,
+        )
         self.journal.deleteEntriesFrom(index - first)
 
     def _append(self, entries: list[tuple[bytes, int, int]]) -> bool:
@@ -618,6 +641,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         except Exception:
             log.critical("a checked dump failed to load: exiting", exc_info=True)
             os._exit(70)
+        self.installs += 1
 
     def _cut_log_to(self, prev: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
         first = self._first_index()

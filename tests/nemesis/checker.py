@@ -84,6 +84,14 @@ def check(history: History, drained: list[str], applied: list[Applied]) -> Repor
         report.events.append(f"{consumer}: delete of job {job_id} NOT_FOUND {near(t)}")
     found = Counter(history.deleted_bodies) + Counter(drained)
     report.lost = sorted(body for body in history.acked if found[body] == 0)
+    owners: dict[int, list[str]] = {}
+    for body, job_id in history.acked.items():
+        owners.setdefault(job_id, []).append(body)
+    for job_id, bodies in sorted(owners.items()):
+        if len(bodies) > 1:  # the id counter went back: a log entry was lost
+            report.events.append(
+                f"job id {job_id} was acknowledged for {len(bodies)} puts: {bodies}"
+            )
     for body in report.lost[:5]:
         job_id = history.acked[body]
         report.events.append(

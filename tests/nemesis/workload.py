@@ -78,7 +78,9 @@ def _connect(port: int, timeout_s: float) -> greenstalk.Client:
 
 
 class Workload:
-    def __init__(self, ports: list[int], producers: int = 4, consumers: int = 4) -> None:
+    # More consumers than producers: the queue stays short, so reserves wait and wake-ups (and
+    # their streams) are exercised under every fault, and the final drain is quick.
+    def __init__(self, ports: list[int], producers: int = 3, consumers: int = 6) -> None:
         self.history = History()
         self._ports = itertools.cycle(ports)
         self._stop = threading.Event()
@@ -160,25 +162,34 @@ class Workload:
         self.history.reserve(call)
 
 
-def drain(port: int, history: History, settle_s: float = TTR_S + 10) -> list[str]:
-    """Take every job left in the tube (waiting out reservations a lost session still holds,
-    up to their TTR); return their bodies."""
+def drain(port: int, history: History, settle_s: float = TTR_S + 10, clients: int = 4) -> list[str]:
+    """Take every job left in the tube with ``clients`` connections at once (waiting out
+    reservations a lost session still holds, up to their TTR); return their bodies."""
     bodies: list[str] = []
-    client = _connect(port, 30)
+    lock = threading.Lock()
     give_up = time.monotonic() + settle_s
-    try:
-        while True:
-            try:
-                job = client.reserve(timeout=1)
-            except greenstalk.TimedOutError:
-                stats = client.stats_tube(TUBE)
-                held = sum(
-                    int(stats[key]) for key in ("current-jobs-reserved", "current-jobs-delayed")
-                )
-                if held == 0 or time.monotonic() > give_up:
-                    return bodies
-                continue
-            bodies.append(str(job.body))
-            client.delete(job)
-    finally:
-        client.close()
+
+    def take() -> None:
+        client = _connect(port, 30)
+        try:
+            while True:
+                try:
+                    job = client.reserve(timeout=1)
+                except greenstalk.TimedOutError:
+                    stats = client.stats_tube(TUBE)
+                    held = int(stats["current-jobs-reserved"]) + int(stats["current-jobs-delayed"])
+                    if held == 0 or time.monotonic() > give_up:
+                        return
+                    continue
+                with lock:
+                    bodies.append(str(job.body))
+                client.delete(job)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=take) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return bodies
