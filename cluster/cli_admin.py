@@ -211,7 +211,7 @@ def restore(file: Path, data_dirs: list[Path]) -> int:
             f"beanraft cluster restore: {file} is not a beanraft snapshot: {exc}"
         ) from None
     for data_dir in data_dirs:
-        if (data_dir / "raft.log").exists():
+        if (data_dir / "raft.log").exists() or (data_dir / "raft.journal").exists():
             raise SystemExit(
                 f"beanraft cluster restore: {data_dir} already holds a node's journal: restore "
                 "seeds only new data dirs (use empty directories for the new cluster)"

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from pysyncobj import FAIL_REASON, SyncObjConf
 
-from cluster import envelope, raftcore
+from cluster import envelope, legacy, raftcore
 from cluster.clock import Clock, LeaderTime, SystemClock
 from cluster.dumpfile import DumpStore
 from cluster.durability import JournalSync
@@ -117,6 +117,7 @@ class RaftNode:
         )
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         raftcore.install()
+        legacy.migrate(config.data_dir, config.journal_path, config.dump_path)
         # Storage is opened and checked before Raft starts: a damaged log or dump stops the
         # node here (DamagedJournal, DamagedDump), before it could serve or send any of it.
         self.journal = Journal(config.journal_path, sync_meta=config.fsync != "never")
@@ -175,7 +176,11 @@ class RaftNode:
         # A restored cluster starts from a seed snapshot, but only on a brand-new data dir:
         # once the journal exists, the journal and dump file are the truth.
         seed = self.config.seed_path
-        if seed.exists() and not self.config.journal_path.exists():
+        if (
+            seed.exists()
+            and not self.config.journal_path.exists()
+            and not (self.config.data_dir / legacy.OLD_JOURNAL).exists()
+        ):
             log.info("seeding from snapshot", path=str(seed))
             return seed.read_bytes()
         return None
