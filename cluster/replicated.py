@@ -36,7 +36,7 @@ from statemachine.machine import JobStateMachine, MachineConfig
 
 log = structlog.get_logger(__name__)
 
-REQUEST_WINDOW_MS = 600_000  # how long a request id is remembered (the machine's own window)
+REQUEST_WINDOW_MS = 120_000  # how long a request id is remembered (the machine's own window)
 # Bounds, so memory stays bounded under load (outcomes and wake-ups may carry job bodies).
 # Evicting by count and bytes in apply order keeps every replica's tables identical.
 REQUEST_WINDOW_MAX = 200_000

@@ -36,6 +36,7 @@ class Report:
     equal_after_heal_s: float = -1.0
     unknown_puts: int = 0
     delete_not_found: int = 0
+    delete_unknown: int = 0
 
     @property
     def correct(self) -> bool:
@@ -55,7 +56,8 @@ class Report:
             f"in the queue twice     {len(self.duplicated)}",
             f"reserves               {self.reserves}, unanswered past timeout + "
             f"{RESERVE_BOUND_S:.0f} s: {self.hanging}",
-            f"delete NOT_FOUND       {self.delete_not_found}",
+            f"delete NOT_FOUND       {self.delete_not_found}  (outcome unknown: "
+            f"{self.delete_unknown})",
             f"replicas equal         {self.replicas_equal}  {self.digests}",
             f"after the final heal   writes in {self.writes_after_heal_s:.2f} s, "
             f"every replica caught up in {self.equal_after_heal_s:.2f} s",
@@ -83,7 +85,10 @@ def check(history: History, drained: list[str], applied: list[Applied]) -> Repor
     for consumer, job_id, t in history.delete_not_found:
         report.events.append(f"{consumer}: delete of job {job_id} NOT_FOUND {near(t)}")
     found = Counter(history.deleted_bodies) + Counter(drained)
-    report.lost = sorted(body for body in history.acked if found[body] == 0)
+    report.delete_unknown = len(history.delete_unknown)
+    report.lost = sorted(
+        body for body in history.acked if found[body] == 0 and body not in history.delete_unknown
+    )
     owners: dict[int, list[str]] = {}
     for body, job_id in history.acked.items():
         owners.setdefault(job_id, []).append(body)

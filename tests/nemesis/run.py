@@ -87,14 +87,21 @@ def _caught_up(cluster: NemesisCluster, since: float, limit_s: float = SETTLE_S)
 
 
 def _equal(
-    cluster: NemesisCluster, limit_s: float = 15.0
+    cluster: NemesisCluster, limit_s: float = 30.0
 ) -> tuple[bool, dict[str, tuple[int, str]]]:
-    """Whether every node holds the same snapshot once nothing writes (a follower learns the
-    last commit index with the leader's next heartbeat, so allow a moment)."""
+    """Whether every node holds the same snapshot at the same applied index, once nothing but
+    the odd tick writes. Snapshots are taken only when every node reports the same applied
+    index (each stops a node's applies while it is taken: taken over and over, a large one
+    would start elections), and again if an entry landed between them."""
     give_up = time.monotonic() + limit_s
-    while True:
+    digests: dict[str, tuple[int, str]] = {}
+    while time.monotonic() < give_up:
+        views = [cluster.status(node) for node in cluster.nodes]
+        if len({v.applied_index for v in views if v is not None}) != 1 or None in views:
+            time.sleep(0.2)
+            continue
         digests = cluster.digests()
-        equal = len(digests) == len(cluster.nodes) and len(set(digests.values())) == 1
-        if equal or time.monotonic() > give_up:
-            return equal, digests
-        time.sleep(0.2)
+        if len(digests) == len(cluster.nodes) and len({i for i, _ in digests.values()}) == 1:
+            return len(set(digests.values())) == 1, digests
+        time.sleep(0.5)
+    return False, digests

@@ -47,6 +47,7 @@ class History:
     deleted: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # id -> consumers
     deleted_bodies: list[str] = field(default_factory=list)
     delete_not_found: list[tuple[str, int, float]] = field(default_factory=list)
+    delete_unknown: set[str] = field(default_factory=set)  # deletes whose reply never came
     reserves: list[ReserveCall] = field(default_factory=list)
 
     def put_ok(self, body: str, job_id: int) -> None:
@@ -153,6 +154,10 @@ class Workload:
                 with self.history.lock:
                     self.history.delete_not_found.append((name, job.id, time.monotonic()))
                 return
+            except (OSError, greenstalk.Error):
+                with self.history.lock:  # it may have been applied: the job may be gone
+                    self.history.delete_unknown.add(str(job.body))
+                raise
             self.history.deleted_by(name, job.id, str(job.body))
 
         self._loop(port, limit, take)
