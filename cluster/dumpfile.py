@@ -40,6 +40,8 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from cluster.journal import fsync_dir
+
 log = structlog.get_logger(__name__)
 
 MAGIC = b"BRAFTDMP"
@@ -159,7 +161,7 @@ def write_dump_file(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _die_with_parent() -> None:
@@ -170,14 +172,6 @@ def _die_with_parent() -> None:
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DumpStore:

@@ -185,7 +185,7 @@ class MetaFile:
         if new:
             os.posix_fallocate(self._fd, 0, 2 * META_SLOT_BYTES)
             self.store(sync=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         else:
             self._load()
 
@@ -403,7 +403,7 @@ class Journal:
         fd, salt = _create(self.path.with_name(self.path.name + ".new"), entries)
         with self.io_lock:
             os.replace(self.path.with_name(self.path.name + ".new"), self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             old, self._fd, self._salt = self._fd, fd, salt
             os.close(old)
         self._entries = list(entries)
@@ -471,7 +471,8 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
