@@ -51,7 +51,11 @@ def _signed_by_ca(tls_dir: Path, units: list[str], cn: str = "odd") -> bytes:
 
 @pytest.fixture
 def authorizer(tls_dir: Path) -> Authorizer:
-    return Authorizer(ca_pem=_pem(tls_dir / "ca.crt"), clock=lambda: NOW)
+    # The real clock: the session's certificates may be issued minutes after NOW was taken
+    # (at import), and a clock stuck there would find them not yet valid.
+    return Authorizer(
+        ca_pem=_pem(tls_dir / "ca.crt"), clock=lambda: datetime.datetime.now(datetime.UTC)
+    )
 
 
 def test_no_certificate_in_the_context_is_unauthenticated(authorizer: Authorizer) -> None:
