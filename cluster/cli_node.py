@@ -20,7 +20,7 @@ import structlog
 from cluster.dumpfile import DamagedDump
 from cluster.durability import POLICIES
 from cluster.journal import DamagedJournal
-from cluster.node import NodeConfig
+from cluster.node import COMPACT_AFTER_ENTRIES, NodeConfig
 
 log = structlog.get_logger(__name__)
 EXIT_DAMAGED = 3  # the data directory failed its checks (sysexits has no better fit)
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compact-after-entries",
         type=int,
-        default=5000,
+        default=COMPACT_AFTER_ENTRIES,
         help="write a dump and cut the log once it holds this many entries (etcd's "
         "--snapshot-count)",
     )

@@ -49,7 +49,8 @@ log = structlog.get_logger(__name__)
 _LEADER = 2
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 JOURNAL_COMPACT_BYTES = 64 << 20  # big entries (job bodies) compact by size before count
-LEADER_FALLBACK_S = 2.0
+LEADER_FALLBACK_S = 4.0
+COMPACT_AFTER_ENTRIES = 20_000
 LEASE_EXTENSION_MS = 10_000  # a proxy's default lease (proxy/server.py)
 STALL_S = 2.0  # a leader whose tick loop did not run for this long was paused
 DUMP_CHUNK_BYTES = 1 << 20  # a dump goes to a follower far behind in chunks of this size
@@ -70,7 +71,9 @@ class NodeConfig:
     append_entries_period_s: float = 0.05
     raft_min_timeout_s: float = 0.3
     raft_max_timeout_s: float = 0.8
-    log_compaction_min_entries: int = 5000
+    # A follower that was away for fewer entries than this catches up from the log, not from
+    # a dump (every node's dump is its whole state, sent and installed in one piece).
+    log_compaction_min_entries: int = COMPACT_AFTER_ENTRIES
 
     @property
     def journal_path(self) -> Path:
@@ -198,10 +201,10 @@ class RaftNode:
             raftMinTimeout=cfg.raft_min_timeout_s,
             raftMaxTimeout=cfg.raft_max_timeout_s,
             # A leader that has not heard from a majority for this long steps down (pysyncobj's
-            # CheckQuorum). Not shorter: a new leader whose one reachable follower is busy for
-            # a second (installing a dump, on two loaded cores) stepped down again at 1 s, and
-            # its clients waited for a third election (docs/fault-tolerance.md). Clients do not
-            # wait for it anyway: their calls time out after 2 s and go to another node.
+            # CheckQuorum). Not shorter: a new leader whose one reachable follower was busy
+            # installing a dump (a second or two on two loaded cores) stepped down at 1 s and
+            # at 2 s, and its clients waited for another election (docs/fault-tolerance.md).
+            # Clients do not wait for it: their calls time out after 2 s and go elsewhere.
             leaderFallbackTimeout=LEADER_FALLBACK_S,
             # Redial a peer after 1 s, not 5: a node that starts before its peers would
             # otherwise sit out its first seconds (pysyncobj dials from the larger address).

@@ -95,6 +95,8 @@ _VERIFIED = {
     "syncobj.SyncObj._SyncObj__tryLogCompaction": "c2f8a0ec14cc7312",
     "syncobj.SyncObj._SyncObj__loadDumpFile": "ec66e83905de703b",
     "syncobj.SyncObj._checkCommandsToApply": "a386a8079361d204",
+    "transport.TCPTransport.__init__": "4f0eef9cc5c06f5e",
+    "tcp_connection.TcpConnection.getSendBufferSize": "1d1fe49fdf161518",
     "transport.TCPTransport.send": "2fd6c84b8621427d",
     "tcp_connection.TcpConnection.send": "cb29077c32990abb",
     "tcp_connection.TcpConnection._TcpConnection__processParseMessage": "4ecbfdad3baa2eac",
@@ -143,6 +145,11 @@ def verify() -> None:
 FOLLOWER, CANDIDATE, LEADER = 0, 1, 2
 PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
 DISK_PROBE_S = 1.0
+# At most this much is queued for one follower before the leader sends it more: pysyncobj's
+# connection copies its whole write buffer on every message it adds, so a follower catching
+# up that could not drain it (a long log, a dump) made every send slower, until the leader's
+# tick thread spent seconds per tick and stopped committing (the fault harness: 7 s gaps).
+SEND_BACKLOG_BYTES = 2 << 20
 
 
 @dataclass(slots=True)
@@ -494,6 +501,8 @@ class RaftCore(SyncObj):  # type: ignore[misc]
             self._send_to(node, heartbeat, deadline)
 
     def _send_to(self, node: Any, heartbeat: bool, deadline: float) -> None:
+        if self._backlog_bytes(node) > SEND_BACKLOG_BYTES:
+            return  # flow control: what is queued for it goes first (see SEND_BACKLOG_BYTES)
         progress = self._progress_of(node)
         next_index: dict[Any, int] = self._SyncObj__raftNextIndex
         first = self._first_index()
@@ -510,6 +519,10 @@ class RaftCore(SyncObj):  # type: ignore[misc]
                 progress.paused = True
         else:
             next_index[node] = self._send_entries(node, next_index[node], False, deadline)
+
+    def _backlog_bytes(self, node: Any) -> int:
+        connection = self._SyncObj__transport._connections.get(node)
+        return int(connection.getSendBufferSize()) if connection is not None else 0
 
     def _send_entries(self, node: Any, start: int, once: bool, deadline: float) -> int:
         """Send entries from ``start`` (at least one message, empty when there are none);
@@ -533,12 +546,19 @@ class RaftCore(SyncObj):  # type: ignore[misc]
                 start = entries[-1][1] + 1
             if once or start > last or time.monotonic() > deadline:
                 return start
-            if node not in self._SyncObj__connectedNodes:
+            if (
+                node not in self._SyncObj__connectedNodes
+                or self._backlog_bytes(node) > SEND_BACKLOG_BYTES
+            ):
                 return start
 
     def _send_dump(self, node: Any, progress: Progress, deadline: float) -> None:
         transport = self._SyncObj__transport
-        while time.monotonic() <= deadline and node in self._SyncObj__connectedNodes:
+        while (
+            time.monotonic() <= deadline
+            and node in self._SyncObj__connectedNodes
+            and self._backlog_bytes(node) <= SEND_BACKLOG_BYTES
+        ):
             chunk = self.dumps.getTransmissionData(node)
             if chunk is None:
                 return  # a new dump is being written, or none is readable yet
