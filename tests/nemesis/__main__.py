@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def missed_targets(report: object) -> list[str]:
     missed = []
-    for kind, targets, gap_s in getattr(report, "fault_gaps", []):
+    for kind, targets, gap_s, _ in getattr(report, "fault_gaps", []):
         if kind in UNTARGETED:
             continue
         limit = GAP_TARGET_S.get(kind, GAP_TARGET_DEFAULT_S)

@@ -31,7 +31,7 @@ class Report:
     replicas_equal: bool = False
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)
     longest_gap_s: float = 0.0
-    fault_gaps: list[tuple[str, str, float]] = field(default_factory=list)
+    fault_gaps: list[tuple[str, str, float, float]] = field(default_factory=list)
     writes_after_heal_s: float = -1.0
     equal_after_heal_s: float = -1.0
     unknown_puts: int = 0
@@ -62,9 +62,9 @@ class Report:
             f"after the final heal   writes in {self.writes_after_heal_s:.2f} s, "
             f"every replica caught up in {self.equal_after_heal_s:.2f} s",
             f"longest gap in puts    {self.longest_gap_s:.2f} s",
-            "fault                  targets        longest gap around it",
+            "fault                  targets        longest gap around it   caught up after heal",
         ]
-        out += [f"  {k:<20} {t:<14} {g:.2f} s" for k, t, g in self.fault_gaps]
+        out += [f"  {k:<20} {t:<14} {g:5.2f} s {c:22.1f} s" for k, t, g, c in self.fault_gaps]
         out += [f"  ! {event}" for event in self.events]
         return out
 
@@ -122,7 +122,7 @@ def check(history: History, drained: list[str], applied: list[Applied]) -> Repor
         if i + 1 < len(applied):
             end = min(end, applied[i + 1].started)
         gap = _longest_gap(times, fault.started, end)
-        report.fault_gaps.append((fault.kind, ",".join(fault.targets), gap))
+        report.fault_gaps.append((fault.kind, ",".join(fault.targets), gap, fault.caught_up_s))
     return report
 
 

@@ -36,7 +36,8 @@ def run(
         nemesis = Nemesis(cluster, seed)
         for i, fault in enumerate(faults, 1):
             record = nemesis.apply(fault)
-            notes = [*record.notes]
+            nemesis.recover(record)
+            notes = [*record.notes, f"caught up {record.caught_up_s:.1f} s after the heal"]
             if record.dropped_packets:
                 notes.append(f"{record.dropped_packets} packets dropped")
             say(

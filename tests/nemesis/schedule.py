@@ -53,6 +53,7 @@ class Applied:
     targets: list[str]
     started: float
     healed: float = 0.0
+    caught_up_s: float = -1.0  # after the heal, until every node applied what was committed
     dropped_packets: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -82,8 +83,21 @@ class Nemesis:
 
     def run(self, faults: list[Fault]) -> None:
         for fault in faults:
-            self.apply(fault)
+            self.recover(self.apply(fault))
             time.sleep(fault.gap_s)
+
+    def recover(self, record: Applied, limit_s: float = 60.0) -> None:
+        """Wait until every node applied what was committed at the heal, so that the next
+        fault meets a whole cluster (one fault at a time: the targets are per fault)."""
+        give_up = record.healed + limit_s
+        target = 0
+        while time.monotonic() < give_up:
+            views = [self.cluster.status(node) for node in self.cluster.nodes]
+            target = target or max((v.commit_index for v in views if v is not None), default=0)
+            if target and all(v is not None and v.applied_index >= target for v in views):
+                record.caught_up_s = time.monotonic() - record.healed
+                return
+            time.sleep(0.1)
 
     def _leader(self) -> Node:
         leader = self.cluster.leader()
