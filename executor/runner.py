@@ -200,6 +200,11 @@ def classify(
             exit_code = os.WEXITSTATUS(statuses[-1])
     elif os.WIFSIGNALED(launcher_status):
         sig = os.WTERMSIG(launcher_status)
+    elif oom and not errors:
+        # The OOM killer may pick the job's init rather than the process that grew (it
+        # weighs every process in the cgroup); then no status is written. It kills with
+        # SIGKILL either way (seen once in CI: the suite's test reported no signal).
+        sig = signal.SIGKILL
     elif not errors and not timed_out and not stopped and not oom:
         errors.append(f"job ended without a status (launcher status {launcher_status})")
     base = RunResult(status="exited", exit_code=exit_code, signal=sig, oom_killed=oom)

@@ -117,6 +117,11 @@ def test_classify_tells_oom_timeout_and_stop_apart_from_a_plain_sigkill() -> Non
     assert classify([kill], 0, False, False, False).status == "signaled"
 
 
+def test_an_oom_kill_that_took_the_jobs_init_is_reported_as_sigkill() -> None:
+    result = classify(["init 5"], 0, True, False, False)  # no status: the init itself died
+    assert (result.status, result.signal, result.oom_killed) == ("oom", signal.SIGKILL, True)
+
+
 def test_classify_reports_setup_errors_as_failed_to_start() -> None:
     result = classify(["init 5", "error cannot start 'nope': No such file"], 0, False, False, False)
     assert result.status == "failed_to_start"
