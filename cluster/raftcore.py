@@ -31,7 +31,10 @@ The rules, and why each is still safe:
    pysyncobj let every stale refusal of a pipelined append reset ``next`` to the follower's end,
    undoing the step back of the one that mattered, so a follower with a divergent tail stayed
    stuck until the next compaction. ``next`` never drops to or below ``match``: entries up to
-   ``match`` are known to be on the follower.
+   ``match`` are known to be on the follower. A reconnected follower is probed afresh from the
+   leader's end with nothing matched (it may have cut a torn tail). Every answer carries its
+   term and the leader drops answers of another term (pysyncobj's carry none). At most
+   ``SEND_BACKLOG_BYTES`` wait in a follower's connection before the leader sends it more.
 4. PreVote (Raft thesis 9.6): before a node raises its term it asks the others whether they
    would vote for it; they say yes only if its log is at least as up to date as theirs and they
    have not heard from a leader within the minimum election timeout. A node cut off from the
