@@ -48,6 +48,9 @@ system-deps:
 	@command -v iptables >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
 	  echo "installing iptables (the fault tests cut links with it) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
+	@ldconfig -p | grep -q 'libseccomp\.so\.2' || [ "$$(id -u)" != 0 ] || { \
+	  echo "installing libseccomp2 (workers build their jobs' seccomp filter with it) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp2 >/dev/null; }
 
 # Everything against the native build, then the modules it compiles interpreted as well (its
 # report goes aside, so that a report CI asks for in PYTEST_ADDOPTS is the whole suite's).
