@@ -34,7 +34,7 @@ from pathlib import Path
 
 import greenstalk
 
-from executor import runner
+from executor import runner, seccomp, uids
 from executor.cgroup_backends import open_backend
 from executor.cgroups import CGROUP_MOUNT, CgroupError, remove_dirs, v1_hierarchies
 from executor.client import parse_address
@@ -62,12 +62,16 @@ def plain_fork_exec_ms() -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def isolated_true_ms(backend: object, log_dir: str, index: int) -> float:
+def isolated_true_ms(
+    backend: object, log_dir: str, index: int, job_uid: int, seccomp_filter: object
+) -> float:
+    """One isolated /bin/true with every layer a worker applies by default: namespaces,
+    masked /proc, cgroup limits, rlimits, its own uid, a fresh keyring, seccomp, piped output."""
     spec = spec_from_dict({"command": "/bin/true", "limits": {"memory_mb": 64}})
-    plan = make_plan(spec, index, 1, host_layout(), WorkerPolicy())
+    plan = make_plan(spec, index, 1, host_layout(), WorkerPolicy(), job_uid)
     out = os.path.join(log_dir, f"{index}.log")
     started = time.perf_counter()
-    job = runner.start(plan, backend, out, out)  # type: ignore[arg-type]
+    job = runner.start(plan, backend, out, out, seccomp_filter)  # type: ignore[arg-type]
     result = runner.wait(job, lambda: None, 60_000, lambda: False)
     elapsed = (time.perf_counter() - started) * 1000
     assert result.succeeded, result
@@ -86,14 +90,19 @@ def bench_isolation(runs: int) -> None:
     backend = open_backend(root)
     isolated: list[float] = []
     plain: list[float] = []
+    lease = uids.lease(*uids.DEFAULT_UID_RANGE)
+    seccomp_filter = seccomp.prepare(seccomp.build_filter())
     with tempfile.TemporaryDirectory() as log_dir:
         try:
             for i in range(runs):
                 plain.append(plain_fork_exec_ms())
-                isolated.append(isolated_true_ms(backend, log_dir, i + 1))
+                isolated.append(
+                    isolated_true_ms(backend, log_dir, i + 1, lease.uid, seccomp_filter)
+                )
         finally:
             backend.close()
             remove_cgroup_root(root)
+            lease.release()
     p50_i, p99_i = percentile(isolated, 50), percentile(isolated, 99)
     p50_p, p99_p = percentile(plain, 50), percentile(plain, 99)
     print(
@@ -101,7 +110,7 @@ def bench_isolation(runs: int) -> None:
         f"mean {statistics.mean(isolated):.2f} ms"
     )
     print(f"plain fork+exec /bin/true:      p50 {p50_p:.2f} ms, p99 {p99_p:.2f} ms")
-    print(f"isolation adds at p50: {p50_i - p50_p:.2f} ms (target < 20 ms)")
+    print(f"isolation adds at p50: {p50_i - p50_p:.2f} ms (target: isolated p50 < 25 ms)")
 
 
 def start_beanstalkd() -> tuple[subprocess.Popen[bytes], tuple[str, int]]:

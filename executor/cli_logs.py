@@ -5,16 +5,23 @@ The logs are append-only files, so following is reading from the last offset: no
 replayed twice and nothing written in between is missed (joblet's replay gap, reference §10.9).
 Following waits on inotify events for the log directory (a write, or the state file going
 away), not on a polling sleep; a 1 s poll timeout is only a safety net.
+
+A job's output is whatever the job wrote, so on a terminal control characters are shown
+escaped (``\x1b``), never interpreted: a job must not be able to move the cursor, rewrite the
+screen or set the terminal's title in front of the person reading its logs. Into a pipe or a
+file the bytes go unchanged. The worker's notes (its own file) follow on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import os
+import re
 import select
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from executor import linux
 from executor.jobfiles import JobFiles, default_log_dir
@@ -29,9 +36,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_id", type=int)
     parser.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
     parser.add_argument("--log-dir", default=default_log_dir())
+    parser.add_argument(
+        "--raw", action="store_true", help="write control characters unescaped, even to a terminal"
+    )
 
 
-def _copy_new(path: str, offset: int, out: BinaryIO) -> int:
+# C0 controls but newline and tab, DEL, and the C1 controls (U+0080-U+009F: 8-bit CSI and OSC).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class RawSink:
+    """Bytes unchanged (a pipe or a file)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+class EscapingSink:
+    """For a terminal: UTF-8 decoded incrementally (a character split between two reads is
+    kept whole), control characters and undecodable bytes shown as escapes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+
+    def write(self, data: bytes) -> None:
+        self._out.write(escape_controls(self._decoder.decode(data)).encode())
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def escape_controls(text: str) -> str:
+    """Show every control character but newline and tab as a visible escape."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def sink_for(out: BinaryIO, raw: bool) -> Sink:
+    return RawSink(out) if raw or not out.isatty() else EscapingSink(out)
+
+
+def _copy_new(path: str, offset: int, out: Sink) -> int:
     """Copy bytes of `path` from `offset` to `out`; return the new offset."""
     try:
         with open(path, "rb") as f:
@@ -50,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
     if not any(os.path.exists(p) for p in (files.stdout_path, files.stderr_path, files.state_path)):
         print(f"beanraft logs: no logs for job {args.job_id} in {args.log_dir}", file=sys.stderr)
         return 1
-    streams = [(files.stdout_path, sys.stdout.buffer), (files.stderr_path, sys.stderr.buffer)]
-    offsets = [0, 0]
+    out = sink_for(sys.stdout.buffer, args.raw)
+    err = sink_for(sys.stderr.buffer, args.raw)
+    streams = [(files.stdout_path, out), (files.stderr_path, err), (files.notes_path, err)]
+    offsets = [0, 0, 0]
     watch = linux.inotify_watch(args.log_dir, _EVENTS) if args.follow else None
     try:
         while True:

@@ -1,5 +1,7 @@
 """``beanraft worker --beanstalkd HOST:PORT [--tubes default,...] [--concurrency N]
-[--log-dir DIR] [--cgroup-root PATH]``: run a worker pool on this host (as root)."""
+[--log-dir DIR] [--cgroup-root PATH] [--uid-range FIRST-LAST] [limits]``: run a worker pool on
+this host (as root). Every isolation layer is on by default; the limits flags set the default
+a job gets when its spec leaves a limit out, and the maximum a spec may ask for."""
 
 from __future__ import annotations
 
@@ -8,10 +10,22 @@ import os
 import signal
 import sys
 
+from executor import uids
 from executor.cgroups import CgroupError
 from executor.client import parse_address
 from executor.jobfiles import default_log_dir
+from executor.plan import WorkerPolicy
+from executor.seccomp import SeccompError
 from executor.worker import Worker, WorkerConfig
+
+_DEFAULTS = WorkerPolicy()
+# (flag stem, WorkerPolicy field stem, unit, what it bounds)
+_LIMIT_FLAGS = (
+    ("memory-mb", "memory_mb", "MiB", "memory (cgroup)"),
+    ("open-files", "open_files", "files", "open files (RLIMIT_NOFILE)"),
+    ("file-size-mb", "file_size_mb", "MiB", "largest file written (RLIMIT_FSIZE)"),
+    ("log-mb", "log_mb", "MiB", "stdout and stderr kept per attempt, each"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +41,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shutdown-grace", type=float, default=10.0, help="on SIGTERM, seconds to finish jobs"
     )
+    first, last = uids.DEFAULT_UID_RANGE
+    parser.add_argument(
+        "--uid-range",
+        default=f"{first}-{last}",
+        help="host uids for jobs, one per slot, never two running jobs on one (%(default)s)",
+    )
+    for flag, field, unit, what in _LIMIT_FLAGS:
+        for kind in ("default", "max"):
+            value = getattr(_DEFAULTS, f"{kind}_{field}")
+            parser.add_argument(
+                f"--{kind}-{flag}",
+                type=int,
+                default=value,
+                help=f"{kind} {what}, {unit} (default %(default)s)",
+            )
+    parser.add_argument(
+        "--no-seccomp",
+        action="store_true",
+        help="run jobs without the seccomp filter (only where the host cannot load it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         print("beanraft worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
+    try:
+        uid_range = uids.parse_range(args.uid_range)
+        policy = _policy(args)
+    except ValueError as exc:
+        print(f"beanraft worker: {exc}", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         host=host,
         port=port,
@@ -51,12 +91,26 @@ def run(args: argparse.Namespace) -> int:
         allow_root=args.allow_root,
         grace_ms=int(args.grace * 1000),
         shutdown_grace_ms=int(args.shutdown_grace * 1000),
+        policy=policy,
+        uid_range=uid_range,
     )
     worker = Worker(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: worker.shutdown())
     try:
         return worker.run()
-    except CgroupError as exc:
+    except (CgroupError, SeccompError, uids.UidRangeExhausted) as exc:
         print(f"beanraft worker: {exc}", file=sys.stderr)
         return 1
+
+
+def _policy(args: argparse.Namespace) -> WorkerPolicy:
+    values: dict[str, int] = {}
+    for flag, field, _unit, _what in _LIMIT_FLAGS:
+        default, maximum = getattr(args, f"default_{field}"), getattr(args, f"max_{field}")
+        if not 1 <= default <= maximum:
+            raise ValueError(
+                f"--default-{flag} {default} must be at least 1 and at most --max-{flag} {maximum}"
+            )
+        values[f"default_{field}"], values[f"max_{field}"] = default, maximum
+    return WorkerPolicy(allow_root=args.allow_root, seccomp=not args.no_seccomp, **values)

@@ -1,8 +1,11 @@
 """The per-job files in a worker host's log directory: the contract between a worker and the
 `beanraft logs` and `beanraft stop` commands on the same host.
 
-    job-<id>.stdout.log     the job's stdout, append-only across attempts
-    job-<id>.stderr.log     its stderr, append-only; the worker appends "beanraft: ..." notes
+    job-<id>.stdout.log     the job's stdout, append-only across attempts, at most
+                            limits.log_mb per attempt (copied by the worker from a pipe)
+    job-<id>.stderr.log     its stderr, the same way
+    job-<id>.worker.log     the worker's notes about the job ("buried: ...", "dropped ..."):
+                            a channel of its own, so a job cannot forge or erase them
     job-<id>.results.jsonl  one result record per attempt, append-only
     job-<id>.state.json     present only while an attempt runs: worker pid, the job's init pid,
                             its cgroup directories (written atomically by rename)
@@ -47,6 +50,10 @@ class JobFiles:
         return self._path("stderr.log")
 
     @property
+    def notes_path(self) -> str:
+        return self._path("worker.log")
+
+    @property
     def results_path(self) -> str:
         return self._path("results.jsonl")
 
@@ -59,8 +66,8 @@ class JobFiles:
         return self._path("stop")
 
     def note(self, message: str) -> None:
-        """Append a line from the worker to the job's stderr log."""
-        _append(self.stderr_path, f"beanraft: {message}\n")
+        """Append a line from the worker to the job's notes (never to the job's own streams)."""
+        _append(self.notes_path, f"beanraft: {message}\n")
 
     def append_result(self, record: dict[str, Any]) -> None:
         _append(self.results_path, json.dumps(record, sort_keys=True) + "\n")

@@ -19,9 +19,11 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 NAMESPACE_FLAGS = {
+    "user": CLONE_NEWUSER,
     "mount": CLONE_NEWNS,
     "uts": CLONE_NEWUTS,
     "ipc": CLONE_NEWIPC,
@@ -135,6 +137,38 @@ def clear_capability_sets() -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset(empty)")
+
+
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine(), 250)
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_new_session_keyring() -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): give the caller a fresh anonymous session
+    keyring, so nothing of the worker's session keyring (or the keyrings linked to it) stays
+    reachable. Returns the new keyring's serial."""
+    serial = int(
+        _libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_int(_KEYCTL_JOIN_SESSION_KEYRING), None)
+    )
+    if serial < 0:
+        _check(-1, "keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)")
+    return serial
+
+
+_KEYCTL_CLEAR = 7
+_KEY_SPEC_USER_KEYRING = -4
+_KEY_SPEC_USER_SESSION_KEYRING = -5
+
+
+def clear_user_keyrings() -> None:
+    """keyctl(KEYCTL_CLEAR) on the caller's user and user-session keyrings. They belong to the
+    uid, not to a process, and outlive it: a job in the same worker slot (same uid) must not
+    find keys an earlier job left there (possible only where seccomp is off)."""
+    for keyring in (_KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING):
+        clear = ctypes.c_int(_KEYCTL_CLEAR)
+        rc = int(_libc.syscall(ctypes.c_long(_SYS_KEYCTL), clear, ctypes.c_int(keyring)))
+        if rc < 0:
+            _check(-1, f"keyctl(KEYCTL_CLEAR, {keyring})")
 
 
 IN_MODIFY = 0x2

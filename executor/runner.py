@@ -2,8 +2,9 @@
 account and clean up. Produces a `RunResult`.
 
 Waiting never sleeps a fixed time: the worker thread polls the launcher's pidfd (readable when it
-exits) and the status pipe, with a timeout that is the nearest of the next TTR touch, the job's
-timeout and nothing else. Stopping (on timeout, `beanraft stop`, or a worker shutdown) is
+exits), the status pipe and the job's stdout and stderr pipes (copied to the logs up to the cap,
+`executor.output`), with a timeout that is the nearest of the next TTR touch, the job's timeout
+and nothing else. Stopping (on timeout, `beanraft stop`, or a worker shutdown) is
 `stop_job`: SIGTERM to the job's init (which passes it to every process of the job), a grace
 period waited on the init's pidfd, then SIGKILL to every process left in the job's cgroup.
 """
@@ -17,12 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from executor import sandbox
+from executor import sandbox, seccomp
 from executor.cgroup_backends import CgroupBackend
 from executor.cgroups import JobCgroup
+from executor.output import OutputPipe
 from executor.plan import Plan
 
 DEFAULT_GRACE_MS = 5000
+# After the job's init is gone every process of the job is dead or dying; a stream still open
+# after this long is given up rather than allowed to hold the worker's slot.
+DRAIN_MS = 2000
 
 
 @dataclass
@@ -40,6 +45,8 @@ class RunResult:
     duration_ms: int = 0
     peak_memory_bytes: int = 0
     cpu_time_ms: int = 0
+    stdout_dropped_bytes: int = 0
+    stderr_dropped_bytes: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -56,7 +63,9 @@ class RunningJob:
     launcher_fd: int  # pidfd
     status_fd: int
     started_ms: int
+    outputs: tuple[OutputPipe, ...] = ()  # stdout, stderr
     init_pid: int | None = None
+    maps_fd: int = -1  # with a user namespace: tells the launcher its id maps are written
     lines: list[str] = field(default_factory=list)
     _buffer: bytes = b""
 
@@ -89,33 +98,68 @@ def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-def start(plan: Plan, backend: CgroupBackend, stdout_path: str, stderr_path: str) -> RunningJob:
-    """Create the cgroup (all limits applied, or CgroupError) and fork the launcher."""
+def start(
+    plan: Plan,
+    backend: CgroupBackend,
+    stdout_path: str,
+    stderr_path: str,
+    seccomp_filter: seccomp.PreparedFilter | None = None,
+) -> RunningJob:
+    """Create the cgroup (all limits applied, or CgroupError) and fork the launcher.
+    `seccomp_filter` is the prepared filter (`executor.seccomp.prepare`), required when the
+    plan asks for seccomp."""
+    if plan.seccomp and seccomp_filter is None:
+        raise ValueError("the plan asks for seccomp but no filter was given")
     cgroup = backend.create(plan.job_name, plan.limits)
     procs_files = cgroup.procs_files()
-    child_fds: list[int] = []  # ours to close once the launcher has its copies
-    status_r = -1
+    outputs: list[OutputPipe] = []
+    status_r = status_w = maps_r = maps_w = -1
     try:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        child_fds.append(os.open(stdout_path, flags, 0o640))
-        child_fds.append(os.open(stderr_path, flags, 0o640))
+        outputs.append(OutputPipe(stdout_path, plan.log_bytes))
+        outputs.append(OutputPipe(stderr_path, plan.log_bytes))
         status_r, status_w = os.pipe()
-        child_fds.append(status_w)
+        if "user" in plan.namespaces:
+            maps_r, maps_w = os.pipe()
         started_ms = monotonic_ms()
         pid = os.fork()
         if pid == 0:
-            sandbox.launcher_main(plan, procs_files, status_w, child_fds[0], child_fds[1])
+            out_fd, err_fd = outputs[0].write_fd, outputs[1].write_fd
+            filt = seccomp_filter if plan.seccomp else None
+            sandbox.launcher_main(plan, procs_files, status_w, out_fd, err_fd, filt, maps_r)
     except BaseException:
-        for fd in [*child_fds, status_r] if status_r >= 0 else child_fds:
-            os.close(fd)
+        for output in outputs:
+            output.close()
+        _close_all(status_r, status_w, maps_r, maps_w)
         cgroup.remove()
         raise
-    for fd in child_fds:
-        os.close(fd)
+    _close_all(status_w, maps_r)
+    for output in outputs:
+        output.close_write_end()
     os.set_blocking(status_r, False)
-    job = RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms)
-    _await_init(job)
+    job = RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms, tuple(outputs))
+    job.maps_fd = maps_w
+    try:
+        _await_init(job)
+    finally:
+        _close_all(job.maps_fd)
+        job.maps_fd = -1
     return job
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def write_id_maps(pid: int, host_uid: int) -> None:
+    """Map uid and gid 0 of `pid`'s new user namespace to `host_uid`, and nothing else."""
+    for name in ("uid_map", "gid_map"):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, f"0 {host_uid} 1\n".encode())
+        finally:
+            os.close(fd)
 
 
 def _await_init(job: RunningJob) -> None:
@@ -130,6 +174,15 @@ def _await_init(job: RunningJob) -> None:
             return  # it failed before forking init; wait() reads why
         if not job.read_status():
             return
+        if job.maps_fd >= 0 and "userns" in job.lines:
+            try:
+                write_id_maps(job.launcher_pid, job.plan.host_uid)
+                os.write(job.maps_fd, b"g")
+            except OSError as exc:
+                # The launcher sees EOF, fails, and this error explains why.
+                job.lines.append(f"error cannot map the job's user namespace: {exc}")
+            _close_all(job.maps_fd)
+            job.maps_fd = -1
 
 
 def wait(
@@ -146,27 +199,56 @@ def wait(
     poller = select.poll()
     poller.register(job.launcher_fd, select.POLLIN)
     poller.register(job.status_fd, select.POLLIN)
+    streams = _register_outputs(poller, job.outputs)
     timed_out = stopped = exited = False
     while not exited:
         now_ms = monotonic_ms()
         if not (timed_out or stopped) and now_ms >= deadline_ms:
             timed_out = True
-            stop_job(job.init_pid, job.cgroup, grace_ms, on_tick)
+            stop_job(job.init_pid, job.cgroup, grace_ms, on_tick, job.outputs)
         if now_ms >= next_tick_ms:
             on_tick()
             next_tick_ms = now_ms + tick_ms
             if not (timed_out or stopped) and should_stop():
                 stopped = True
-                stop_job(job.init_pid, job.cgroup, grace_ms, on_tick)
+                stop_job(job.init_pid, job.cgroup, grace_ms, on_tick, job.outputs)
         wake_ms = next_tick_ms if timed_out or stopped else min(next_tick_ms, deadline_ms)
         for fd, _ in poller.poll(max(0, wake_ms - monotonic_ms())):
             if fd == job.launcher_fd:
                 exited = True
+            elif fd in streams:
+                _pump(poller, streams, fd)
             elif not job.read_status():
                 poller.unregister(job.status_fd)
     # The launcher exits after init, and init's exit killed the rest: drain what was written.
     job.drain_status()
+    drain_outputs(job.outputs, DRAIN_MS)
     return finish(job, timed_out=timed_out, stopped=stopped)
+
+
+def _register_outputs(
+    poller: select.poll, outputs: tuple[OutputPipe, ...]
+) -> dict[int, OutputPipe]:
+    streams = {o.read_fd: o for o in outputs if not o.closed}
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    return streams
+
+
+def _pump(poller: select.poll, streams: dict[int, OutputPipe], fd: int) -> None:
+    if not streams[fd].pump():
+        poller.unregister(fd)
+        del streams[fd]
+
+
+def drain_outputs(outputs: tuple[OutputPipe, ...], timeout_ms: int) -> None:
+    """Copy what is left in the job's output pipes until EOF on each, or `timeout_ms`."""
+    poller = select.poll()
+    streams = _register_outputs(poller, outputs)
+    deadline_ms = monotonic_ms() + timeout_ms
+    while streams and monotonic_ms() < deadline_ms:
+        for fd, _ in poller.poll(max(0, deadline_ms - monotonic_ms())):
+            _pump(poller, streams, fd)
 
 
 def finish(job: RunningJob, timed_out: bool, stopped: bool) -> RunResult:
@@ -175,12 +257,17 @@ def finish(job: RunningJob, timed_out: bool, stopped: bool) -> RunResult:
     duration_ms = monotonic_ms() - job.started_ms
     os.close(job.launcher_fd)
     os.close(job.status_fd)
+    for output in job.outputs:
+        output.close()
     stats = job.cgroup.stats()
     job.cgroup.remove()
     result = classify(job.lines, launcher_status, stats.oom_kills > 0, timed_out, stopped)
     result.duration_ms = duration_ms
     result.peak_memory_bytes = stats.peak_memory_bytes
     result.cpu_time_ms = stats.cpu_time_ms
+    if job.outputs:
+        result.stdout_dropped_bytes = job.outputs[0].dropped_bytes
+        result.stderr_dropped_bytes = job.outputs[1].dropped_bytes
     return result
 
 
@@ -227,19 +314,27 @@ def stop_job(
     cgroup: JobCgroup,
     grace_ms: int,
     on_tick: Callable[[], None] | None = None,
+    outputs: tuple[OutputPipe, ...] = (),
 ) -> None:
-    """SIGTERM the job's init, wait up to `grace_ms` for it to exit (on its pidfd), then kill
-    every process still in the job's cgroup."""
+    """SIGTERM the job's init, wait up to `grace_ms` for it to exit (on its pidfd), copying its
+    output meanwhile (a job that writes while it shuts down must not block on a full pipe),
+    then kill every process still in the job's cgroup."""
     pidfd = _open_pidfd(init_pid)
     if pidfd is not None:
         try:
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
+            streams = _register_outputs(poller, outputs)
             deadline_ms = monotonic_ms() + grace_ms
-            while monotonic_ms() < deadline_ms:
-                if poller.poll(min(1000, max(0, deadline_ms - monotonic_ms()))):
-                    break
+            exited = False
+            while not exited and monotonic_ms() < deadline_ms:
+                events = poller.poll(min(1000, max(0, deadline_ms - monotonic_ms())))
+                for fd, _ in events:
+                    if fd == pidfd:
+                        exited = True
+                    else:
+                        _pump(poller, streams, fd)
                 if on_tick is not None:
                     on_tick()
         except ProcessLookupError:

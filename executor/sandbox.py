@@ -24,12 +24,13 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import resource
 import signal
 import socket
 import struct
 from typing import NoReturn
 
-from executor import linux
+from executor import linux, seccomp
 from executor.plan import Mount, Plan
 
 REQUIRED_NAMESPACES = frozenset({"pid", "mount", "uts", "ipc"})
@@ -48,9 +49,17 @@ def _send(fd: int, line: str) -> None:
 
 
 def launcher_main(
-    plan: Plan, procs_files: list[str], status_fd: int, out_fd: int, err_fd: int
+    plan: Plan,
+    procs_files: list[str],
+    status_fd: int,
+    out_fd: int,
+    err_fd: int,
+    seccomp_filter: seccomp.PreparedFilter | None = None,
+    maps_fd: int = -1,
 ) -> NoReturn:
-    """Entry point of the forked launcher. Never returns."""
+    """Entry point of the forked launcher. Never returns. `seccomp_filter`, when given, is
+    installed in the command just before exec (`executor.seccomp.prepare`). With a user
+    namespace, `maps_fd` is the pipe on which the worker says it has written the id maps."""
     try:
         _reset_signals()
         required = REQUIRED_NAMESPACES | ({"net"} if plan.network == "none" else set())
@@ -64,19 +73,21 @@ def launcher_main(
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
         _hide_worker_argv_and_environ()
         os.setsid()  # a Ctrl-C at the worker's terminal is not the job's business
-        _keep_only_fds({status_fd, out_fd, err_fd})
+        _keep_only_fds({status_fd, out_fd, err_fd, maps_fd})
         for path in procs_files:
             _write(path, str(os.getpid()))
         flags = 0
         for name in plan.namespaces:
             flags |= linux.NAMESPACE_FLAGS[name]
         linux.unshare(flags)
+        if "user" in plan.namespaces:
+            _become_namespace_root(status_fd, maps_fd)
         init_pid = os.fork()
     except Exception as exc:
         _send(status_fd, f"error launcher: {exc}")
         os._exit(125)
     if init_pid == 0:
-        _init_main(plan, status_fd, out_fd, err_fd)
+        _init_main(plan, status_fd, out_fd, err_fd, seccomp_filter)
     _send(status_fd, f"init {init_pid}")
     while True:
         try:
@@ -84,6 +95,24 @@ def launcher_main(
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
         except ChildProcessError:
             os._exit(0)
+
+
+def _become_namespace_root(status_fd: int, maps_fd: int) -> None:
+    """In a fresh user namespace: ask the worker to map the namespace's uid and gid 0 to the
+    job's host uid (only a process outside may write a map to another uid), wait for it, then
+    take that identity, so that from here on nothing of the job is host root, not even its init.
+    The other namespaces were created with this one and belong to it: the capabilities it gives
+    are enough to build the root filesystem, and worth nothing on the host."""
+    _send(status_fd, "userns")
+    if os.read(maps_fd, 1) != b"g":
+        raise OSError("the worker did not write the user namespace's id maps")
+    os.close(maps_fd)
+    os.setgroups([])  # host root's supplementary groups (gid 0) must not stay with the job
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    # A change of credentials clears both: set them again.
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
 
 
 def _hide_worker_argv_and_environ() -> None:
@@ -133,7 +162,13 @@ def _write(path: str, value: str) -> None:
         os.close(fd)
 
 
-def _init_main(plan: Plan, status_fd: int, out_fd: int, err_fd: int) -> NoReturn:
+def _init_main(
+    plan: Plan,
+    status_fd: int,
+    out_fd: int,
+    err_fd: int,
+    seccomp_filter: seccomp.PreparedFilter | None,
+) -> NoReturn:
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         build_root(plan)
@@ -145,7 +180,7 @@ def _init_main(plan: Plan, status_fd: int, out_fd: int, err_fd: int) -> NoReturn
         _send(status_fd, f"error sandbox setup: {exc}")
         os._exit(126)
     if command_pid == 0:
-        _command_main(plan, status_fd, out_fd, err_fd)
+        _command_main(plan, status_fd, out_fd, err_fd, seccomp_filter)
     os.close(out_fd)
     os.close(err_fd)
     _reap_until(command_pid, status_fd)
@@ -172,7 +207,13 @@ def _reap_until(command_pid: int, status_fd: int) -> NoReturn:
             os._exit(0)
 
 
-def _command_main(plan: Plan, status_fd: int, out_fd: int, err_fd: int) -> NoReturn:
+def _command_main(
+    plan: Plan,
+    status_fd: int,
+    out_fd: int,
+    err_fd: int,
+    seccomp_filter: seccomp.PreparedFilter | None,
+) -> NoReturn:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -185,9 +226,20 @@ def _command_main(plan: Plan, status_fd: int, out_fd: int, err_fd: int) -> NoRet
             os.close(fd)
         # The launcher and init (forks of the worker, bigger than a small command) are the
         # job's plumbing: make the command and its children the OOM killer's first choice.
-        # Raising the score needs no privilege, unlike lowering the plumbing's.
+        # Raising the score needs no privilege, unlike lowering the plumbing's. The command is
+        # made dumpable first: in a user namespace a non-dumpable process's /proc files belong
+        # to the host's root, not to it. Nothing of the job runs yet, and exec decides anew.
+        linux.prctl(linux.PR_SET_DUMPABLE, 1)
         _write("/proc/self/oom_score_adj", "1000")
+        _set_rlimits(plan.rlimits)  # as root: a hard limit above the worker's may be raised
         drop_privileges(plan.uid, plan.gid)
+        # The worker's session keyring (and the user keyring linked to it) must be out of
+        # reach: a job could read its keys or leave some for the next job.
+        linux.join_new_session_keyring()
+        linux.clear_user_keyrings()
+        if seccomp_filter is not None:
+            # Last: the filter denies keyctl and what else the steps above need.
+            seccomp.load(seccomp_filter)
         os.chdir(plan.workdir)
         env = dict(plan.env)
         os.set_inheritable(status_fd, False)
@@ -195,6 +247,11 @@ def _command_main(plan: Plan, status_fd: int, out_fd: int, err_fd: int) -> NoRet
     except Exception as exc:
         _send(status_fd, f"error cannot start {plan.argv[0]!r}: {exc}")
     os._exit(127)
+
+
+def _set_rlimits(limits: tuple[tuple[str, int], ...]) -> None:
+    for name, value in limits:
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
 
 
 def drop_privileges(uid: int, gid: int) -> None:
@@ -239,6 +296,10 @@ def _apply(step: Mount) -> None:
         os.makedirs(target, exist_ok=True)
         flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
         linux.mount("proc", target, "proc", flags)
+    elif step.kind == "mask":
+        _mask(target)
+    elif step.kind == "read_only":
+        _read_only(target)
     elif step.kind in ("bind_ro", "dev_bind"):
         _bind(step.source, target, read_only=step.kind == "bind_ro")
     else:
@@ -261,6 +322,29 @@ def _bind(source: str, target: str, read_only: bool) -> None:
     else:  # a device node: it must stay a device, but nothing on it may be setuid or executed
         flags = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NOEXEC
         linux.mount(None, target, None, flags)
+
+
+def _mask(target: str) -> None:
+    """Hide a path of the job's /proc: an empty read-only tmpfs over a directory, /dev/null
+    over a file. A path this kernel lacks has nothing to hide."""
+    if not os.path.lexists(target):
+        return
+    if os.path.isdir(target):
+        flags = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+        linux.mount("tmpfs", target, "tmpfs", flags, "size=4k,mode=0555")
+    else:
+        linux.mount("/dev/null", target, None, linux.MS_BIND)
+        flags = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
+        linux.mount(None, target, None, flags | linux.MS_NOEXEC)
+
+
+def _read_only(target: str) -> None:
+    """Bind a path of the job's /proc over itself and make it read-only, with what is below."""
+    if not os.path.lexists(target):
+        return
+    linux.mount(target, target, None, linux.MS_BIND | linux.MS_REC)
+    flags = _RO_BIND | linux.MS_NOEXEC
+    linux.mount(None, target, None, flags)
 
 
 def _split_options(options: str) -> tuple[int, str]:

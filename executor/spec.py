@@ -47,7 +47,18 @@ _TOP_KEYS = {
     "result_tube",
     "run_as_root",
 }
-_LIMIT_KEYS = {"cpu_percent", "memory_mb", "io_bps", "pids", "cpu_cores"}
+_LIMIT_KEYS = {
+    "cpu_percent",
+    "memory_mb",
+    "io_bps",
+    "pids",
+    "cpu_cores",
+    "open_files",
+    "file_size_mb",
+    "log_mb",
+}
+# A spec is a few kilobytes; anything far bigger is a mistake or an attack on the parser.
+MAX_BODY_BYTES = 1 << 20
 _RETRY_KEYS = {"max_retries", "backoff_s"}
 
 
@@ -57,13 +68,18 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits. None means "not limited", except pids, which always has a limit."""
+    """Resource limits. For cpu_percent, io_bps and cpu_cores None means "not limited"; for
+    memory_mb, open_files, file_size_mb and log_mb it means "the worker's default" (the worker
+    always applies one, within its configured maximum); pids always has a limit."""
 
     cpu_percent: int | None = None  # percent of one core; 250 = two and a half cores
     memory_mb: int | None = None
     io_bps: int | None = None  # bytes per second, read and write, on every real block device
     pids: int = DEFAULT_PIDS_MAX
     cpu_cores: str | None = None  # a cpuset list such as "0-1,3"
+    open_files: int | None = None  # RLIMIT_NOFILE
+    file_size_mb: int | None = None  # RLIMIT_FSIZE: the largest file a job may write
+    log_mb: int | None = None  # stdout and stderr kept per attempt, each; the rest is dropped
 
 
 @dataclass(frozen=True)
@@ -109,14 +125,29 @@ class JobSpec:
 
 
 def parse_spec(body: bytes | str) -> JobSpec:
-    """Parse and validate a job body. Raises SpecError with a message naming the bad field."""
+    """Parse and validate a job body. Raises SpecError, and only SpecError, with a message
+    naming the bad field: a body the parser chokes on (nesting deep enough to exhaust the
+    recursion limit, a number of thousands of digits, ...) is as invalid as a missing field,
+    and a worker buries it instead of releasing it forever."""
+    if len(body) > MAX_BODY_BYTES:
+        raise SpecError(f"job body is {len(body)} bytes; a job spec is at most {MAX_BODY_BYTES}")
     try:
         raw = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"job body is not JSON ({exc}); expected a job spec object") from None
+    except RecursionError:
+        raise SpecError("job body is nested too deeply to be a job spec") from None
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise SpecError(f"job body cannot be read as a job spec: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"job body must be a JSON object, got {type(raw).__name__}")
-    return spec_from_dict(raw)
+    try:
+        return spec_from_dict(raw)
+    except SpecError:
+        raise
+    except Exception as exc:  # any other failure is a bad body, not a bug to crash on
+        raise SpecError(f"job body is not a valid job spec: {type(exc).__name__}: {exc}") from None
 
 
 def spec_from_dict(raw: Mapping[str, Any]) -> JobSpec:
@@ -150,15 +181,25 @@ def _no_unknown(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
 def _int(value: Any, name: str, low: int, high: int) -> int:
     # bool is an int in Python; a JSON true is not a number of anything.
     if not isinstance(value, int) or isinstance(value, bool):
-        raise SpecError(f"{name}: expected an integer, got {json.dumps(value)}")
+        raise SpecError(f"{name}: expected an integer, got {_show(value)}")
     if not low <= value <= high:
         raise SpecError(f"{name}: {value} is out of range [{low}, {high}]")
     return value
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """A bad value as JSON for an error message, cut short: a hostile body's values can be
+    megabytes long or nested thousands deep."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise SpecError(f"{name}: expected true or false, got {json.dumps(value)}")
+        raise SpecError(f"{name}: expected true or false, got {_show(value)}")
     return value
 
 
@@ -207,12 +248,15 @@ def _limits(value: Any) -> Limits:
         io_bps=opt("io_bps", 4096, 1 << 50),
         pids=_int(value.get("pids", DEFAULT_PIDS_MAX), "limits.pids", 4, 1 << 22),
         cpu_cores=cores,
+        open_files=opt("open_files", 16, 1 << 20),
+        file_size_mb=opt("file_size_mb", 1, 1 << 30),
+        log_mb=opt("log_mb", 1, 1 << 20),
     )
 
 
 def _network(value: Any) -> str:
     if value not in NETWORK_MODES:
-        raise SpecError(f"network: expected one of {list(NETWORK_MODES)}, got {json.dumps(value)}")
+        raise SpecError(f"network: expected one of {list(NETWORK_MODES)}, got {_show(value)}")
     return str(value)
 
 
@@ -230,5 +274,5 @@ def _tube(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _TUBE.match(value):
-        raise SpecError(f"result_tube: {json.dumps(value)} is not a valid beanstalkd tube name")
+        raise SpecError(f"result_tube: {_show(value)} is not a valid beanstalkd tube name")
     return value

@@ -20,6 +20,7 @@ back after their TTR, and the next worker on this host sweeps the cgroups it lef
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -31,7 +32,7 @@ from typing import Any
 import greenstalk
 import structlog
 
-from executor import runner
+from executor import runner, seccomp, uids
 from executor.cgroup_backends import CgroupBackend, open_backend
 from executor.cgroups import CGROUP_MOUNT, CgroupError
 from executor.jobfiles import JobFiles
@@ -77,6 +78,9 @@ class WorkerConfig:
     allow_root: bool = False
     grace_ms: int = runner.DEFAULT_GRACE_MS
     shutdown_grace_ms: int = 10_000
+    policy: WorkerPolicy = dataclasses.field(default_factory=WorkerPolicy)
+    uid_range: tuple[int, int] = uids.DEFAULT_UID_RANGE
+    uid_lock_dir: str = uids.DEFAULT_LOCK_DIR
 
 
 def host_layout() -> HostLayout:
@@ -99,13 +103,32 @@ class Worker:
         self.draining = threading.Event()  # stop reserving
         self.abandon = threading.Event()  # stop running jobs and release them
         self._layout = host_layout()
-        self._policy = WorkerPolicy(allow_root=config.allow_root)
+        self._policy = dataclasses.replace(config.policy, allow_root=config.allow_root)
         self._backend: CgroupBackend | None = None
+        self._filter: seccomp.PreparedFilter | None = None
 
     def run(self) -> int:
-        """Sweep stale cgroups, run the slots until shutdown, clean up. Returns an exit code."""
+        """Sweep stale cgroups, run the slots until shutdown, clean up. Returns an exit code.
+        Raises CgroupError, seccomp.SeccompError or uids.UidRangeExhausted when the isolation
+        it is configured for cannot be had: it never runs jobs with less."""
         os.makedirs(self.config.log_dir, exist_ok=True)
-        self._backend = open_backend(self.config.cgroup_root, self.config.cgroup_mount)
+        if self._policy.seccomp:
+            self._filter = seccomp.prepare(seccomp.build_filter())
+        first, last = self.config.uid_range
+        leases: list[uids.UidLease] = []
+        try:
+            for _ in range(self.config.concurrency):
+                leases.append(uids.lease(first, last, self.config.uid_lock_dir))
+            self._backend = open_backend(self.config.cgroup_root, self.config.cgroup_mount)
+            self._run_slots(leases)
+        finally:
+            for held in leases:
+                held.release()
+        log.info("worker stopped", worker_id=self.worker_id)
+        return 0
+
+    def _run_slots(self, leases: list[uids.UidLease]) -> None:
+        assert self._backend is not None
         swept = self._backend.sweep()
         log.info(
             "worker started",
@@ -114,18 +137,18 @@ class Worker:
             swept_jobs=swept,
             tubes=",".join(self.config.tubes),
             concurrency=self.config.concurrency,
+            job_uids=",".join(str(held.uid) for held in leases),
+            **self._policy.describe(),
         )
         threads = [
-            threading.Thread(target=self._slot, args=(i,), name=f"slot-{i}", daemon=True)
-            for i in range(self.config.concurrency)
+            threading.Thread(target=self._slot, args=(i, held.uid), name=f"slot-{i}", daemon=True)
+            for i, held in enumerate(leases)
         ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         self._backend.close()
-        log.info("worker stopped", worker_id=self.worker_id)
-        return 0
 
     def shutdown(self) -> None:
         """Begin a graceful stop: no more reserves; after the grace period, abandon jobs."""
@@ -149,7 +172,7 @@ class Worker:
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
 
-    def _slot(self, index: int) -> None:
+    def _slot(self, index: int, job_uid: int) -> None:
         client: Client | None = None
         while not self.draining.is_set():
             try:
@@ -164,7 +187,7 @@ class Worker:
                 client = None
                 continue
             try:
-                self._handle(client, job)
+                self._handle(client, job, job_uid)
             except (OSError, greenstalk.Error) as exc:
                 log.warning("lost the job's connection", job_id=job.id, error=repr(exc))
                 client.close()
@@ -177,14 +200,18 @@ class Worker:
         if client is not None:
             client.close()
 
-    def _handle(self, client: Client, job: Job) -> None:
+    def _handle(self, client: Client, job: Job, job_uid: int) -> None:
         files = JobFiles(self.config.log_dir, job.id)
         stats = client.stats_job(job)
         attempt = int(stats["reserves"])
         try:
             spec = parse_spec(job.body)
-            plan = make_plan(spec, job.id, attempt, self._layout, self._policy)
-        except (SpecError, PlanError) as exc:
+            plan = make_plan(spec, job.id, attempt, self._layout, self._policy, job_uid)
+        except Exception as exc:
+            # SpecError and PlanError say what is wrong. Anything else is our bug, but the body
+            # caused it, so it would cause it again: bury, never release forever.
+            if not isinstance(exc, SpecError | PlanError):
+                log.exception("unexpected error while reading a job spec", job_id=job.id)
             reason = f"invalid job spec: {exc}"
             files.note(reason + "; job buried")
             fields = {"status": "invalid_spec", "error": reason, "action": "bury"}
@@ -194,7 +221,7 @@ class Worker:
             return
         result = self._run(client, job, files, plan, int(stats["ttr"]))
         action = self._decide(result, spec.retry.max_retries, int(stats["releases"]))
-        record = {**asdict(result), "action": action}
+        record = {**asdict(result), "action": action, "seccomp": plan.seccomp, "uid": job_uid}
         self._record(client, files, record, spec.result_tube, attempt)
         self._act(client, job, action, int(stats["pri"]), spec.retry.backoff_s, stats)
 
@@ -204,7 +231,9 @@ class Worker:
         assert self._backend is not None
         files.clear_stop()
         try:
-            running = runner.start(plan, self._backend, files.stdout_path, files.stderr_path)
+            running = runner.start(
+                plan, self._backend, files.stdout_path, files.stderr_path, self._filter
+            )
         except (CgroupError, OSError) as exc:
             files.note(f"cannot start the job: {exc}")
             return runner.RunResult(status="failed_to_start", error=str(exc))
@@ -220,6 +249,15 @@ class Worker:
             )
         finally:
             files.clear_state()
+        for stream, dropped in (
+            ("stdout", result.stdout_dropped_bytes),
+            ("stderr", result.stderr_dropped_bytes),
+        ):
+            if dropped:
+                files.note(
+                    f"{stream}: kept the first {plan.log_bytes} bytes and dropped {dropped} "
+                    "(limits.log_mb)"
+                )
         if touch.lost:
             result.status = "lost_reservation"
         elif files.stop_requested() and result.status in ("signaled", "exited", "stopped"):

@@ -4,6 +4,7 @@ runner and a real worker process. Everything started here is stopped here."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -19,10 +20,10 @@ from typing import Any
 import greenstalk
 import pytest
 
-from executor import runner
+from executor import runner, seccomp, uids
 from executor.cgroup_backends import CgroupBackend, open_backend
 from executor.cgroups import CGROUP_MOUNT, remove_dirs, v1_hierarchies
-from executor.plan import WorkerPolicy, make_plan
+from executor.plan import Plan, WorkerPolicy, make_plan
 from executor.spec import spec_from_dict
 from executor.worker import host_layout
 
@@ -108,20 +109,49 @@ class JobRun:
     stderr: str
 
 
-class JobRunner:
-    """Runs one spec through the real runner (no beanstalkd) and returns what happened."""
+_FILTER: list[object] = []
+# Job ids are unique across every JobRunner of the session: two runners may share a backend, and
+# the id names the job's cgroup directory and log files.
+_JOB_IDS = itertools.count(1)
 
-    def __init__(self, backend: CgroupBackend, log_dir: Path, allow_root: bool = False) -> None:
+
+def seccomp_filter() -> object:
+    """The worker's seccomp filter, built once per test session as a worker builds it once."""
+    if not _FILTER:
+        _FILTER.append(seccomp.prepare(seccomp.build_filter()))
+    return _FILTER[0]
+
+
+class JobRunner:
+    """Runs one spec through the real runner (no beanstalkd) and returns what happened, as a
+    worker slot would: with a uid of its own (leased from the worker range) and the filter."""
+
+    def __init__(
+        self, backend: CgroupBackend, log_dir: Path, allow_root: bool = False, **policy: Any
+    ) -> None:
         self.backend = backend
         self.log_dir = log_dir
-        self.policy = WorkerPolicy(allow_root=allow_root)
+        self.policy = WorkerPolicy(allow_root=allow_root, **policy)
         self.count = 0
+        self.lease = uids.lease(*uids.DEFAULT_UID_RANGE)
+        self.uid = self.lease.uid
 
     def start(self, raw: dict[str, Any]) -> runner.RunningJob:
-        self.count += 1
-        plan = make_plan(spec_from_dict(raw), self.count, 1, host_layout(), self.policy)
-        out, err = self.paths()
-        return runner.start(plan, self.backend, str(out), str(err))
+        self.count = next(_JOB_IDS)
+        spec = spec_from_dict(raw)
+        return self.start_plan(make_plan(spec, self.count, 1, host_layout(), self.policy, self.uid))
+
+    def start_plan(self, plan: Plan, paths: tuple[Path, Path] | None = None) -> runner.RunningJob:
+        out, err = paths or self.paths()
+        filt = seccomp_filter() if plan.seccomp else None
+        return runner.start(plan, self.backend, str(out), str(err), filt)
+
+    def stdout_now(self, job: runner.RunningJob) -> str:
+        """What the running job has printed so far (copied from its pipe, as the worker's wait
+        loop would)."""
+        for output in job.outputs:
+            output.pump()
+        return self.paths()[0].read_text()
 
     def paths(self) -> tuple[Path, Path]:
         return self.log_dir / f"{self.count}.out", self.log_dir / f"{self.count}.err"
@@ -138,14 +168,24 @@ class JobRunner:
 
 
 @pytest.fixture
-def job_runner_for(tmp_path: Path) -> Any:
-    """A JobRunner on a given backend (for the v2 test on a v1 host's unified hierarchy)."""
-    return lambda backend, allow_root=False: JobRunner(backend, tmp_path, allow_root)
+def job_runner_for(tmp_path: Path) -> Iterator[Any]:
+    """A JobRunner on a given backend and policy (a v2 hierarchy on a v1 host, other limits)."""
+    made: list[JobRunner] = []
+
+    def make(backend: CgroupBackend, allow_root: bool = False, **policy: Any) -> JobRunner:
+        made.append(JobRunner(backend, tmp_path, allow_root, **policy))
+        return made[-1]
+
+    yield make
+    for job_runner in made:
+        job_runner.lease.release()
 
 
 @pytest.fixture
-def jobs(backend: CgroupBackend, tmp_path: Path) -> JobRunner:
-    return JobRunner(backend, tmp_path)
+def jobs(backend: CgroupBackend, tmp_path: Path) -> Iterator[JobRunner]:
+    job_runner = JobRunner(backend, tmp_path)
+    yield job_runner
+    job_runner.lease.release()
 
 
 class WorkerProcess:

@@ -40,7 +40,7 @@ def test_job_sees_itself_as_pid_2_under_its_own_init_and_no_host_process(jobs: J
 
 def test_job_has_its_own_hostname(jobs: JobRunner) -> None:
     run = jobs.run(sh("cat /proc/sys/kernel/hostname"))
-    assert run.stdout.strip() == "job-1-1"
+    assert run.stdout.strip() == f"job-{jobs.count}-1"
     assert run.stdout.strip() != socket.gethostname()
 
 
@@ -126,7 +126,7 @@ def test_files_written_outside_workdir_and_tmp_do_not_appear_on_the_host(jobs: J
 def test_job_runs_unprivileged_with_no_capabilities_and_no_new_privs(jobs: JobRunner) -> None:
     run = jobs.run(sh("id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"))
     lines = run.stdout.split("\n")
-    assert lines[0] == "65534"
+    assert lines[0] == str(jobs.uid)
     assert "CapEff:\t0000000000000000" in run.stdout
     assert "CapBnd:\t0000000000000000" in run.stdout
     assert "NoNewPrivs:\t1" in run.stdout
@@ -194,7 +194,7 @@ def test_stop_lets_a_job_that_handles_sigterm_exit_on_its_own(
     jobs: JobRunner, wait_until: Any
 ) -> None:
     job = jobs.start(sh("trap 'echo got-term; exit 7' TERM; echo ready; sleep 300 & wait"))
-    wait_until(lambda: "ready" in jobs.paths()[0].read_text(), 20, "the job to start")
+    wait_until(lambda: "ready" in jobs.stdout_now(job), 20, "the job to start")
     started = time.monotonic()
     run = jobs.finish(job, should_stop=lambda: True, grace_ms=20_000)
     assert "got-term" in run.stdout
@@ -303,10 +303,10 @@ def test_a_plan_without_its_namespaces_is_refused_and_the_host_is_untouched(
     from executor.worker import host_layout
 
     before = socket.gethostname()
-    plan = make_plan(spec_from_dict({"command": "/bin/true"}), 99, 1, host_layout(), WorkerPolicy())
+    spec = spec_from_dict({"command": "/bin/true"})
+    plan = make_plan(spec, 99, 1, host_layout(), WorkerPolicy(), jobs.uid)
     plan = dataclasses.replace(plan, namespaces=("pid", "mount"))
-    out, err = jobs.paths()
-    job = runner_module.start(plan, jobs.backend, str(out), str(err))
+    job = jobs.start_plan(plan)
     result = runner_module.wait(job, lambda: None, 100, lambda: False)
     assert result.status == "failed_to_start"
     assert "uts" in (result.error or "")

@@ -69,7 +69,7 @@ def test_bad_spec_is_buried_with_a_reason_and_the_worker_goes_on(
     assert bad["status"] == "invalid_spec" and "not JSON" in bad["error"]
     (root,) = results(worker.log_dir, root_id)
     assert "allow-root" in root["error"]
-    assert "invalid job spec" in (worker.log_dir / f"job-{bad_id}.stderr.log").read_text()
+    assert "invalid job spec" in (worker.log_dir / f"job-{bad_id}.worker.log").read_text()
     assert worker.proc.poll() is None
 
 

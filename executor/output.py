@@ -1,0 +1,71 @@
+"""A job's stdout or stderr: a pipe the worker reads, copied into the job's log file up to a cap.
+
+The job never holds a descriptor of a host file. With the log file itself as its stdout a job
+could fallocate gigabytes on the host's disk at once, truncate the earlier attempts' output, or
+write anything into the worker's notes; through a pipe it can only send bytes, and the worker
+decides what is kept: the first `cap_bytes` of each stream per attempt. The rest is read and
+dropped (never left in the pipe, where the job would block and run into its timeout instead of
+finishing), and counted, so the result record says how much was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+CHUNK_BYTES = 65536
+
+
+class OutputPipe:
+    """The worker's end of one output stream of one attempt."""
+
+    def __init__(self, log_path: str, cap_bytes: int) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+        self._log_fd = os.open(
+            log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        self.cap_bytes = cap_bytes
+        self.kept_bytes = 0
+        self.dropped_bytes = 0
+        self.closed = False
+
+    def close_write_end(self) -> None:
+        """Close the worker's copy of the job's end, once the launcher holds its own: then EOF
+        on the read end means every process of the job has let go of the stream."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def pump(self) -> bool:
+        """Copy what the pipe holds now; False once the job's side is closed (EOF)."""
+        while not self.closed:
+            try:
+                chunk = os.read(self.read_fd, CHUNK_BYTES)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                self.closed = True
+                break
+            self._keep(chunk)
+        return False
+
+    def _keep(self, chunk: bytes) -> None:
+        room = max(0, self.cap_bytes - self.kept_bytes)
+        kept = chunk[:room]
+        if kept:
+            _write_all(self._log_fd, kept)
+            self.kept_bytes += len(kept)
+        self.dropped_bytes += len(chunk) - len(kept)
+
+    def close(self) -> None:
+        self.close_write_end()
+        for fd in (self.read_fd, self._log_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
