@@ -295,3 +295,50 @@ def test_submit_wait_prints_the_final_result_and_exits_by_it(
     assert failed.returncode == 1
     record = json.loads(failed.stdout.splitlines()[-1])
     assert (record["exit_code"], record["action"]) == (9, "bury")
+
+
+def test_worker_shows_its_isolation_configuration_at_start(
+    beanstalkd: Any, start_worker: Any, wait_until: Any
+) -> None:
+    worker = start_worker(
+        "--concurrency",
+        "2",
+        "--allow-root",
+        "--max-memory-mb",
+        "2048",
+        "--uid-range",
+        "1900100000-1900100009",
+    )
+    line = wait_until(
+        lambda: next((ln for ln in worker.log().splitlines() if "worker started" in ln), None),
+        30,
+        "the worker's start line",
+    )
+    for expected in (
+        "allow_root=True",
+        "seccomp=True",
+        "max_memory_mb=2048",
+        "default_memory_mb=1024",
+        "default_open_files=1024",
+        "default_log_mb=64",
+        "job_uids=1900100000,1900100001",
+    ):
+        assert expected in line, line
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--uid-range", "10-5"], "FIRST-LAST"),
+        (["--default-memory-mb", "4096", "--max-memory-mb", "1024"], "--max-memory-mb"),
+        (["--uid-range", "1900200000-1900200000", "--concurrency", "2"], "every uid in"),
+    ],
+)
+def test_worker_refuses_a_configuration_it_cannot_honour(
+    beanstalkd: Any, cgroup_root: str, tmp_path: Any, flags: list[str], message: str
+) -> None:
+    address = f"{beanstalkd[0]}:{beanstalkd[1]}"
+    common = ["worker", "--beanstalkd", address, "--log-dir", str(tmp_path)]
+    done = beanraft(*common, "--cgroup-root", cgroup_root, *flags)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
