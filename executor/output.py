@@ -6,12 +6,18 @@ write anything into the worker's notes; through a pipe it can only send bytes, a
 decides what is kept: the first `cap_bytes` of each stream per attempt. The rest is read and
 dropped (never left in the pipe, where the job would block and run into its timeout instead of
 finishing), and counted, so the result record says how much was lost.
+
+With `limits.io_bps` the copy is also throttled to that rate (a token bucket holding one
+second's worth): the worker stops reading, the pipe fills and the job's writes block, as its
+own writes to a disk would under the cgroup's I/O limit. Output is disk I/O the worker does on
+the job's behalf, so the job's limit applies to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 CHUNK_BYTES = 65536
 
@@ -19,7 +25,7 @@ CHUNK_BYTES = 65536
 class OutputPipe:
     """The worker's end of one output stream of one attempt."""
 
-    def __init__(self, log_path: str, cap_bytes: int) -> None:
+    def __init__(self, log_path: str, cap_bytes: int, rate_bps: int | None = None) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.read_fd, False)
         self._log_fd = os.open(
@@ -29,6 +35,23 @@ class OutputPipe:
         self.kept_bytes = 0
         self.dropped_bytes = 0
         self.closed = False
+        self.rate_bps = rate_bps
+        self._tokens = float(rate_bps or 0)
+        self._refilled_ns = time.monotonic_ns()
+
+    @property
+    def throttled(self) -> bool:
+        """True while the stream has used up its rate: do not wait for it to be readable (it
+        may be, and would wake the poller in a loop) until `refill` gives it room."""
+        return self.rate_bps is not None and self._tokens < 1
+
+    def refill(self) -> None:
+        if self.rate_bps is None:
+            return
+        now_ns = time.monotonic_ns()
+        earned = (now_ns - self._refilled_ns) * self.rate_bps / 1e9
+        self._tokens = min(float(self.rate_bps), self._tokens + earned)
+        self._refilled_ns = now_ns
 
     def close_write_end(self) -> None:
         """Close the worker's copy of the job's end, once the launcher holds its own: then EOF
@@ -37,16 +60,25 @@ class OutputPipe:
             os.close(self.write_fd)
             self.write_fd = -1
 
-    def pump(self) -> bool:
-        """Copy what the pipe holds now; False once the job's side is closed (EOF)."""
+    def pump(self, throttle: bool = True) -> bool:
+        """Copy what the pipe holds now, within the rate when `throttle`; False once the job's
+        side is closed (EOF)."""
+        self.refill()
         while not self.closed:
+            size = CHUNK_BYTES
+            if throttle and self.rate_bps is not None:
+                if self._tokens < 1:
+                    return True
+                size = min(size, int(self._tokens))
             try:
-                chunk = os.read(self.read_fd, CHUNK_BYTES)
+                chunk = os.read(self.read_fd, size)
             except BlockingIOError:
                 return True
             if not chunk:
                 self.closed = True
                 break
+            if self.rate_bps is not None:
+                self._tokens -= len(chunk)
             self._keep(chunk)
         return False
 

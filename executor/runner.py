@@ -115,8 +115,9 @@ def start(
     outputs: list[OutputPipe] = []
     status_r = status_w = maps_r = maps_w = -1
     try:
-        outputs.append(OutputPipe(stdout_path, plan.log_bytes))
-        outputs.append(OutputPipe(stderr_path, plan.log_bytes))
+        rate_bps = plan.limits.io_bps
+        outputs.append(OutputPipe(stdout_path, plan.log_bytes, rate_bps))
+        outputs.append(OutputPipe(stderr_path, plan.log_bytes, rate_bps))
         status_r, status_w = os.pipe()
         if "user" in plan.namespaces:
             maps_r, maps_w = os.pipe()
@@ -200,6 +201,7 @@ def wait(
     poller.register(job.launcher_fd, select.POLLIN)
     poller.register(job.status_fd, select.POLLIN)
     streams = _register_outputs(poller, job.outputs)
+    paused: dict[int, OutputPipe] = {}  # throttled streams, polled again from the next tick
     timed_out = stopped = exited = False
     while not exited:
         now_ms = monotonic_ms()
@@ -209,6 +211,7 @@ def wait(
         if now_ms >= next_tick_ms:
             on_tick()
             next_tick_ms = now_ms + tick_ms
+            _resume(poller, streams, paused)
             if not (timed_out or stopped) and should_stop():
                 stopped = True
                 stop_job(job.init_pid, job.cgroup, grace_ms, on_tick, job.outputs)
@@ -217,7 +220,7 @@ def wait(
             if fd == job.launcher_fd:
                 exited = True
             elif fd in streams:
-                _pump(poller, streams, fd)
+                _pump(poller, streams, fd, paused)
             elif not job.read_status():
                 poller.unregister(job.status_fd)
     # The launcher exits after init, and init's exit killed the rest: drain what was written.
@@ -235,14 +238,36 @@ def _register_outputs(
     return streams
 
 
-def _pump(poller: select.poll, streams: dict[int, OutputPipe], fd: int) -> None:
-    if not streams[fd].pump():
+def _pump(
+    poller: select.poll,
+    streams: dict[int, OutputPipe],
+    fd: int,
+    paused: dict[int, OutputPipe] | None = None,
+) -> None:
+    """Copy from one readable stream; stop polling it at EOF, or (with `paused`) while it is
+    over its rate."""
+    output = streams[fd]
+    throttle = paused is not None
+    if not output.pump(throttle):
         poller.unregister(fd)
         del streams[fd]
+    elif paused is not None and output.throttled:
+        poller.unregister(fd)
+        paused[fd] = streams.pop(fd)
+
+
+def _resume(
+    poller: select.poll, streams: dict[int, OutputPipe], paused: dict[int, OutputPipe]
+) -> None:
+    for fd, output in paused.items():
+        poller.register(fd, select.POLLIN)
+        streams[fd] = output
+    paused.clear()
 
 
 def drain_outputs(outputs: tuple[OutputPipe, ...], timeout_ms: int) -> None:
-    """Copy what is left in the job's output pipes until EOF on each, or `timeout_ms`."""
+    """Copy what is left in the job's output pipes (unthrottled: the job is gone, and at most
+    a pipe's buffer is left) until EOF on each, or `timeout_ms`."""
     poller = select.poll()
     streams = _register_outputs(poller, outputs)
     deadline_ms = monotonic_ms() + timeout_ms

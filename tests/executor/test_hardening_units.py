@@ -170,3 +170,16 @@ def test_escaping_sink_keeps_a_character_split_between_reads_whole() -> None:
     sink.write(data[:1])
     sink.write(data[1:] + b"\xff")
     assert out.getvalue() == "é\\x1b\\xff".encode()
+
+
+def test_output_pipe_copies_at_most_its_rate_and_resumes_as_time_passes(tmp_path: Path) -> None:
+    pipe = OutputPipe(str(tmp_path / "o"), cap_bytes=1 << 20, rate_bps=4096)
+    os.write(pipe.write_fd, b"x" * 10_000)
+    assert pipe.pump() is True
+    assert pipe.kept_bytes == 4096 and pipe.throttled  # one second's worth, then it waits
+    pipe._refilled_ns -= 1_000_000_000  # a second later
+    pipe.pump()
+    assert pipe.kept_bytes == 8192
+    assert pipe.pump(throttle=False) is True  # the drain after exit is not throttled
+    assert pipe.kept_bytes == 10_000
+    pipe.close()

@@ -228,6 +228,15 @@ def test_output_beyond_log_mb_is_dropped_and_counted_and_the_job_finishes(jobs: 
     assert run.result.stdout_dropped_bytes == 48 * 65536 - (1 << 20)
 
 
+def test_output_is_throttled_by_io_bps_like_the_jobs_own_disk_writes(jobs: Any) -> None:
+    code = "import sys\nfor _ in range(48): sys.stdout.write('x' * 65536)\nsys.stdout.flush()"
+    run = jobs.run(py(code, limits={"io_bps": 1 << 20}, timeout_s=60))
+    assert run.result.exit_code == 0
+    assert len(run.stdout) == 3 << 20  # nothing lost, only slowed
+    # 3 MiB at 1 MiB/s with a one-second burst: at least two seconds (a lower bound only).
+    assert run.result.duration_ms >= 1500, run.result.duration_ms
+
+
 INOTIFY_HOG = """
 import ctypes, time, sys
 libc = ctypes.CDLL(None, use_errno=True)
