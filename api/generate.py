@@ -1,4 +1,5 @@
-"""Regenerate the Python code for the ``coolbeans.api.v1`` protos (``python -m api.generate``).
+"""Regenerate the Python code for the ``coolbeans.api.v1`` and ``joblet`` protos
+(``python -m api.generate``).
 
 Runs grpc_tools.protoc with mypy-protobuf over ``api/*.proto`` and rewrites protoc's top-level
 imports (``import empty_pb2``) into package imports (``from api import empty_pb2``), because
@@ -16,7 +17,15 @@ import tempfile
 from pathlib import Path
 
 API_DIR = Path(__file__).resolve().parent
-PROTOS = ("empty.proto", "job.proto", "client.proto", "cluster.proto", "jsm.proto")
+PROTOS = (
+    "empty.proto",
+    "job.proto",
+    "client.proto",
+    "cluster.proto",
+    "jsm.proto",
+    "joblet.proto",
+    "workerlogs.proto",
+)
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 _BARE_IMPORT = re.compile(r"^import (\w+_pb2)( as \w+)?$", re.MULTILINE)
 

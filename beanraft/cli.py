@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("beanraft.up", "run a complete local cluster: nodes, a proxy and a worker pool"),
     "node": ("cluster.cli_node", "run one cluster node"),
     "cluster": ("cluster.cli_admin", "cluster administration: status, join, leave, snapshot"),
+    "job": ("beanraft.cli_job", "the job API: run, status, list, stop and log, from any node"),
     "certs": ("cluster.cli_certs", "create a CA and role certificates for mTLS"),
     "proxy": ("proxy.cli", "serve the beanstalkd protocol in front of a cluster"),
     "worker": ("executor.cli_worker", "run a worker pool that executes jobs in isolation"),

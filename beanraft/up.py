@@ -43,7 +43,7 @@ from beanraft.up_plan import (
     save_state,
     split_addr,
 )
-from cluster import tls
+from cluster import client_config, tls
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -158,6 +158,10 @@ class Up:
             self.say(f"start failed: {exc}" if not isinstance(exc, _Interrupted) else "stopping")
             self._stop()
             return 0 if isinstance(exc, _Interrupted) else 1
+        config = client_config.write(
+            [n.grpc_addr for n in state.nodes], None if args.insecure else self.data_dir / "tls"
+        )
+        self.say(f"wrote {config}: `beanraft job` and `beanraft cluster` find this cluster there")
         self._print_summary(state)
         return self._serve()
 
@@ -251,6 +255,7 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
         f"  beanraft cluster status --cluster {cluster} {tls_flag}",
     ]
     if workers:
+        lines.append("  beanraft job run -- echo hello     # then: beanraft job status ID")
         lines.append(f"  beanraft submit --beanstalkd {beanstalkd} -- echo hello")
         lines.append(f"  beanraft logs JOB_ID --log-dir {data_dir / 'logs'}")
     lines.append("stop with Ctrl-C; run the same command again to resume")

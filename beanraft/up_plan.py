@@ -198,6 +198,7 @@ def child_specs(
     if workers > 0:
         worker = [*command, "worker", "--beanstalkd", client_addr(state.listen)]
         worker += ["--concurrency", str(workers), "--log-dir", str(data_dir / "logs")]
+        worker += ["--cluster", cluster, *security]  # reports to the job API
         specs.append(ChildSpec("worker", worker))
     return specs
 

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import greenstalk
 
+from cluster.jobspec import spec_from_dict
 from executor import runner, seccomp, uids
 from executor.cgroup_backends import open_backend
 from executor.cgroups import CGROUP_MOUNT, CgroupError, remove_dirs, v1_hierarchies
 from executor.client import parse_address
 from executor.plan import WorkerPolicy, make_plan
-from executor.spec import spec_from_dict
 from executor.worker import host_layout
 
 REPO = Path(__file__).resolve().parents[1]

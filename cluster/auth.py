@@ -45,7 +45,13 @@ QUEUE: frozenset[str] = ADMIN | {"proxy", "worker"}
 READ: frozenset[str] = QUEUE | {"viewer"}
 assert frozenset(ROLES) == READ, "every role must belong to an access class"
 
+# joblet's roles (its API document): an admin runs and stops jobs, a viewer reads them. The
+# proxy and the worker pool have no business in the job API: a worker reports through Apply.
+JOB_READ: frozenset[str] = ADMIN | {"viewer"}
+
 JSM_SERVICE = "coolbeans.api.v1.JobStateMachine"
+JOBLET_SERVICE = "joblet.JobletService"
+WORKER_LOGS_SERVICE = "beanraft.worker.v1.WorkerLogs"
 CLUSTER_SERVICE = "coolbeans.api.v1.Cluster"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
@@ -89,9 +95,25 @@ ACCESS: dict[str, dict[str, frozenset[str]]] = {
         "Status": READ,
         "StreamSnapshot": ADMIN,
     },
+    JOBLET_SERVICE: {
+        "RunJob": ADMIN,
+        "StopJob": ADMIN,
+        "GetJobStatus": JOB_READ,
+        "ListJobs": JOB_READ,
+        "ListJobsPage": JOB_READ,
+        "GetJobLogs": JOB_READ,
+    },
+    # Served by workers: a node reads a job's output from the worker that ran it.
+    WORKER_LOGS_SERVICE: {"ReadLogs": ADMIN},
     # The standard health service: open to every authenticated peer.
     HEALTH_SERVICE: {"Check": READ, "Watch": READ, "List": READ},
 }
+
+
+def _operation(method: str) -> str:
+    """joblet's name of an operation: "/joblet.JobletService/RunJob" -> "run_job"."""
+    name = method.rsplit("/", 1)[-1]
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
 
 
 def _flatten(access: Mapping[str, Mapping[str, frozenset[str]]]) -> dict[str, frozenset[str]]:
@@ -191,10 +213,12 @@ class Authorizer:
                 f"{method} is not in beanraft's access table, so it is denied to every role",
             )
         if peer.role not in allowed:
+            # joblet's words first, so its clients and users read what they know.
             return Denial(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"role {peer.role!r} (certificate {peer.name!r}) may not call {method}; "
-                f"allowed roles: {', '.join(sorted(allowed))}",
+                f"role {peer.role} is not allowed to perform operation {_operation(method)} "
+                f"(certificate {peer.name!r}, {method}); allowed roles: "
+                f"{', '.join(sorted(allowed))}",
             )
         return None
 

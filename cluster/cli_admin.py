@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
+from cluster.client_config import ClientConfigError, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "restore":
         return restore(args.file, args.data_dir)
-    addresses = [a for a in args.cluster.split(",") if a]
-    if not addresses:
-        raise SystemExit("beanraft cluster: give --cluster HOST:PORT,... (nodes' gRPC addresses)")
-    if args.tls_dir is None and not args.insecure:
-        raise SystemExit("beanraft cluster: give --tls-dir DIR (admin certificate) or --insecure")
+    try:
+        # Flags, else BEANRAFT_CLUSTER and BEANRAFT_TLS_DIR, else the file `beanraft up` wrote.
+        config = resolve(args.cluster, args.tls_dir, args.insecure)
+    except ClientConfigError as exc:
+        raise SystemExit(f"beanraft cluster: {exc}") from None
+    addresses = list(config.addresses)
+    args.tls_dir, args.insecure = config.tls_dir, config.tls_dir is None
     try:
         status = asyncio.run(_run(args, addresses))
     except grpc.aio.AioRpcError as exc:

@@ -472,6 +472,16 @@ class RaftNode:
         await self.on_tick_thread(lambda: fn(arg, callback=callback))
         return await asyncio.wait_for(future, 10.0)
 
+    async def wait_applied(self, index: int, timeout_s: float = 2.0) -> bool:
+        """Wait until this replica has applied ``index`` (a follower reading what the leader
+        just applied for it); False if it has not within ``timeout_s``."""
+        deadline = self.loop.time() + timeout_s
+        while int(self.syncobj.raftLastApplied) < index:
+            if self.loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
     # --- Snapshots ------------------------------------------------------------------------
 
     async def machine_snapshot(self) -> tuple[bytes, int]:

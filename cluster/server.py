@@ -18,8 +18,9 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from api import cluster_pb2, cluster_pb2_grpc, empty_pb2, jsm_pb2_grpc
+from api import cluster_pb2, cluster_pb2_grpc, empty_pb2, joblet_pb2_grpc, jsm_pb2_grpc
 from cluster.grpc_cluster import ClusterServicer
+from cluster.grpc_joblet import JobletServicer
 from cluster.grpc_jsm import JobStateMachineServicer
 from cluster.metrics import NodeMetrics
 from cluster.node import NodeConfig, RaftNode
@@ -34,6 +35,9 @@ log = structlog.get_logger(__name__)
 SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # ListJobs answers with every record (joblet's API has no pages): 100,000 records are
+    # about 10 MB. A client must raise its own receive limit for that, or use ListJobsPage.
+    ("grpc.max_send_message_length", 64 << 20),
 ]
 
 
@@ -95,6 +99,7 @@ class NodeServer:
             JobStateMachineServicer(self.service), server
         )
         cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.service), server)
+        joblet_pb2_grpc.add_JobletServiceServicer_to_server(JobletServicer(self.service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         return server
 

@@ -2,7 +2,7 @@
 isolated Linux process.
 
 Theory of operation. A worker (`worker.py`) is N slots, each a greenstalk connection. A slot
-reserves a job, parses its body into a `JobSpec` (`spec.py`, strict), and turns it into a
+reserves a job, parses its body into a `JobSpec` (`cluster/jobspec.py`, strict), and turns it into a
 frozen `Plan` (`plan.py`, pure: namespaces, mounts, cgroup limits, argv, env, uid). The runner
 (`runner.py`) creates the job's cgroup with every limit (`cgroups.py`, `cgroup_backends.py`;
 v1 or v2, detected at start) and forks the launcher; the sandbox (`sandbox.py`, syscalls through

@@ -9,8 +9,8 @@ import sys
 import uuid
 from typing import Any
 
+from cluster.jobspec import SpecError, spec_from_dict
 from executor.client import DEFAULT_PRIORITY, DEFAULT_TTR_S, parse_address, submit, wait_result
-from executor.spec import SpecError, spec_from_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from executor import uids
 from executor.cgroups import CgroupError
@@ -57,6 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help=f"{kind} {what}, {unit} (default %(default)s)",
             )
     parser.add_argument(
+        "--cluster",
+        default="",
+        help="gRPC addresses of cluster nodes to report jobs to (the job API), comma-separated",
+    )
+    parser.add_argument(
+        "--tls-dir", type=Path, help="with --cluster: directory holding ca.crt and worker.crt"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="with --cluster: plaintext gRPC (development)"
+    )
+    parser.add_argument(
+        "--log-listen",
+        default="127.0.0.1:0",
+        help="with --cluster: where nodes read job output from (HOST:PORT; port 0: any free)",
+    )
+    parser.add_argument(
         "--no-seccomp",
         action="store_true",
         help="run jobs without the seccomp filter (only where the host cannot load it)",
@@ -78,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         uid_range = uids.parse_range(args.uid_range)
         policy = _policy(args)
+        cluster = tuple(addr.strip() for addr in args.cluster.split(",") if addr.strip())
+        if cluster and args.tls_dir is None and not args.insecure:
+            raise ValueError("--cluster needs --tls-dir DIR (with worker.crt) or --insecure")
     except ValueError as exc:
         print(f"beanraft worker: {exc}", file=sys.stderr)
         return 2
@@ -93,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         shutdown_grace_ms=int(args.shutdown_grace * 1000),
         policy=policy,
         uid_range=uid_range,
+        cluster=cluster,
+        tls_dir=args.tls_dir,
+        log_listen=args.log_listen,
     )
     worker = Worker(config)
     for sig in (signal.SIGTERM, signal.SIGINT):

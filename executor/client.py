@@ -17,7 +17,7 @@ from typing import Any
 
 import greenstalk
 
-from executor.spec import JobSpec, spec_from_dict
+from cluster.jobspec import JobSpec, spec_from_dict
 
 DEFAULT_TTR_S = 60
 DEFAULT_PRIORITY = 1024

@@ -4,6 +4,8 @@
     job-<id>.stdout.log     the job's stdout, append-only across attempts, at most
                             limits.log_mb per attempt (copied by the worker from a pipe)
     job-<id>.stderr.log     its stderr, the same way
+    job-<id>.output.log     both, in the order the worker read them (the job API's merged
+                            stream, served with byte offsets by the worker's log service)
     job-<id>.worker.log     the worker's notes about the job ("buried: ...", "dropped ..."):
                             a channel of its own, so a job cannot forge or erase them
     job-<id>.results.jsonl  one result record per attempt, append-only
@@ -48,6 +50,10 @@ class JobFiles:
     @property
     def stderr_path(self) -> str:
         return self._path("stderr.log")
+
+    @property
+    def output_path(self) -> str:
+        return self._path("output.log")
 
     @property
     def notes_path(self) -> str:

@@ -25,7 +25,13 @@ CHUNK_BYTES = 65536
 class OutputPipe:
     """The worker's end of one output stream of one attempt."""
 
-    def __init__(self, log_path: str, cap_bytes: int, rate_bps: int | None = None) -> None:
+    def __init__(
+        self,
+        log_path: str,
+        cap_bytes: int,
+        rate_bps: int | None = None,
+        merged_fd: int | None = None,
+    ) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.read_fd, False)
         self._log_fd = os.open(
@@ -36,6 +42,9 @@ class OutputPipe:
         self.dropped_bytes = 0
         self.closed = False
         self.rate_bps = rate_bps
+        # The job's stdout and stderr together, in the order the worker read them (joblet's
+        # merged stream, served with byte offsets); owned by the caller.
+        self._merged_fd = merged_fd
         self._tokens = float(rate_bps or 0)
         self._refilled_ns = time.monotonic_ns()
 
@@ -87,6 +96,8 @@ class OutputPipe:
         kept = chunk[:room]
         if kept:
             _write_all(self._log_fd, kept)
+            if self._merged_fd is not None:
+                _write_all(self._merged_fd, kept)
             self.kept_bytes += len(kept)
         self.dropped_bytes += len(chunk) - len(kept)
 

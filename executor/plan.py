@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from executor.spec import JobSpec
+from cluster.jobspec import JobSpec
 
 CPU_PERIOD_US = 100_000
 NOBODY_UID = 65534

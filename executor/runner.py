@@ -66,6 +66,7 @@ class RunningJob:
     outputs: tuple[OutputPipe, ...] = ()  # stdout, stderr
     init_pid: int | None = None
     maps_fd: int = -1  # with a user namespace: tells the launcher its id maps are written
+    merged_fd: int = -1  # stdout and stderr together, or -1
     lines: list[str] = field(default_factory=list)
     _buffer: bytes = b""
 
@@ -104,20 +105,25 @@ def start(
     stdout_path: str,
     stderr_path: str,
     seccomp_filter: seccomp.PreparedFilter | None = None,
+    merged_path: str | None = None,
 ) -> RunningJob:
     """Create the cgroup (all limits applied, or CgroupError) and fork the launcher.
     `seccomp_filter` is the prepared filter (`executor.seccomp.prepare`), required when the
-    plan asks for seccomp."""
+    plan asks for seccomp. `merged_path`, when given, receives stdout and stderr together."""
     if plan.seccomp and seccomp_filter is None:
         raise ValueError("the plan asks for seccomp but no filter was given")
     cgroup = backend.create(plan.job_name, plan.limits)
     procs_files = cgroup.procs_files()
     outputs: list[OutputPipe] = []
-    status_r = status_w = maps_r = maps_w = -1
+    status_r = status_w = maps_r = maps_w = merged_fd = -1
     try:
         rate_bps = plan.limits.io_bps
-        outputs.append(OutputPipe(stdout_path, plan.log_bytes, rate_bps))
-        outputs.append(OutputPipe(stderr_path, plan.log_bytes, rate_bps))
+        if merged_path is not None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            merged_fd = os.open(merged_path, flags, 0o640)
+        merged = merged_fd if merged_fd >= 0 else None
+        outputs.append(OutputPipe(stdout_path, plan.log_bytes, rate_bps, merged))
+        outputs.append(OutputPipe(stderr_path, plan.log_bytes, rate_bps, merged))
         status_r, status_w = os.pipe()
         if "user" in plan.namespaces:
             maps_r, maps_w = os.pipe()
@@ -130,7 +136,7 @@ def start(
     except BaseException:
         for output in outputs:
             output.close()
-        _close_all(status_r, status_w, maps_r, maps_w)
+        _close_all(status_r, status_w, maps_r, maps_w, merged_fd)
         cgroup.remove()
         raise
     _close_all(status_w, maps_r)
@@ -139,6 +145,7 @@ def start(
     os.set_blocking(status_r, False)
     job = RunningJob(plan, cgroup, pid, os.pidfd_open(pid), status_r, started_ms, tuple(outputs))
     job.maps_fd = maps_w
+    job.merged_fd = merged_fd
     try:
         _await_init(job)
     finally:
@@ -284,6 +291,8 @@ def finish(job: RunningJob, timed_out: bool, stopped: bool) -> RunResult:
     os.close(job.status_fd)
     for output in job.outputs:
         output.close()
+    _close_all(job.merged_fd)
+    job.merged_fd = -1
     stats = job.cgroup.stats()
     job.cgroup.remove()
     result = classify(job.lines, launcher_status, stats.oom_kills > 0, timed_out, stopped)

@@ -27,17 +27,21 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import greenstalk
 import structlog
 
+from cluster.job_records import summary_of
+from cluster.jobspec import JobSpec, SpecError, parse_spec
 from executor import runner, seccomp, uids
 from executor.cgroup_backends import CgroupBackend, open_backend
 from executor.cgroups import CGROUP_MOUNT, CgroupError
 from executor.jobfiles import JobFiles
 from executor.plan import HostLayout, Plan, PlanError, WorkerPolicy, make_plan
-from executor.spec import SpecError, parse_spec
+from executor.reporter import JobReporter
+from statemachine.records import AttemptResult
 
 log = structlog.get_logger("executor.worker")
 
@@ -81,6 +85,11 @@ class WorkerConfig:
     policy: WorkerPolicy = dataclasses.field(default_factory=WorkerPolicy)
     uid_range: tuple[int, int] = uids.DEFAULT_UID_RANGE
     uid_lock_dir: str = uids.DEFAULT_LOCK_DIR
+    # The job API: report attempts to these cluster nodes (gRPC), with the certificate
+    # "worker" in tls_dir (None: plaintext, for a cluster started with --insecure).
+    cluster: tuple[str, ...] = ()
+    tls_dir: Path | None = None
+    log_listen: str = "127.0.0.1:0"  # the log service nodes read job output from
 
 
 def host_layout() -> HostLayout:
@@ -106,6 +115,7 @@ class Worker:
         self._policy = dataclasses.replace(config.policy, allow_root=config.allow_root)
         self._backend: CgroupBackend | None = None
         self._filter: seccomp.PreparedFilter | None = None
+        self._reporter: JobReporter | None = None
 
     def run(self) -> int:
         """Sweep stale cgroups, run the slots until shutdown, clean up. Returns an exit code.
@@ -120,8 +130,18 @@ class Worker:
             for _ in range(self.config.concurrency):
                 leases.append(uids.lease(first, last, self.config.uid_lock_dir))
             self._backend = open_backend(self.config.cgroup_root, self.config.cgroup_mount)
+            if self.config.cluster:
+                self._reporter = JobReporter(
+                    list(self.config.cluster),
+                    self.config.tls_dir,
+                    self.worker_id,
+                    self.config.log_dir,
+                    self.config.log_listen,
+                )
             self._run_slots(leases)
         finally:
+            if self._reporter is not None:
+                self._reporter.close()
             for held in leases:
                 held.release()
         log.info("worker stopped", worker_id=self.worker_id)
@@ -138,6 +158,8 @@ class Worker:
             tubes=",".join(self.config.tubes),
             concurrency=self.config.concurrency,
             job_uids=",".join(str(held.uid) for held in leases),
+            reports_to=",".join(self.config.cluster) or "none",
+            log_service=self._reporter.log_address if self._reporter else "off",
             **self._policy.describe(),
         )
         threads = [
@@ -204,6 +226,7 @@ class Worker:
         files = JobFiles(self.config.log_dir, job.id)
         stats = client.stats_job(job)
         attempt = int(stats["reserves"])
+        spec: JobSpec | None = None
         try:
             spec = parse_spec(job.body)
             plan = make_plan(spec, job.id, attempt, self._layout, self._policy, job_uid)
@@ -212,18 +235,77 @@ class Worker:
             # caused it, so it would cause it again: bury, never release forever.
             if not isinstance(exc, SpecError | PlanError):
                 log.exception("unexpected error while reading a job spec", job_id=job.id)
-            reason = f"invalid job spec: {exc}"
-            files.note(reason + "; job buried")
-            fields = {"status": "invalid_spec", "error": reason, "action": "bury"}
-            self._record(client, files, fields, None, attempt)
-            client.bury(job, int(stats["pri"]))
-            log.warning("buried invalid job", job_id=job.id, reason=reason)
+            self._bury_invalid(client, job, files, stats, attempt, spec, f"invalid job spec: {exc}")
+            return
+        if self._report_start(job, spec, stats, attempt):
+            self._drop_stopped(client, job, files, attempt, spec)
             return
         result = self._run(client, job, files, plan, int(stats["ttr"]))
         action = self._decide(result, spec.retry.max_retries, int(stats["releases"]))
+        if self._reporter is not None and self._reporter.stop_requested(job.id):
+            action = "delete"  # stopped through the cluster: its record keeps the history
         record = {**asdict(result), "action": action, "seccomp": plan.seccomp, "uid": job_uid}
         self._record(client, files, record, spec.result_tube, attempt)
+        self._report_end(job.id, attempt, result, action)
         self._act(client, job, action, int(stats["pri"]), spec.retry.backoff_s, stats)
+
+    def _bury_invalid(
+        self,
+        client: Client,
+        job: Job,
+        files: JobFiles,
+        stats: Any,
+        attempt: int,
+        spec: JobSpec | None,
+        reason: str,
+    ) -> None:
+        files.note(reason + "; job buried")
+        fields = {"status": "invalid_spec", "error": reason, "action": "bury"}
+        self._record(client, files, fields, None, attempt)
+        if spec is not None and not self._report_start(job, spec, stats, attempt):
+            # A valid spec this worker may not run (root, a limit above its maximum): its
+            # record must say why it failed.
+            failed = runner.RunResult(status="invalid_spec", error=reason)
+            self._report_end(job.id, attempt, failed, "bury")
+        client.bury(job, int(stats["pri"]))
+        log.warning("buried invalid job", job_id=job.id, reason=reason)
+
+    def _report_start(self, job: Job, spec: JobSpec, stats: Any, attempt: int) -> bool:
+        """Tell the cluster the attempt starts; True when it must not run (stopped)."""
+        if self._reporter is None:
+            return False
+        summary = summary_of(spec)
+        return self._reporter.start_attempt(
+            job.id, attempt, summary, str(stats["tube"]), int(stats["pri"])
+        )
+
+    def _report_end(self, job_id: int, attempt: int, result: runner.RunResult, action: str) -> None:
+        if self._reporter is None:
+            return
+        ended = AttemptResult(
+            result=result.status,
+            exit_code=result.exit_code,
+            signal=result.signal or 0,
+            oom_killed=result.oom_killed,
+            timed_out=result.timed_out,
+            duration_ms=result.duration_ms,
+            peak_memory_bytes=result.peak_memory_bytes,
+            cpu_time_ms=result.cpu_time_ms,
+            error=result.error or "",
+        )
+        self._reporter.end_attempt(job_id, attempt, ended, final=action in ("delete", "bury"))
+
+    def _drop_stopped(
+        self, client: Client, job: Job, files: JobFiles, attempt: int, spec: JobSpec
+    ) -> None:
+        """A job stopped (or already settled) before this attempt started: never run it."""
+        files.note("stopped through the cluster before it started; job deleted")
+        self._report_end(
+            job.id, attempt, runner.RunResult(status="stopped", stopped=True), "delete"
+        )
+        with contextlib.suppress(greenstalk.NotFoundError):
+            client.delete(job)
+        log.info("dropped a job stopped before it started", job_id=job.id)
 
     def _run(
         self, client: Client, job: Job, files: JobFiles, plan: Plan, ttr_s: int
@@ -232,7 +314,12 @@ class Worker:
         files.clear_stop()
         try:
             running = runner.start(
-                plan, self._backend, files.stdout_path, files.stderr_path, self._filter
+                plan,
+                self._backend,
+                files.stdout_path,
+                files.stderr_path,
+                self._filter,
+                files.output_path,
             )
         except (CgroupError, OSError) as exc:
             files.note(f"cannot start the job: {exc}")
@@ -244,7 +331,7 @@ class Worker:
                 running,
                 on_tick=touch,
                 tick_ms=TICK_MS,
-                should_stop=lambda: self.abandon.is_set() or touch.lost or files.stop_requested(),
+                should_stop=lambda: self._should_stop(job.id, touch, files),
                 grace_ms=self.config.grace_ms,
             )
         finally:
@@ -260,10 +347,19 @@ class Worker:
                 )
         if touch.lost:
             result.status = "lost_reservation"
-        elif files.stop_requested() and result.status in ("signaled", "exited", "stopped"):
+        elif self._stopped_on_request(job.id, files) and result.status in (
+            "signaled",
+            "exited",
+            "stopped",
+        ):
             result.status, result.stopped = "stopped", True
         files.clear_stop()
         return result
+
+    def _should_stop(self, job_id: int, touch: _Toucher, files: JobFiles) -> bool:
+        if self.abandon.is_set() or touch.lost or files.stop_requested():
+            return True
+        return self._reporter is not None and self._reporter.stop_requested(job_id)
 
     def _state(self, running: runner.RunningJob) -> dict[str, Any]:
         return {
@@ -274,6 +370,11 @@ class Worker:
             "cgroup": running.cgroup.to_json(),
             "job_name": running.plan.job_name,
         }
+
+    def _stopped_on_request(self, job_id: int, files: JobFiles) -> bool:
+        if files.stop_requested():
+            return True
+        return self._reporter is not None and self._reporter.stop_requested(job_id)
 
     def _decide(self, result: runner.RunResult, max_retries: int, releases: int) -> str:
         if result.status == "lost_reservation":

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final, Union
 
 from statemachine import commands as c
+from statemachine import records as rec
 from statemachine import replies as r
 from statemachine.commands import Command
 from statemachine.replies import Outcome, Reply, Wakeup
@@ -41,13 +42,16 @@ _TABLE: Final[tuple[tuple[int, type[Any]], ...]] = (
     (16, c.Release), (17, c.Bury), (18, c.Touch), (19, c.Kick), (20, c.KickJob),
     (21, c.PauseTube), (22, c.Peek), (23, c.PeekReady), (24, c.PeekDelayed), (25, c.PeekBuried),
     (26, c.StatsJob), (27, c.StatsTube), (28, c.Stats), (29, c.ListTubes), (30, c.CheckClients),
-    (31, c.ExtendLeases),
+    (31, c.ExtendLeases), (32, c.RunJob), (33, c.ReportJobStart), (34, c.ReportJobEnd),
+    (35, c.StopJob), (36, c.SetRecordRetention), (40, rec.JobSummary), (41, rec.AttemptResult),
     (64, r.Ok), (65, r.Inserted), (66, r.Reserved), (67, r.Waiting), (68, r.DeadlineSoon),
     (69, r.TimedOut), (70, r.Deleted), (71, r.Released), (72, r.Buried), (73, r.Touched),
     (74, r.Kicked), (75, r.Paused), (76, r.Using), (77, r.Watching), (78, r.Found),
     (79, r.TubeList), (80, r.JobStats), (81, r.TubeStats), (82, r.ServerStats),
     (83, r.ClientStates), (84, r.NotFound), (85, r.NotIgnored), (86, r.JobTooBig),
     (87, r.UnknownClient), (88, r.AlreadyWaiting), (89, r.InvalidArgument),
+    (90, r.JobStarted), (91, r.NotRunning), (92, rec.RecordView), (93, rec.JobRecord),
+    (94, r.StopRequested),
     (120, r.Wakeup), (121, r.Outcome),
 )  # fmt: skip
 _CLASS_BY_TAG: Final = dict(_TABLE)
@@ -85,6 +89,11 @@ def encode_reply(reply: Reply) -> bytes:
 
 def encode_wakeup(wakeup: Wakeup) -> bytes:
     return _encode_top(wakeup)
+
+
+def encode_value(value: object) -> bytes:
+    """Encode any value of the table (a snapshot's job records)."""
+    return _encode_top(value)
 
 
 def _encode_top(value: object) -> bytes:
@@ -176,6 +185,11 @@ def decode_reply(data: bytes) -> Reply:
     if not isinstance(value, _REPLY_CLASSES):
         raise CodecError(f"expected a reply, got a {type(value).__name__}")
     return typing.cast(Reply, value)
+
+
+def decode_value(data: bytes) -> object:
+    """Decode and validate any value of the table; the caller checks its type."""
+    return _decode_top(data)
 
 
 def decode_wakeup(data: bytes) -> Wakeup:

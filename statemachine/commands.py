@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from statemachine.records import AttemptResult, JobSummary
+
 # A request id makes put and reserve idempotent: the same id applied twice (a retry after an
 # ambiguous outcome on leader change) returns the first outcome. "" means "not idempotent".
 NO_REQUEST_ID = ""
@@ -258,6 +260,62 @@ class CheckClients:
     client_ids: tuple[str, ...]
 
 
+# --- Job records (the job API; statemachine.records) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """Put a job exactly as ``put`` does and create its record in the same command, so there
+    is never a queued job without its record or a record without its job."""
+
+    put: Put
+    summary: JobSummary
+    request_id: str = NO_REQUEST_ID
+
+
+@dataclass(frozen=True, slots=True)
+class ReportJobStart:
+    """A worker starts attempt ``attempt`` of ``job_id`` (which it holds reserved). Creates
+    the record from ``summary`` when the job was put without one. The reply says whether a stop
+    was requested meanwhile, in which case the worker must not run it."""
+
+    job_id: int
+    attempt: int
+    worker_id: str
+    log_address: str
+    summary: JobSummary
+    tube: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportJobEnd:
+    """A worker's attempt ended with ``result``; ``final`` when the worker will delete or bury
+    the job rather than release it for another attempt."""
+
+    job_id: int
+    attempt: int
+    result: AttemptResult
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StopJob:
+    """Stop a job through its record: a queued, delayed or buried job leaves the queue at once
+    and is STOPPED; a running one is flagged and its worker told (a ``StopRequested`` wake-up
+    to the worker's id), and its end report makes it STOPPED."""
+
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetRecordRetention:
+    """Keep at most ``max_finished`` finished records, none older than ``max_age_ms``."""
+
+    max_finished: int
+    max_age_ms: int
+
+
 Command = (
     Connect
     | Disconnect
@@ -290,6 +348,11 @@ Command = (
     | Stats
     | ListTubes
     | CheckClients
+    | RunJob
+    | ReportJobStart
+    | ReportJobEnd
+    | StopJob
+    | SetRecordRetention
 )
 
 # Commands that never change anything but counters: a node may answer them from a

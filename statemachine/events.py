@@ -79,6 +79,10 @@ def next_event_ms(state: State) -> int | None:
         assert tube.pause_until_ms is not None
         if earliest is None or tube.pause_until_ms < earliest:
             earliest = tube.pause_until_ms
+    if state.records.finished:
+        expiry_ms = state.records.next_expiry_ms()
+        if expiry_ms is not None and (earliest is None or expiry_ms < earliest):
+            earliest = expiry_ms
     return earliest
 
 
@@ -110,6 +114,8 @@ def _process_instant(state: State, t: int) -> None:
     state.match()
     _time_out_waits(state, t)
     _wake_deadline_soon(state, t)
+    if state.records.finished:
+        state.records.expire(t)
 
 
 def _expire_leases(state: State, t: int) -> None:

@@ -27,7 +27,28 @@ def check_state(state: State) -> None:
     _check_clients(state)
     _check_waits(state)
     _check_heaps(state)
+    _check_records(state)
     assert all(j < state.next_job_id for j in state.jobs), "a job id is not below next_job_id"
+
+
+def _check_records(state: State) -> None:
+    records = state.records
+    assert len(records.finished) <= records.max_finished, "more finished records than kept"
+    previous_ms = -1
+    for job_id, ended_ms in records.finished.items():
+        record = records.by_id.get(job_id)
+        assert record is not None, f"finished record {job_id} is not stored"
+        assert record.final_status, f"record {job_id} is listed as finished without a status"
+        assert ended_ms == record.ended_ms >= previous_ms, f"finished order at {job_id}"
+        assert ended_ms + records.max_age_ms >= state.now_ms, f"record {job_id} outlived its age"
+        previous_ms = ended_ms
+    for job_id, record in records.by_id.items():
+        assert record.job_id == job_id, f"record {job_id} is stored as {record.job_id}"
+        assert job_id < state.next_job_id, f"record {job_id} is not below next_job_id"
+        assert bool(record.final_status) == (job_id in records.finished), (
+            f"record {job_id}: final status and the finished list disagree"
+        )
+        assert record.ended_attempt <= record.attempt, f"record {job_id} ended a future attempt"
 
 
 def _check_tubes_registry(state: State) -> None:

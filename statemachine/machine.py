@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from statemachine import commands as c
-from statemachine import ops_jobs, ops_reads, ops_sessions
+from statemachine import ops_jobs, ops_reads, ops_records, ops_sessions
 from statemachine import replies as r
 from statemachine.events import advance, next_event_ms
 from statemachine.invariants import check_state
+from statemachine.jobs import MOVING
 from statemachine.limits import DEFAULT_MAX_JOB_SIZE, MAX_JOB_SIZE_LIMIT
+from statemachine.records import JobRecord, RecordView
 from statemachine.replies import Outcome, Reply
 from statemachine.snapshot import decode_state, encode_state
 from statemachine.state import State
@@ -88,10 +90,15 @@ HANDLERS: dict[type, Handler] = {
     c.StatsTube: ops_reads.stats_tube,
     c.Stats: ops_reads.stats,
     c.ListTubes: ops_reads.list_tubes,
+    c.RunJob: ops_records.run_job,
+    c.ReportJobStart: ops_records.report_start,
+    c.ReportJobEnd: ops_records.report_end,
+    c.StopJob: ops_records.stop_job,
+    c.SetRecordRetention: ops_records.set_record_retention,
 }
 
 # Commands whose replies are remembered by request id (a retry returns the first reply).
-IDEMPOTENT = (c.Put, c.Reserve)
+IDEMPOTENT = (c.Put, c.Reserve, c.RunJob)
 # Refusals that changed nothing at all are not remembered: a proxy whose session was dropped
 # (UnknownClient) reconnects and retries under the same request id, and must then be served.
 NOT_REMEMBERED = (r.UnknownClient, r.InvalidArgument)
@@ -141,6 +148,56 @@ class JobStateMachine:
             state.wakeups.clear()
             return Outcome(reply, wakeups)
         return Outcome(reply)
+
+    def job_record(self, job_id: int) -> RecordView | None:
+        """The record of ``job_id`` with its derived status, or None. A read of local state:
+        call it between applies (a node does so on its apply thread)."""
+        record = self._state.records.by_id.get(job_id)
+        return None if record is None else ops_records.view(self._state, record)
+
+    def job_records(
+        self, statuses: frozenset[str] = frozenset(), after_id: int = 0, limit: int = 0
+    ) -> tuple[list[RecordView], int]:
+        """Records in job id order after ``after_id``, those whose status is in ``statuses``
+        (all when empty), at most ``limit`` (all when 0); and the id to continue after, or 0
+        when there are no more."""
+        state = self._state
+        found: list[RecordView] = []
+        by_id = state.records.by_id
+        # Sorted here, not kept sorted: a record made by a worker's report may be older than
+        # the newest one, and a listing is rare next to the commands that add records.
+        for job_id in sorted(by_id):
+            if job_id <= after_id:
+                continue
+            shown = ops_records.view(state, by_id[job_id])
+            if statuses and shown.status not in statuses:
+                continue
+            if limit and len(found) == limit:
+                return found, found[-1].job_id
+            found.append(shown)
+        return found, 0
+
+    def record_count(self) -> int:
+        return len(self._state.records.by_id)
+
+    # Reads from another thread, without stopping applies: a node's API serves records from
+    # its own replica. A record is an immutable value, replaced on change; the dict lookups
+    # and the C-level copy below are atomic with respect to the applying thread.
+
+    def record_of(self, job_id: int) -> JobRecord | None:
+        return self._state.records.by_id.get(job_id)
+
+    def all_records(self) -> list[JobRecord]:
+        """Every record, copied in one C-level step (a consistent set)."""
+        return list(self._state.records.by_id.values())
+
+    def job_place(self, job_id: int) -> str | None:
+        """The job's place ("ready", ..., "" when it is not in the queue), or None while an
+        apply is moving it between places (read again)."""
+        job = self._state.jobs.get(job_id)
+        if job is not None and job.state == MOVING:
+            return None
+        return ops_records.queue_state(job)
 
     def next_deadline_ms(self) -> int | None:
         """The earliest time at which a Tick would change anything (a delay or TTR end, a reserve

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from statemachine.records import RecordView
+
 # --- Success replies --------------------------------------------------------------------
 
 
@@ -232,6 +234,29 @@ class InvalidArgument:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class JobStarted:
+    """The answer to ReportJobStart: run the attempt, or not (a stop was requested, or the
+    job's record is already final)."""
+
+    stop_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotRunning:
+    """StopJob on a job whose record is already final: joblet's FAILED_PRECONDITION."""
+
+    job_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """A wake-up for a worker (its id as the proxy id): stop the attempt of ``job_id``."""
+
+    job_id: int
+
+
 Reply = (
     Ok
     | Inserted
@@ -259,9 +284,12 @@ Reply = (
     | UnknownClient
     | AlreadyWaiting
     | InvalidArgument
+    | JobStarted
+    | NotRunning
+    | RecordView
 )
 
-WaitResult = Reserved | TimedOut | DeadlineSoon
+WaitResult = Reserved | TimedOut | DeadlineSoon | StopRequested
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ Layout (all integers little-endian), version 1:
               i32 holder (client index, -1), u32 reserves, timeouts, releases, buries, kicks,
               u32 body size; then the bodies back to back
   window      u32 n, then per entry: str request_id, i64 recorded_ms, reply (tag u8 + fields)
+  records     (version 2) u64 max_finished, i64 max_age_ms, u32 n, then per record by job id:
+              u32 size + the record in statemachine.codec's bytes; u32 k + u64[k] the finished
+              records' job ids, oldest first
+Version 1 (no records) is still read: it restores with no records and the default retention.
 A str is u32 length + UTF-8 bytes. Columns are packed with ``array`` so a million jobs take a
 few list passes instead of a million ``struct.pack`` calls.
 """
@@ -36,9 +40,11 @@ from heapq import heapify
 from itertools import accumulate, pairwise
 from operator import attrgetter
 
+from statemachine import codec
 from statemachine.counters import FIELDS
 from statemachine.jobs import BURIED, DELAYED, KEY_SHIFT, READY, RESERVED, Job
 from statemachine.limits import URGENT_PRIORITY_LIMIT
+from statemachine.records import JobRecord, Records
 from statemachine.replies import (
     AlreadyWaiting,
     DeadlineSoon,
@@ -56,7 +62,8 @@ from statemachine.state import State
 from statemachine.tubes import Tube
 
 MAGIC = b"BRSM"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _LITTLE = sys.byteorder == "little"
 _HEADER = struct.Struct("<4sH")
 _SCALARS = struct.Struct("<QqQQ")
@@ -120,7 +127,40 @@ def encode_state(state: State) -> bytes:
         _str(out, request_id)
         out.append(_I64.pack(recorded_ms))
         _encode_reply(out, reply)
+    _encode_records(out, state.records)
     return b"".join(out)
+
+
+def _encode_records(out: list[bytes], records: Records) -> None:
+    out.append(_U64.pack(records.max_finished))
+    out.append(_I64.pack(records.max_age_ms))
+    out.append(_U32.pack(len(records.by_id)))
+    for job_id in sorted(records.by_id):
+        data = codec.encode_value(records.by_id[job_id])
+        out.append(_U32.pack(len(data)))
+        out.append(data)
+    out.append(_U32.pack(len(records.finished)))
+    out.append(_column("Q", list(records.finished)))
+
+
+def _decode_records(reader: _Reader, state: State) -> None:
+    records = state.records
+    records.max_finished = reader.unpack(_U64)[0]
+    records.max_age_ms = reader.unpack(_I64)[0]
+    for _ in range(reader.u32()):
+        size = reader.u32()
+        try:
+            record = codec.decode_value(bytes(reader.take(size)))
+        except codec.CodecError as exc:
+            raise SnapshotError(f"a job record does not decode: {exc}") from None
+        if not isinstance(record, JobRecord):
+            raise SnapshotError(f"a job record was expected, got a {type(record).__name__}")
+        records.by_id[record.job_id] = record
+    for job_id in reader.column("Q", reader.u32()):
+        record = records.by_id.get(job_id)
+        if record is None or not record.final_status:
+            raise SnapshotError(f"finished record {job_id} is missing or not final")
+        records.finished[job_id] = record.ended_ms
 
 
 def _encode_tubes(out: list[bytes], state: State) -> None:
@@ -249,9 +289,9 @@ def decode_state(data: bytes) -> State:
 def _decode_state(data: bytes) -> State:
     reader = _Reader(data)
     magic, version = _HEADER.unpack(reader.take(_HEADER.size))
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC or version not in READABLE_VERSIONS:
         raise SnapshotError(
-            f"not a version {VERSION} beanraft state-machine snapshot "
+            f"not a version {READABLE_VERSIONS} beanraft state-machine snapshot "
             f"(magic {magic!r}, version {version}); restore it with the release that wrote it"
         )
     max_job_size, now_ms, next_job_id, next_wait_seq = reader.unpack(_SCALARS)
@@ -272,6 +312,8 @@ def _decode_state(data: bytes) -> State:
         request_id = reader.text()
         recorded_ms = reader.unpack(_I64)[0]
         state.window.remember(request_id, recorded_ms, _decode_reply(reader))
+    if version >= 2:
+        _decode_records(reader, state)
     if reader.offset != len(data):
         raise SnapshotError(f"{len(data) - reader.offset} bytes left after the snapshot's end")
     return state

@@ -40,6 +40,7 @@ from statemachine.heaps import (
 from statemachine.idempotency import IdempotencyWindow
 from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, MOVING, READY, RESERVED, Job
 from statemachine.limits import DEFAULT_MAX_JOB_SIZE, DEFAULT_TUBE, URGENT_PRIORITY_LIMIT
+from statemachine.records import Records
 from statemachine.replies import Reserved, WaitResult, Wakeup
 from statemachine.sessions import Client, remove_moving_last
 from statemachine.tubes import Tube
@@ -73,6 +74,7 @@ class State:
         self.window = IdempotencyWindow()
         self.wakeups: list[Wakeup] = []
         self.dirty: dict[str, Tube] = {}
+        self.records = Records()  # the job API's records (statemachine.records)
         self.tube_for(DEFAULT_TUBE)
 
     # --- tubes -------------------------------------------------------------------------------

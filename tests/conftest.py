@@ -13,12 +13,18 @@ proxies that tests start run whatever is built).
 """
 
 import os
+import tempfile
 
 import pytest
 
 from beanraft import native
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# `beanraft up` records its cluster for the clients in the user's config directory: tests keep
+# theirs in a directory of their own, never in the home of whoever runs them.
+os.environ["BEANRAFT_CONFIG"] = os.path.join(
+    tempfile.mkdtemp(prefix="beanraft-test-"), "client.json"
+)
 
 if os.environ.get("BEANRAFT_PURE") == "1":
     native.prefer_sources()

@@ -20,11 +20,11 @@ from typing import Any
 import greenstalk
 import pytest
 
+from cluster.jobspec import spec_from_dict
 from executor import runner, seccomp, uids
 from executor.cgroup_backends import CgroupBackend, open_backend
 from executor.cgroups import CGROUP_MOUNT, remove_dirs, v1_hierarchies
 from executor.plan import Plan, WorkerPolicy, make_plan
-from executor.spec import spec_from_dict
 from executor.worker import host_layout
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.jobspec import MAX_BODY_BYTES, SpecError, parse_spec, spec_from_dict
 from executor import uids
 from executor.cli_logs import EscapingSink, escape_controls
 from executor.output import OutputPipe
@@ -21,7 +22,6 @@ from executor.plan import (
     WorkerPolicy,
     make_plan,
 )
-from executor.spec import MAX_BODY_BYTES, SpecError, parse_spec, spec_from_dict
 
 LAYOUT = HostLayout({"/usr": None})
 

@@ -16,9 +16,9 @@ from typing import Any
 import greenstalk
 import pytest
 
+from cluster.jobspec import spec_from_dict
 from executor import runner
 from executor.plan import PROC_MASKED, WorkerPolicy, make_plan
-from executor.spec import spec_from_dict
 from executor.worker import host_layout
 
 pytestmark = pytest.mark.root

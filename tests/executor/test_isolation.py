@@ -297,9 +297,9 @@ def test_a_plan_without_its_namespaces_is_refused_and_the_host_is_untouched(
 ) -> None:
     import dataclasses
 
+    from cluster.jobspec import spec_from_dict
     from executor import runner as runner_module
     from executor.plan import WorkerPolicy, make_plan
-    from executor.spec import spec_from_dict
     from executor.worker import host_layout
 
     before = socket.gethostname()

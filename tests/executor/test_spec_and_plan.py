@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cluster.jobspec import DEFAULT_PIDS_MAX, SpecError, parse_spec, spec_from_dict
 from executor.plan import (
     NOBODY_UID,
     HostLayout,
@@ -15,7 +16,6 @@ from executor.plan import (
     is_job_cgroup_name,
     make_plan,
 )
-from executor.spec import DEFAULT_PIDS_MAX, SpecError, parse_spec, spec_from_dict
 
 LAYOUT = HostLayout({"/usr": None, "/bin": "usr/bin", "/lib": "usr/lib", "/etc/ssl": None})
 

@@ -125,6 +125,6 @@ def test_wrong_role_is_denied_naming_the_role_and_the_method(
     denial = authorizer.check(PUT, _context(_pem(tls_dir / "viewer.crt")))
     assert denial is not None and denial.code == grpc.StatusCode.PERMISSION_DENIED
     assert denial.message == (
-        f"role 'viewer' (certificate 'viewer') may not call {PUT}; "
+        f"role viewer is not allowed to perform operation put (certificate 'viewer', {PUT}); "
         "allowed roles: admin, node, proxy, worker"
     )

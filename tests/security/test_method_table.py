@@ -36,8 +36,22 @@ def test_viewer_only_reads() -> None:
             "Check", "GetJob", "GetStatsJobYaml", "GetStatsTubeYaml", "GetStatsYaml",
             "IsNodeLeader", "List", "ListTubes", "PeekBuried", "PeekDelayed", "PeekReady",
             "Status", "Watch",
+            # joblet's viewer: status, list and logs
+            "GetJobStatus", "ListJobs", "ListJobsPage", "GetJobLogs",
         ]
     )  # fmt: skip
+
+
+def test_joblet_roles_as_joblet_documents_them() -> None:
+    joblet = {
+        name.rsplit("/", 1)[1]: roles
+        for name, roles in METHOD_ROLES.items()
+        if name.startswith("/joblet.JobletService/")
+    }
+    for name in ("RunJob", "StopJob"):
+        assert joblet[name] == ADMIN, name
+    for name in ("GetJobStatus", "ListJobs", "ListJobsPage", "GetJobLogs"):
+        assert joblet[name] == ADMIN | {"viewer"}, name  # not the proxy, not the worker
 
 
 def test_access_classes_nest_from_admin_to_read() -> None:

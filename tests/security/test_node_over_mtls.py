@@ -85,8 +85,8 @@ def test_node_lets_a_viewer_read_status_but_not_put(node: str, tls_dir: Path) ->
             _put(channel)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert caught.value.details() == (
-        "role 'viewer' (certificate 'viewer') may not call /coolbeans.api.v1.JobStateMachine/Put; "
-        "allowed roles: admin, node, proxy, worker"
+        "role viewer is not allowed to perform operation put (certificate 'viewer', "
+        "/coolbeans.api.v1.JobStateMachine/Put); allowed roles: admin, node, proxy, worker"
     )
 
 

@@ -140,6 +140,8 @@ def test_children_get_the_documented_flags(tmp_path: Path) -> None:
     assert specs[4].argv == [
         *BEANRAFT, "worker", "--beanstalkd", "127.0.0.1:11311", "--concurrency", "4",
         "--log-dir", f"{tmp_path}/logs",
+        "--cluster", f"{n1.grpc_addr},{n2.grpc_addr},{n3.grpc_addr}",
+        "--tls-dir", f"{tmp_path}/tls",
     ]  # fmt: skip
 
 

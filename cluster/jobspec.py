@@ -1,4 +1,5 @@
-"""The job spec: the JSON body of a beanraft job, and its validation.
+"""The job spec: the JSON body of a beanraft job, and its validation (shared by the job API,
+which builds one from a RunJob request, and the workers, which run it).
 
 A job body is a JSON object. Only ``command`` is required; everything else has a default that is
 safe (no network, a pids limit, an unprivileged user). Validation is strict: an unknown key, a wrong
