@@ -210,6 +210,8 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
                 )
             if event.wakeup:
                 wakeup = codec.decode_wakeup(event.wakeup)
+                if isinstance(wakeup.result, r.StopRequested):
+                    continue  # a worker's stop request: not a reservation of coolbeans' API
                 reservation = _wakeup_reservation(wakeup)
                 yield jsm_pb2.ReserveResponse(reservation=reservation, seq=event.seq)
 

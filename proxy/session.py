@@ -92,7 +92,7 @@ class Session:
         self._pending: tuple[str, asyncio.Future[object]] | None = None
         self._unsettled: str | None = None  # a reserve's id whose outcome never came back
         self._abandoned: set[str] = set()  # reserves given up as lost in a wake-up gap
-        self._stashed: list[r.WaitResult] = []  # late answers, for the next reserve
+        self._stashed: list[r.Reserved | r.TimedOut | r.DeadlineSoon] = []  # for the next reserve
         self._half_closed = False
         self._peer_gone = False
 
@@ -121,6 +121,8 @@ class Session:
             self._pending[1].set_result(_PEER_GONE)
 
     def deliver(self, wakeup: r.Wakeup) -> None:
+        if isinstance(wakeup.result, r.StopRequested):
+            return  # addressed to a worker's id, never to a proxy's: not a reserve's answer
         pending = self._pending
         if pending is not None and pending[0] == wakeup.request_id and not pending[1].done():
             pending[1].set_result(wakeup.result)
