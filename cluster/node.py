@@ -148,7 +148,7 @@ class RaftNode:
             [self.consumer],
             self.journal,
             self.dumps,
-            last_wakeup_seq=lambda: self.consumer.state.wakeups.last_seq,
+            news=self._news,
             ack_gate=self.journal_sync,
         )
         self.syncobj.addOnTickCallback(self._drain_tick_jobs)
@@ -174,6 +174,11 @@ class RaftNode:
         self._last_ticked_deadline_ms: int | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
+
+    def _news(self) -> tuple[int, int]:
+        """Changes when applied entries made wake-ups or changed job records (raftcore rule 6)."""
+        state = self.consumer.state
+        return state.wakeups.last_seq, state.machine.records_version
 
     def _seed(self) -> bytes | None:
         # A restored cluster starts from a seed snapshot, but only on a brand-new data dir:

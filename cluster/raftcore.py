@@ -45,8 +45,9 @@ The rules, and why each is still safe:
    campaigns or appends, and it resumes by itself once its log can grow again. An entry it
    could not write is not in its log and was never acknowledged.
 6. The leader sends a message carrying only the new commit index at once only when the
-   entries just applied produced wake-ups (a proxy's stream on a follower may wait for them);
-   otherwise the index rides on the next append or heartbeat. Commit itself is unchanged.
+   entries just applied produced news: wake-ups (a proxy's stream on a follower may wait for
+   them) or changed job records (a client may read them on any node); otherwise the index
+   rides on the next append or heartbeat. Commit itself is unchanged.
 7. The wire (``cluster.raft_wire``): frames sealed with AES-256-GCM under the cluster secret,
    not zlib-compressed, pickle protocol 4.
 """
@@ -173,8 +174,8 @@ class PreVote:
 class RaftCore(SyncObj):  # type: ignore[misc]
     """pysyncobj's SyncObj with beanraft's rules (see the module docstring).
 
-    ``journal`` and ``dumps`` are the storage; ``last_wakeup_seq`` gives the number of the
-    newest wake-up the applied entries made (rule 6); ``ack_gate`` holds back a follower's
+    ``journal`` and ``dumps`` are the storage; ``news`` gives a value that changes when the
+    applied entries made news for other nodes (rule 6); ``ack_gate`` holds back a follower's
     acknowledgements until its journal is synced (``cluster.durability``)."""
 
     # pysyncobj's own attributes that these methods assign (for the type checker)
@@ -190,7 +191,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         consumers: list[Any],
         journal: Journal,
         dumps: DumpStore,
-        last_wakeup_seq: Callable[[], int],
+        news: Callable[[], object],
         ack_gate: Any,
     ) -> None:
         self.journal = journal
@@ -199,7 +200,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         self.disk_full = False
         self.installs = 0  # dumps installed (from disk at start, or from a leader)
         self.last_leader_contact = 0.0  # monotonic time of the last append from a leader
-        self._last_wakeup_seq = last_wakeup_seq
+        self._news = news
         self._progress: dict[Any, Progress] = {}
         self._prevote: PreVote | None = None
         self._next_disk_probe = 0.0
@@ -679,9 +680,9 @@ class RaftCore(SyncObj):  # type: ignore[misc]
     # --- rule 6 ----------------------------------------------------------------------------------
 
     def _SyncObj__applyLogEntries(self) -> bool:
-        before = self._last_wakeup_seq()
+        before = self._news()
         applied = SyncObj._SyncObj__applyLogEntries(self)
-        return bool(applied) and self._last_wakeup_seq() != before
+        return bool(applied) and self._news() != before
 
     # --- the log -----------------------------------------------------------------------------
 

@@ -1,11 +1,14 @@
 """``beanraft worker --beanstalkd HOST:PORT [--tubes default,...] [--concurrency N]
-[--log-dir DIR] [--cgroup-root PATH] [--uid-range FIRST-LAST] [limits]``: run a worker pool on
-this host (as root). Every isolation layer is on by default; the limits flags set the default
-a job gets when its spec leaves a limit out, and the maximum a spec may ask for."""
+[--log-dir DIR] [--log-retention-days D] [--log-retention-gb G] [--cgroup-root PATH]
+[--uid-range FIRST-LAST] [limits]``: run a worker pool on this host (as root). Every isolation
+layer is on by default; the limits flags set the default a job gets when its spec leaves a limit
+out, and the maximum a spec may ask for. Finished jobs' files in --log-dir are kept for
+--log-retention-days and within --log-retention-gb (oldest jobs removed first)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -18,6 +21,9 @@ from executor.jobfiles import default_log_dir
 from executor.plan import WorkerPolicy
 from executor.seccomp import SeccompError
 from executor.worker import Worker, WorkerConfig
+
+SECONDS_PER_DAY = 86400
+BYTES_PER_GB = 1 << 30  # the flag says GB, as operators do; the bytes are GiB
 
 _DEFAULTS = WorkerPolicy()
 # (flag stem, WorkerPolicy field stem, unit, what it bounds)
@@ -34,6 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tubes", default="default", help="comma-separated tubes to watch")
     parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
     parser.add_argument("--log-dir", default=default_log_dir(), help="per-job logs and state")
+    parser.add_argument(
+        "--log-retention-days",
+        type=float,
+        default=7.0,
+        help="remove a finished job's files this long after its last output (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-retention-gb",
+        type=float,
+        default=10.0,
+        help="then remove the oldest finished jobs while --log-dir holds more, GiB "
+        "(default %(default)s)",
+    )
     parser.add_argument(
         "--cgroup-root", default="beanraft", help="cgroup subtree (relative to each hierarchy)"
     )
@@ -95,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         uid_range = uids.parse_range(args.uid_range)
         policy = _policy(args)
+        retention_days = _positive("--log-retention-days", args.log_retention_days)
+        retention_gb = _positive("--log-retention-gb", args.log_retention_gb)
         cluster = tuple(addr.strip() for addr in args.cluster.split(",") if addr.strip())
         if cluster and args.tls_dir is None and not args.insecure:
             raise ValueError("--cluster needs --tls-dir DIR (with worker.crt) or --insecure")
@@ -116,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         cluster=cluster,
         tls_dir=args.tls_dir,
         log_listen=args.log_listen,
+        log_retention_s=retention_days * SECONDS_PER_DAY,
+        log_retention_bytes=int(retention_gb * BYTES_PER_GB),
     )
     worker = Worker(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,3 +160,11 @@ def _policy(args: argparse.Namespace) -> WorkerPolicy:
             )
         values[f"default_{field}"], values[f"max_{field}"] = default, maximum
     return WorkerPolicy(allow_root=args.allow_root, seccomp=not args.no_seccomp, **values)
+
+
+def _positive(flag: str, value: float) -> float:
+    """A retention bound of zero or less would remove every finished job's output at once;
+    refuse it (and nan or infinity, which are not bounds) rather than guess."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} {value} must be a number above 0")
+    return value

@@ -15,6 +15,11 @@
                             attempt as stopped rather than as killed by a signal
 
 stdout and stderr stay separate files (joblet merged them into one pipe, reference §10.13).
+
+Retention (`sweep`): per job, output is bounded by limits.log_mb per attempt per stream; per
+host, the worker removes whole finished jobs older than its retention period, then the oldest
+finished jobs until the directory fits its byte bound. A job's files go together, so the job API
+never serves half a job.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_LOG_DIR = "/var/log/beanraft"
@@ -112,6 +118,143 @@ class JobFiles:
     def clear_stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.stop_path)
+
+
+# job-<id>.<suffix>: ids as JobFiles writes them (ASCII digits); anything else is not ours.
+_JOB_FILE_NAME = re.compile(r"job-([0-9]+)\.(.+)", re.ASCII)
+# The state file marks a running attempt; write_state's temporary file precedes it.
+_STATE_SUFFIX = "state.json"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one retention sweep did, for the worker's log line."""
+
+    jobs_removed: int
+    bytes_removed: int
+    bytes_kept: int
+
+
+@dataclass
+class _JobGroup:
+    """One job's files in a log directory, as the sweep sees them."""
+
+    key: str  # the id as spelled in the names, so job-7 and job-007 never merge
+    files: list[tuple[str, int]] = field(default_factory=list)  # (path, size in bytes)
+    size_bytes: int = 0
+    newest_mtime_s: float = float("-inf")
+    running: bool = False
+
+    def add(self, path: str, suffix: str, st: os.stat_result) -> None:
+        self.files.append((path, st.st_size))
+        self.size_bytes += st.st_size
+        self.newest_mtime_s = max(self.newest_mtime_s, st.st_mtime)
+        if suffix == _STATE_SUFFIX or suffix.startswith(_STATE_SUFFIX + "."):
+            self.running = True
+
+
+def clear_stale_states(log_dir: str) -> int:
+    """Remove state files whose worker is gone (killed with -9 mid-job): they would make the
+    job look running forever, to `beanraft logs -f`, to the log service and to the sweep.
+    Returns how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(log_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        match = _JOB_FILE_NAME.fullmatch(name)
+        if match is None or match.group(2) != _STATE_SUFFIX:
+            continue
+        path = os.path.join(log_dir, name)
+        state = JobFiles(log_dir, int(match.group(1))).read_state()
+        pid = state.get("worker_pid") if state else None
+        if isinstance(pid, int) and _alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(log_dir: str, max_age_s: float, max_bytes: int, now_s: float) -> SweepResult:
+    """Bound a worker host's job output by age and by total size, so a long-lived worker never
+    fills its disk and the job API serves a finished job's output for a known period.
+
+    A job's age is that of its newest file (its last write: the end of its last attempt).
+    Whole jobs go, never single files. A running job (it has a state file) is never removed,
+    but its bytes count towards max_bytes, so the total can stay above the bound while it runs.
+    A missing directory is an empty one; a file that vanishes meanwhile is already gone."""
+    groups = _job_groups(log_dir)
+    total_bytes = sum(group.size_bytes for group in groups)
+    doomed = _choose(groups, max_age_s, max_bytes, now_s, total_bytes)
+    bytes_removed = sum(_remove(group) for group in doomed)
+    doomed_bytes = sum(group.size_bytes for group in doomed)
+    return SweepResult(len(doomed), bytes_removed, total_bytes - doomed_bytes)
+
+
+def _job_groups(log_dir: str) -> list[_JobGroup]:
+    """The regular files named job-<id>.<suffix> in log_dir, grouped by job."""
+    groups: dict[str, _JobGroup] = {}
+    try:
+        entries = list(os.scandir(log_dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        match = _JOB_FILE_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        key, suffix = match.groups()
+        groups.setdefault(key, _JobGroup(key)).add(entry.path, suffix, st)
+    return list(groups.values())
+
+
+def _choose(
+    groups: list[_JobGroup], max_age_s: float, max_bytes: int, now_s: float, total_bytes: int
+) -> list[_JobGroup]:
+    """The jobs to remove: oldest first, every expired one, then more while over max_bytes.
+    Expired jobs are the oldest, so one walk in age order decides both bounds."""
+    finished = sorted(
+        (group for group in groups if not group.running),
+        key=lambda group: (group.newest_mtime_s, group.key),
+    )
+    doomed: list[_JobGroup] = []
+    kept_bytes = total_bytes
+    for group in finished:
+        expired = now_s - group.newest_mtime_s > max_age_s
+        if not expired and kept_bytes <= max_bytes:
+            break
+        doomed.append(group)
+        kept_bytes -= group.size_bytes
+    return doomed
+
+
+def _remove(group: _JobGroup) -> int:
+    """Unlink a job's files; returns the bytes freed (a file gone meanwhile frees nothing)."""
+    freed_bytes = 0
+    for path, size_bytes in group.files:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        freed_bytes += size_bytes
+    return freed_bytes
 
 
 def _append(path: str, text: str) -> None:

@@ -38,7 +38,7 @@ from cluster.jobspec import JobSpec, SpecError, parse_spec
 from executor import runner, seccomp, uids
 from executor.cgroup_backends import CgroupBackend, open_backend
 from executor.cgroups import CGROUP_MOUNT, CgroupError
-from executor.jobfiles import JobFiles
+from executor.jobfiles import JobFiles, clear_stale_states, sweep
 from executor.plan import HostLayout, Plan, PlanError, WorkerPolicy, make_plan
 from executor.reporter import JobReporter
 from statemachine.records import AttemptResult
@@ -52,6 +52,7 @@ RESERVE_TIMEOUT_S = 1  # how quickly an idle slot notices a shutdown
 TICK_MS = 250
 RECONNECT_DELAY_MAX_S = 5.0
 RELEASE_AFTER_ERROR_S = 5
+LOG_SWEEP_INTERVAL_S = 3600.0  # how often a running worker applies its log retention
 HOST_PATHS = (
     "/usr",
     "/bin",
@@ -90,6 +91,10 @@ class WorkerConfig:
     cluster: tuple[str, ...] = ()
     tls_dir: Path | None = None
     log_listen: str = "127.0.0.1:0"  # the log service nodes read job output from
+    # Finished jobs' files in log_dir: removed this long after their last write, and oldest
+    # first while the directory holds more than this (jobfiles.sweep).
+    log_retention_s: float = 7 * 86400
+    log_retention_bytes: int = 10 << 30
 
 
 def host_layout() -> HostLayout:
@@ -116,17 +121,24 @@ class Worker:
         self._backend: CgroupBackend | None = None
         self._filter: seccomp.PreparedFilter | None = None
         self._reporter: JobReporter | None = None
+        self._stop_sweeping = threading.Event()
 
     def run(self) -> int:
-        """Sweep stale cgroups, run the slots until shutdown, clean up. Returns an exit code.
+        """Sweep stale cgroups and expired job logs, run the slots until shutdown (sweeping the
+        logs hourly), clean up. Returns an exit code.
         Raises CgroupError, seccomp.SeccompError or uids.UidRangeExhausted when the isolation
         it is configured for cannot be had: it never runs jobs with less."""
         os.makedirs(self.config.log_dir, exist_ok=True)
+        stale = clear_stale_states(self.config.log_dir)
+        if stale:
+            log.info("cleared the state of jobs whose worker died", jobs=stale)
+        self._sweep_logs()
         if self._policy.seccomp:
             self._filter = seccomp.prepare(seccomp.build_filter())
         first, last = self.config.uid_range
         leases: list[uids.UidLease] = []
         try:
+            self._start_sweeping(LOG_SWEEP_INTERVAL_S)
             for _ in range(self.config.concurrency):
                 leases.append(uids.lease(first, last, self.config.uid_lock_dir))
             self._backend = open_backend(self.config.cgroup_root, self.config.cgroup_mount)
@@ -140,6 +152,7 @@ class Worker:
                 )
             self._run_slots(leases)
         finally:
+            self._stop_sweeping.set()
             if self._reporter is not None:
                 self._reporter.close()
             for held in leases:
@@ -160,6 +173,8 @@ class Worker:
             job_uids=",".join(str(held.uid) for held in leases),
             reports_to=",".join(self.config.cluster) or "none",
             log_service=self._reporter.log_address if self._reporter else "off",
+            log_retention_days=f"{self.config.log_retention_s / 86400:g}",
+            log_retention_gb=f"{self.config.log_retention_bytes / (1 << 30):g}",
             **self._policy.describe(),
         )
         threads = [
@@ -171,6 +186,32 @@ class Worker:
         for thread in threads:
             thread.join()
         self._backend.close()
+
+    def _start_sweeping(self, interval_s: float) -> None:
+        """Sweep the log dir every interval_s until the worker stops: a worker that runs for
+        months must hold the retention bounds too, not only at its restarts."""
+
+        def loop() -> None:
+            while not self._stop_sweeping.wait(interval_s):
+                self._sweep_logs()
+
+        threading.Thread(target=loop, name="log-sweeper", daemon=True).start()
+
+    def _sweep_logs(self) -> None:
+        """Apply the log retention. A failure is logged and retried at the next sweep, never
+        fatal: output left behind costs disk later, stopping the worker costs jobs now."""
+        try:
+            swept = sweep(
+                self.config.log_dir,
+                self.config.log_retention_s,
+                self.config.log_retention_bytes,
+                time.time(),
+            )
+        except OSError as exc:
+            log.warning("cannot sweep job logs", log_dir=self.config.log_dir, error=str(exc))
+            return
+        if swept.jobs_removed:
+            log.info("swept job logs", log_dir=self.config.log_dir, **asdict(swept))
 
     def shutdown(self) -> None:
         """Begin a graceful stop: no more reserves; after the grace period, abandon jobs."""
@@ -237,7 +278,7 @@ class Worker:
                 log.exception("unexpected error while reading a job spec", job_id=job.id)
             self._bury_invalid(client, job, files, stats, attempt, spec, f"invalid job spec: {exc}")
             return
-        if self._report_start(job, spec, stats, attempt):
+        if self._report_start(job, spec, stats, attempt, plan):
             self._drop_stopped(client, job, files, attempt, spec)
             return
         result = self._run(client, job, files, plan, int(stats["ttr"]))
@@ -270,11 +311,16 @@ class Worker:
         client.bury(job, int(stats["pri"]))
         log.warning("buried invalid job", job_id=job.id, reason=reason)
 
-    def _report_start(self, job: Job, spec: JobSpec, stats: Any, attempt: int) -> bool:
-        """Tell the cluster the attempt starts; True when it must not run (stopped)."""
+    def _report_start(
+        self, job: Job, spec: JobSpec, stats: Any, attempt: int, plan: Plan | None = None
+    ) -> bool:
+        """Tell the cluster the attempt starts, with the limits it runs under (this worker's
+        defaults filled in); True when it must not run (stopped)."""
         if self._reporter is None:
             return False
         summary = summary_of(spec)
+        if plan is not None and plan.limits.memory_bytes is not None:
+            summary = dataclasses.replace(summary, max_memory_mb=plan.limits.memory_bytes >> 20)
         return self._reporter.start_attempt(
             job.id, attempt, summary, str(stats["tube"]), int(stats["pri"])
         )

@@ -180,6 +180,11 @@ class JobStateMachine:
     def record_count(self) -> int:
         return len(self._state.records.by_id)
 
+    @property
+    def records_version(self) -> int:
+        """Changes whenever a record does (local: not part of the replicated state)."""
+        return self._state.records.version
+
     # Reads from another thread, without stopping applies: a node's API serves records from
     # its own replica. A record is an immutable value, replaced on change; the dict lookups
     # and the C-level copy below are atomic with respect to the applying thread.

@@ -63,6 +63,7 @@ def report_start(state: State, cmd: c.ReportJobStart) -> Reply:
     lost = record.lost_attempts + (1 if record.running_attempt() else 0)
     records.update(
         record,
+        summary=cmd.summary,  # as the worker applies it: its defaults filled in
         attempt=cmd.attempt,
         worker_id=cmd.worker_id,
         log_address=cmd.log_address,

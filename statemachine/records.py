@@ -142,7 +142,7 @@ def settle(last: AttemptResult, stop_requested: bool, final: bool) -> str:
 class Records:
     """The replicated table of records, and the finished ones in finish order."""
 
-    __slots__ = ("by_id", "finished", "max_age_ms", "max_finished")
+    __slots__ = ("by_id", "finished", "max_age_ms", "max_finished", "version")
 
     def __init__(
         self, max_finished: int = DEFAULT_MAX_FINISHED, max_age_ms: int = DEFAULT_MAX_AGE_MS
@@ -151,9 +151,13 @@ class Records:
         self.finished: dict[int, int] = {}  # job id -> ended_ms, oldest first
         self.max_finished = max_finished
         self.max_age_ms = max_age_ms
+        # Counts changes, so a node can tell "records changed" from an applied entry (and tell
+        # its followers at once: cluster/raftcore.py rule 6). Not state: not in snapshots.
+        self.version = 0
 
     def put(self, record: JobRecord) -> None:
         """Store ``record``; a record that became final joins the finished ones (at the end)."""
+        self.version += 1
         self.by_id[record.job_id] = record
         if record.final_status and record.job_id not in self.finished:
             self.finished[record.job_id] = record.ended_ms
@@ -169,6 +173,7 @@ class Records:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
+        self.version += 1
         job_id = next(iter(self.finished))
         del self.finished[job_id]
         del self.by_id[job_id]

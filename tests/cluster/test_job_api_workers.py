@@ -167,6 +167,7 @@ def test_run_status_complete_with_its_exit_code_on_every_node(stack: Stack) -> N
         assert done.startTime and done.endTime
         assert done.details.attempt == 1 and done.details.worker_id
         assert done.details.result == "exited" and done.details.duration_ms > 0
+        assert done.maxMemory == 1024  # the worker's default, reported when it started it
 
     stack.on_nodes(scenario)
 
