@@ -10,6 +10,8 @@
 4. Memory per finished record, in one process (tracemalloc over a machine holding them).
 5. What keeping records costs the beanstalkd path: put/reserve/delete cycles on the state
    machine with no records and beside `--records` finished records, in the same run.
+6. As root: how soon a line a job prints reaches a `GetJobLogs` follower on another node (a
+   proxy and a reporting worker join the cluster; the job prints its clock every 100 ms).
 """
 
 from __future__ import annotations
@@ -194,6 +196,67 @@ def beanstalkd_path_cost(records: int, cycles: int) -> None:
     )
 
 
+PRINT_CLOCK = (
+    "import time\nfor _ in range(60):\n    print(time.time(), flush=True)\n    time.sleep(0.1)"
+)
+
+
+async def log_latency(cluster: Cluster, leader: int, root: Path) -> None:
+    """Lines printed by a running job, as a follower on another node receives them."""
+    import subprocess
+
+    from api import joblet_pb2, joblet_pb2_grpc
+    from api.client import open_channel
+
+    port = free_port()
+    addresses = ",".join(cluster.grpc)
+    base = [sys.executable, "-m", "beanraft"]
+    proxy = subprocess.Popen(
+        [*base, "proxy", "--listen", f"127.0.0.1:{port}", "--cluster", addresses, "--insecure"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker_argv = [*base, "worker", "--beanstalkd", f"127.0.0.1:{port}", "--cluster", addresses]
+    worker_argv += ["--insecure", "--log-dir", str(root / "logs")]
+    worker = subprocess.Popen(
+        [*worker_argv, "--cgroup-root", "beanraft-bench-logs"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        follower = (leader + 1) % 3
+        async with open_channel(cluster.grpc[follower], None, "admin") as channel:
+            stub = joblet_pb2_grpc.JobletServiceStub(channel)
+            job = await stub.RunJob(
+                joblet_pb2.RunJobReq(command="/usr/bin/python3", args=["-c", PRINT_CLOCK]),
+                timeout=30,
+            )
+            delays: list[float] = []
+            pending = b""
+            async for chunk in stub.GetJobLogs(joblet_pb2.GetJobLogsReq(id=job.id), timeout=120):
+                arrived = time.time()
+                pending += chunk.payload
+                *lines, pending = pending.split(b"\n")
+                delays.extend((arrived - float(line)) * 1000 for line in lines if line)
+        print(
+            f"a printed line reaching a GetJobLogs follower on another node, {len(delays)} "
+            f"lines: p50 {percentile(delays, 50):.1f} ms, p99 {percentile(delays, 99):.1f} ms "
+            "(target p99 < 100 ms)"
+        )
+    finally:
+        for proc in (worker, proxy):
+            proc.terminate()
+            proc.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def cluster_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as root:
         cluster = Cluster(Path(root), "batch")
@@ -201,6 +264,10 @@ async def cluster_part(args: argparse.Namespace) -> None:
             leader = await cluster.leader()
             await run_latency(cluster, leader, args.runs)
             await visibility(cluster, leader, args.runs)
+            if os.geteuid() == 0:
+                await log_latency(cluster, leader, Path(root))
+            else:
+                print("log latency: skipped (a worker needs root)")
             await fill(cluster, leader, args.records)
             await listing(cluster, leader, args.records)
         finally:
