@@ -41,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     log.add_argument("id", type=int)
     log.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
     log.add_argument("--offset", type=int, default=0, help="start at this byte of the output")
-    for action in (run, status, listing, stop, log):
+    retention = sub.add_parser("retention", help="how many finished records, and how long, to keep")
+    retention.add_argument("--max-records", type=int, required=True, help="default 100000")
+    retention.add_argument("--max-age-days", type=float, required=True, help="default 7")
+    for action in (run, status, listing, stop, log, retention):
         action.add_argument("--json", action="store_true", help="machine-readable output")
         action.add_argument("--cluster", default="", help="gRPC addresses of nodes, A,B,C")
         group = action.add_mutually_exclusive_group()
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     except ClientConfigError as exc:
         print(f"beanraft job {args.action}: {exc}", file=sys.stderr)
         return 2
+    if args.action == "retention":
+        return _retention(config.addresses, config.tls_dir, args)
     try:
         with JobClient(config.addresses, config.tls_dir) as client:
             return ACTIONS[args.action](client, args)
@@ -181,6 +186,42 @@ def _follow(client: JobClient, job_id: int, offset: int, as_json: bool, follow: 
         else:
             out.write(payload)
         out.flush()
+    return 0
+
+
+def _retention(addresses: tuple[str, ...], tls_dir: Path | None, args: argparse.Namespace) -> int:
+    """Set the record retention through the log, as an admin (every node applies it)."""
+    import asyncio
+
+    from api.client import RemoteQueue
+    from cluster.queue import QueueUnavailable
+    from statemachine import commands as c
+    from statemachine import replies as r
+
+    if args.max_records < 0 or args.max_age_days < 0:
+        print("beanraft job retention: values must be 0 or more", file=sys.stderr)
+        return 2
+    command = c.SetRecordRetention(args.max_records, int(args.max_age_days * 86_400_000))
+
+    async def apply() -> r.Reply:
+        queue = RemoteQueue(list(addresses), tls_dir, "admin")
+        try:
+            return await queue.apply(command)
+        finally:
+            await queue.close()
+
+    try:
+        reply = asyncio.run(apply())
+    except (QueueUnavailable, PermissionError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(reply, r.InvalidArgument):
+        print(f"Error: {reply.message}", file=sys.stderr)
+        return 1
+    print(
+        f"Finished records kept: at most {args.max_records}, for {args.max_age_days:g} days "
+        "(records of queued and running jobs are always kept)"
+    )
     return 0
 
 

@@ -137,3 +137,22 @@ def test_the_python_client_moves_to_another_node_when_one_is_down(
     with JobClient([dead, cluster.nodes[0].grpc_addr], cluster.tls_dir) as client:
         made = client.run("true", request_id="pyclient-failover-1")
         assert client.status(made.id).id == made.id
+
+
+def test_retention_is_set_through_the_log_and_removes_what_it_no_longer_keeps(
+    config_file: Path,
+) -> None:
+    ids = [
+        json.loads(job(config_file, "run", "--json", "--", "true").stdout)["id"] for _ in range(3)
+    ]
+    for job_id in ids:
+        assert job(config_file, "stop", str(job_id)).returncode == 0
+    applied = job(config_file, "retention", "--max-records", "1", "--max-age-days", "7")
+    assert applied.returncode == 0, applied.stderr
+    assert "at most 1" in applied.stdout
+    listed = {j["id"] for j in json.loads(job(config_file, "list", "--json").stdout)}
+    assert ids[-1] in listed and not {ids[0], ids[1]} & listed  # the newest finished one stays
+    restored = job(config_file, "retention", "--max-records", "100000", "--max-age-days", "7")
+    assert restored.returncode == 0
+    refused = job(config_file, "retention", "--max-records", "-1", "--max-age-days", "7")
+    assert refused.returncode == 2 and "0 or more" in refused.stderr

@@ -71,7 +71,11 @@ def on_cluster(
 async def eventually_on_every_node(stubs: Stubs, job_id: str, status: str) -> None:
     """Every node shows ``status`` for the job within a second (a follower applies the entry
     that changed it a little after the leader)."""
-    deadline = time.monotonic() + 1.0
+    await eventually_within(stubs, job_id, status, 1.0)
+
+
+async def eventually_within(stubs: Stubs, job_id: str, status: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     for each in stubs:
         while True:
             try:
@@ -264,3 +268,26 @@ def test_a_run_job_retried_with_its_request_id_creates_one_job(cluster: ProcessC
         assert first.id == again.id
 
     on_cluster(cluster, scenario)
+
+
+def test_records_survive_kill_9_of_every_node(cluster: ProcessCluster) -> None:
+    made: list[tuple[str, str]] = []
+
+    async def before(admin: Stubs, worker_queue: RemoteQueue) -> None:
+        queued = await admin[0].RunJob(joblet_pb2.RunJobReq(command="true", tube="kill-all"))
+        stopped = await admin[1].RunJob(joblet_pb2.RunJobReq(command="true", tube="kill-all"))
+        await admin[2].StopJob(joblet_pb2.StopJobReq(id=stopped.id), timeout=15)
+        made.extend([(queued.id, "INITIALIZING"), (stopped.id, "STOPPED")])
+
+    on_cluster(cluster, before)
+    for node in cluster.nodes:
+        node.kill()
+    for node in cluster.nodes:
+        node.restart()
+    asyncio.run(cluster.wait_for_leader())
+
+    async def after(admin: Stubs, worker_queue: RemoteQueue) -> None:
+        for job_id, status in made:
+            await eventually_within(admin, job_id, status, 30.0)
+
+    on_cluster(cluster, after)
