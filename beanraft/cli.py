@@ -15,7 +15,10 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("beanraft.up", "run a complete local cluster: nodes, a proxy and a worker pool"),
-    "node": ("cluster.cli_node", "run one cluster node"),
+    "node": (
+        "beanraft.node",
+        "run one cluster node (and, with --beanstalkd-listen, serve beanstalkd)",
+    ),
     "cluster": ("cluster.cli_admin", "cluster administration: status, join, leave, snapshot"),
     "job": ("beanraft.cli_job", "the job API: run, status, list, stop and log, from any node"),
     "certs": ("cluster.cli_certs", "create a CA and role certificates for mTLS"),

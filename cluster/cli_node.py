@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -89,7 +91,9 @@ def read_secret(path: Path | None, insecure: bool) -> str | None:
     return secret
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, extras: Sequence[Any] = ()) -> int:
+    """Run the node; ``extras`` are services started in its loop once it serves
+    (``cluster.server.Extra``: the composition root's beanstalkd listener)."""
     from cluster import gc_policy
     from cluster.server import ServerOptions, run_node
 
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     )
     options = ServerOptions(args.tls_dir, args.metrics_addr, args.join)
     try:
-        return asyncio.run(run_node(config, options))
+        return asyncio.run(run_node(config, options, extras))
     except (DamagedJournal, DamagedDump) as exc:
         log.error(
             "refusing to start: this node's data cannot be trusted, and serving it could "

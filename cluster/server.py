@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,7 +207,13 @@ async def join_cluster(config: NodeConfig, options: ServerOptions) -> list[str]:
         await channel.close()
 
 
-async def run_node(config: NodeConfig, options: ServerOptions) -> int:
+# A service run inside the node's process and loop beside gRPC (the composition root adds the
+# beanstalkd listener this way, so this package never imports the proxy): started once the
+# node serves, it returns the coroutine function that stops it.
+Extra = Callable[["NodeServer"], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+async def run_node(config: NodeConfig, options: ServerOptions, extras: Sequence[Extra] = ()) -> int:
     """Run until SIGTERM or SIGINT; stop cleanly (a restart keeps its state and membership)."""
     server = NodeServer(config, options)
     stop = asyncio.Event()
@@ -214,10 +221,13 @@ async def run_node(config: NodeConfig, options: ServerOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    stoppers = [await start(server) for start in extras]
     stop_wait = asyncio.ensure_future(stop.wait())
     removed_wait = asyncio.ensure_future(server.removed.wait())
     await asyncio.wait([stop_wait, removed_wait], return_when=asyncio.FIRST_COMPLETED)
     stop_wait.cancel()
     removed_wait.cancel()
+    for stopper in reversed(stoppers):
+        await stopper()
     await server.stop()
     return 0

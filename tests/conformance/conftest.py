@@ -3,7 +3,9 @@
 ``target`` is parametrized over:
 - ``beanstalkd``: the reference, /usr/bin/beanstalkd 1.12, on a free port;
 - ``standalone``: a real ``python -m beanraft proxy --standalone`` subprocess;
-- ``cluster``: ``beanraft proxy --cluster`` in front of three real ``beanraft node`` processes.
+- ``cluster``: ``beanraft proxy --cluster`` in front of three real ``beanraft node`` processes;
+- ``node``: three ``beanraft node --beanstalkd-listen`` processes, the client on the first's
+  listener (the direct path: no proxy, no gRPC hop on the leader).
 
 Servers are shared by the tests of a session (each test works in its own tubes and reads job
 ids from the replies) unless a test is marked ``fresh`` (it needs ids from 1 and counters at 0)
@@ -48,11 +50,11 @@ def servers() -> Iterator[Servers]:
         pool.stop()
 
 
-@pytest.fixture(params=["beanstalkd", "standalone", "cluster"])
+@pytest.fixture(params=["beanstalkd", "standalone", "cluster", "node"])
 def target(request: pytest.FixtureRequest, servers: Servers) -> Iterator[Server]:
     """A server to talk to: shared, or a fresh one for tests marked ``fresh`` or ``config``."""
     kind = request.param
-    if kind == "cluster" and (reason := cluster_missing()):
+    if kind in ("cluster", "node") and (reason := cluster_missing()):
         pytest.skip(reason)
     fresh = request.node.get_closest_marker("fresh")
     config = request.node.get_closest_marker("config")

@@ -163,8 +163,56 @@ def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server
     return Server("cluster", port, proxy, extra=nodes, unix_path=path)
 
 
+def start_node_listener(max_job_size: int | None = None, unix: bool = False) -> Server:
+    """Three ``beanraft node`` processes, each serving the beanstalkd protocol itself
+    (``--beanstalkd-listen``: the direct path); the client talks to the first one, leader or
+    follower as the election decided."""
+    data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-node-"))
+    raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    grpc = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
+    path = unix_path() if unix else None
+    nodes = []
+    for i in range(3):
+        peers = ",".join(a for j, a in enumerate(raft) if j != i)
+        listen = f"unix:{path}" if path and i == 0 else f"127.0.0.1:{ports[i]}"
+        args = [
+            sys.executable, "-m", "beanraft", "node", "--node-id", f"n{i + 1}",
+            "--data-dir", str(data / f"n{i + 1}"), "--raft-addr", raft[i],
+            "--grpc-addr", grpc[i], "--peers", peers, "--insecure",
+            "--beanstalkd-listen", listen,
+        ]  # fmt: skip
+        if max_job_size is not None:
+            args += ["--max-job-size", str(max_job_size)]
+        log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
+        nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    server = Server("node", ports[0], nodes[0], extra=nodes[1:], unix_path=path)
+    try:
+        _wait_until_served(server)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_served(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the node exited with {server.process.returncode}")
+        try:
+            server.connect().close()
+            server.probe_connections += 1
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the node's beanstalkd listener did not start") from None
+            time.sleep(0.05)
+
+
 STARTERS = {
     "beanstalkd": start_beanstalkd,
     "standalone": start_standalone,
     "cluster": start_cluster,
+    "node": start_node_listener,
 }

@@ -1,0 +1,87 @@
+"""``NodeQueue``: the ``JobQueue`` a beanstalkd front end runs against inside a node (the direct
+path: ``beanraft node --beanstalkd-listen``), with no gRPC hop between them.
+
+It applies commands through the node's own ``QueueService``: on the leader a command goes
+straight to the proposer; on a follower the service forwards it to the leader. Wake-ups come
+from the node's own wake-up hub (every replica numbers them the same). So the front end's
+sessions, leases and exactly-once retries are the proxy's, unchanged: a command that meets an
+election or a forward that broke is retried with the same request id, as ``RemoteQueue`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import grpc
+import structlog
+
+from cluster.errors import Ambiguous, ClusterError, NotApplied, NotLeader
+from cluster.queue import QueueUnavailable, WakeupHandler
+from cluster.service import Forwarded, QueueService
+from statemachine import codec
+from statemachine import commands as c
+from statemachine.replies import Reply
+
+log = structlog.get_logger(__name__)
+
+RETRY_FOR_S = 20.0  # as RemoteQueue: an election takes well under this
+RETRY_PAUSE_S = 0.05
+
+
+class NodeQueue:
+    def __init__(self, service: QueueService) -> None:
+        self.service = service
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def apply(self, command: c.Command) -> Reply:
+        request_id = _request_id(command)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RETRY_FOR_S
+        while True:
+            try:
+                outcome, _ = await self.service.apply(command, request_id)
+                return outcome.reply
+            except ClusterError as exc:
+                if not _retryable(exc):
+                    raise QueueUnavailable(f"the cluster refused the command: {exc}") from None
+                if loop.time() >= give_up:
+                    raise QueueUnavailable(
+                        f"no leader applied the command within {RETRY_FOR_S:.0f} s ({exc}); it "
+                        "may or may not have been applied"
+                    ) from None
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    def subscribe(self, proxy_id: str, handler: WakeupHandler) -> None:
+        hub = self.service.node.hub
+
+        async def follow() -> None:
+            async for event in hub.stream(proxy_id, after_seq=0):
+                if event.wakeup:
+                    handler(codec.decode_wakeup(event.wakeup))
+
+        self._tasks.append(asyncio.get_running_loop().create_task(follow()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+
+def _retryable(exc: ClusterError) -> bool:
+    """An election, a forward that broke, an outcome not known: retry (same request id)."""
+    if isinstance(exc, Forwarded):
+        return exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return isinstance(exc, NotLeader | NotApplied | Ambiguous)
+
+
+def _request_id(command: c.Command) -> str:
+    """As ``RemoteQueue``'s: the command's own id for a put or reserve (the front end's retries
+    reuse it), else a fresh one; kept across this apply's own retries either way."""
+    own = getattr(command, "request_id", "")
+    if own:
+        return f"{type(command).__name__}:{own}"
+    return uuid.uuid4().hex
