@@ -5,7 +5,9 @@
 Targets, each started fresh on free loopback ports and stopped afterwards:
 - beanstalkd 1.12 in memory, and with ``-b DIR -f0`` (fsync on every write: durable, one node);
 - ``beanraft proxy --standalone`` (the state machine in-process: the proxy's own cost);
-- ``beanraft proxy --cluster`` in front of three ``beanraft node`` processes (replicated).
+- ``beanraft proxy --cluster`` in front of three ``beanraft node`` processes (replicated);
+- the same three nodes serving the protocol themselves (``--beanstalkd-listen``), the client on
+  the leader's listener (the direct path, issue 17).
 
 Workloads (16-byte bodies, each connection in its own tube):
 - put/s and put-reserve-delete cycles/s with 1 connection and with 32 (one thread each);
@@ -239,6 +241,56 @@ def measure(port: int, jobs: int, samples: int) -> dict[str, float]:
     return figures
 
 
+@contextmanager
+def node_listener(fsync: str = "batch") -> Iterator[int]:
+    """Three nodes serving the beanstalkd protocol themselves (``--beanstalkd-listen``, the
+    direct path); yields the leader's listener port."""
+    root = Path(tempfile.mkdtemp(prefix="bench-direct-"))
+    raft = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
+    grpc = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
+    ports = [_free_port() for _ in range(3)]
+    nodes = []
+    for i in range(3):
+        peers = ",".join(a for j, a in enumerate(raft) if j != i)
+        args = [
+            sys.executable, "-m", "beanraft", "node", "--node-id", f"n{i + 1}",
+            "--data-dir", str(root / f"n{i + 1}"), "--raft-addr", raft[i],
+            "--grpc-addr", grpc[i], "--peers", peers, "--insecure", "--fsync", fsync,
+            "--beanstalkd-listen", f"127.0.0.1:{ports[i]}",
+        ]  # fmt: skip
+        log = open(root / f"n{i + 1}.log", "wb")  # noqa: SIM115 - the child owns it
+        nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    try:
+        for port in ports:
+            _wait_port(port, 60)
+        yield ports[_leader_index(grpc)]
+    finally:
+        _stop(nodes)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _leader_index(grpc_addrs: list[str]) -> int:
+    import grpc as grpc_lib
+
+    from api import cluster_pb2_grpc, empty_pb2
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for i, addr in enumerate(grpc_addrs):
+            with grpc_lib.insecure_channel(addr) as channel:
+                try:
+                    status = cluster_pb2_grpc.ClusterStub(channel).Status(
+                        empty_pb2.Empty(), timeout=2
+                    )
+                except grpc_lib.RpcError:
+                    continue
+                if status.is_leader and status.ready:
+                    return i
+        time.sleep(0.1)
+    raise RuntimeError("no leader within 30 s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4000)
@@ -252,6 +304,7 @@ def main() -> int:
     ]
     if not args.no_cluster:
         targets.append(("proxy, 3-node cluster", cluster))
+        targets.append(("leader's own listener", node_listener))
     print(machine())
     results: dict[str, dict[str, float]] = {}
     for name, start in targets:

@@ -86,7 +86,12 @@ async def serve(listen: str, log_dir: str, tls_dir: Path | None) -> tuple[grpc.a
     from cluster.auth import AioRoleInterceptor
 
     interceptors = [AioRoleInterceptor.from_tls_dir(tls_dir)] if tls_dir is not None else []
-    server = grpc.aio.server(interceptors=interceptors)
+    # The nodes ping every 10 s to tell a live stream from a dead host: allow it.
+    options = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     workerlogs_pb2_grpc.add_WorkerLogsServicer_to_server(LogService(log_dir), server)
     if tls_dir is None:
         port = server.add_insecure_port(listen)
