@@ -33,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from proxy.server import split_host_port
 
     if not args.beanstalkd_listen.startswith("unix:"):
+        from cluster.server import AddressInUse, check_free
+
         try:
             split_host_port(args.beanstalkd_listen)
-        except ValueError as exc:
+            check_free(args.beanstalkd_listen, "the beanstalkd protocol")
+        except (ValueError, AddressInUse) as exc:
             raise SystemExit(f"beanraft node: --beanstalkd-listen: {exc}") from None
     return cli_node.run(args, [_listener(args.beanstalkd_listen, args.max_job_size)])
 

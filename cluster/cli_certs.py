@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     issue.add_argument("--role", required=True, choices=ROLES, help="the role, put in the OU")
     issue.add_argument("--name", required=True, help="the identity (CN); files NAME.crt, NAME.key")
     issue.add_argument(
+        "--force", action="store_true", help="replace NAME.crt and NAME.key if they exist"
+    )
+    issue.add_argument(
         "--host",
         action="append",
         dest="hosts",
@@ -75,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"created a CA in {args.dir} (ca.crt, and ca.key: keep it secret)")
             return 0
         hosts = tuple(args.hosts) if args.hosts else DEFAULT_HOSTS
+        existing = args.dir / f"{args.name}.crt"
+        if existing.exists() and not args.force:
+            raise TlsError(
+                f"{existing} exists ({_describe(existing)}): refusing to overwrite it; pass "
+                "--force to replace it, or choose another --name"
+            )
         cert_path, key_path = issue_certificate(
             args.dir, args.role, args.name, hosts, valid_days=args.valid_days
         )
@@ -83,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"issued {cert_path} and {key_path} (role {args.role}, hosts {', '.join(hosts)})")
     return 0
+
+
+def _describe(path: Path) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return "not a readable certificate"
+    return f"role {role_of(cert) or 'none'}, expires {cert.not_valid_after_utc:%Y-%m-%d}"
 
 
 def _list(tls_dir: Path) -> int:

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, extras: Sequence[Any] = ()) -> int:
     """Run the node; ``extras`` are services started in its loop once it serves
     (``cluster.server.Extra``: the composition root's beanstalkd listener)."""
     from cluster import gc_policy
-    from cluster.server import ServerOptions, run_node
+    from cluster.server import AddressInUse, ServerOptions, run_node
 
     configure_logging()
     gc_policy.install()
@@ -125,6 +125,10 @@ def run(args: argparse.Namespace, extras: Sequence[Any] = ()) -> int:
     options = ServerOptions(args.tls_dir, args.metrics_addr, args.join)
     try:
         return asyncio.run(run_node(config, options, extras))
+    except AddressInUse as exc:
+        log.error("refusing to start", reason=str(exc))
+        print(f"beanraft node: {exc}", file=sys.stderr)
+        return 1
     except (DamagedJournal, DamagedDump) as exc:
         log.error(
             "refusing to start: this node's data cannot be trusted, and serving it could "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,30 @@ SERVER_OPTIONS = [
     # ListJobs answers with every record (joblet's API has no pages): 100,000 records are
     # about 10 MB. A client must raise its own receive limit for that, or use ListJobsPage.
     ("grpc.max_send_message_length", 64 << 20),
+    # gRPC's default SO_REUSEPORT lets a second node bind the same port and take half its calls.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+class AddressInUse(Exception):
+    """An address this node must listen on cannot be bound exclusively; says who to ask."""
+
+
+def check_free(addr: str, what: str) -> None:
+    """Refuse an address another socket listens on (SO_REUSEADDR: a port a previous run left
+    in TIME_WAIT is fine; one that something listens on is not)."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise AddressInUse(
+                f"cannot listen on {addr} for {what}: {exc.strerror}; another node or program "
+                f"holds it (`ss -ltnp 'sport = :{port}'` names it): stop it or choose another port"
+            ) from None
 
 
 @dataclass
@@ -62,6 +86,10 @@ class NodeServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # Before anything starts: a node that shares a port with another would serve two
+        # clusters' clients alternately (gRPC) or never elect (Raft), and look healthy.
+        check_free(self.config.raft_addr, "Raft")
+        check_free(self.config.grpc_addr, "gRPC")
         if self.options.join:
             self.config.peers = await join_cluster(self.config, self.options)
         self.node = node = RaftNode(self.config, loop)
@@ -106,13 +134,20 @@ class NodeServer:
 
     def _bind(self, server: grpc.aio.Server) -> None:
         addr = self.config.grpc_addr
-        if self.options.tls_dir is None:
-            server.add_insecure_port(addr)
-        else:
-            from cluster.tls import server_credentials
+        try:
+            if self.options.tls_dir is None:
+                port = server.add_insecure_port(addr)
+            else:
+                from cluster.tls import server_credentials
 
-            name = f"node-{self.config.node_id}"
-            server.add_secure_port(addr, server_credentials(self.options.tls_dir, name))
+                name = f"node-{self.config.node_id}"
+                port = server.add_secure_port(addr, server_credentials(self.options.tls_dir, name))
+        except RuntimeError as exc:  # newer gRPC raises where older ones return 0
+            raise AddressInUse(f"cannot listen on {addr} for gRPC: {exc}") from None
+        if port == 0:
+            raise AddressInUse(
+                f"cannot listen on {addr} for gRPC: the address is in use or not this host's"
+            )
 
     async def _health_loop(self) -> None:
         assert self.node is not None

@@ -66,3 +66,32 @@ def test_cluster_status_json_names_the_leader_and_every_member(tmp_path: Path) -
         asyncio.run(cluster.assert_converged())
     finally:
         cluster.stop_all()
+
+
+@pytest.mark.parametrize("taken", ["raft", "grpc"])
+def test_a_node_refuses_to_start_on_an_address_another_process_listens_on(
+    tmp_path: Path, taken: str
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = f"127.0.0.1:{holder.getsockname()[1]}"
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        free = f"127.0.0.1:{spare.getsockname()[1]}"
+    raft, grpc_addr = (busy, free) if taken == "raft" else (free, busy)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "beanraft", "node", "--node-id", "1", "--data-dir",
+             str(tmp_path / "n1"), "--raft-addr", raft, "--grpc-addr", grpc_addr, "--insecure"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert f"cannot listen on {busy} for {'Raft' if taken == 'raft' else 'gRPC'}" in done.stderr
+    assert "Traceback" not in done.stderr

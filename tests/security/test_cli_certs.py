@@ -72,3 +72,30 @@ def test_certs_list_shows_roles_and_expiry_and_flags_an_expired_certificate(tmp_
 def _expiry(path: Path) -> str:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     return f"{cert.not_valid_after_utc:%Y-%m-%d}"
+
+
+def test_certs_issue_refuses_to_overwrite_a_certificate_without_force(tmp_path: Path) -> None:
+    assert _beanraft("certs", "init", cwd=tmp_path).returncode == 0
+    issue = ("certs", "issue", "--role", "proxy", "--name", "proxy")
+    assert _beanraft(*issue, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "data/tls/proxy.crt").read_bytes()
+    admin = _beanraft("certs", "issue", "--role", "admin", "--name", "proxy", cwd=tmp_path)
+    assert admin.returncode == 1
+    assert "proxy.crt exists (role proxy" in admin.stderr and "--force" in admin.stderr
+    assert (tmp_path / "data/tls/proxy.crt").read_bytes() == before  # untouched
+    forced = _beanraft(
+        "certs", "issue", "--role", "admin", "--name", "proxy", "--force", cwd=tmp_path
+    )
+    assert forced.returncode == 0, forced.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "data/tls/proxy.crt").read_bytes())
+    assert tls.role_of(cert) == "admin"
+
+
+def test_a_new_certificate_is_valid_from_a_few_minutes_ago(tmp_path: Path) -> None:
+    import datetime
+
+    tls.init_ca(tmp_path)
+    cert_path, _ = tls.issue_certificate(tmp_path, "viewer", "v")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    backdated = datetime.datetime.now(datetime.UTC) - cert.not_valid_before_utc
+    assert backdated >= datetime.timedelta(minutes=1)  # hosts' clocks may differ a little
