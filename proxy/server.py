@@ -43,7 +43,9 @@ from statemachine import replies as r
 
 log = structlog.get_logger(__name__)
 
-VERSION: Final = "1.12-beanraft"
+# beanstalkd's own shape: clients parse it as a version (fivebeans threw on "1.12-beanraft").
+# beanraft names itself in its logs and its docs, not in the protocol.
+VERSION: Final = "1.12"
 READ_BUFFER_MAX: Final = 1 << 20
 WRITE_HIGH_WATER: Final = 256 * 1024
 # Longer than a renewal can take when a node stalls (a call timeout of 2 s, then an election
