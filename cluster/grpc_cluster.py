@@ -20,6 +20,14 @@ from cluster.grpc_jsm import guarded
 from cluster.service import Forwarded, QueueService
 
 log = structlog.get_logger(__name__)
+
+
+def valid_addr(addr: str) -> bool:
+    """HOST:PORT with a host and a port in 1..65535 ([v6]:PORT too)."""
+    host, sep, port = addr.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)
+
+
 CHUNK_BYTES = 1 << 20
 # A forwarded Join or Leave may hand leadership over and wait for the leaving node to catch up.
 MEMBERSHIP_TIMEOUT_S = 30.0
@@ -33,6 +41,15 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
     async def Join(self, request: Any, context: Any) -> empty_pb2.Empty:
         if not request.node_id or not request.addr:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and addr are required")
+        for field, value in (("addr", request.addr), ("grpc_addr", request.grpc_addr)):
+            if value and not valid_addr(value):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{field} {value!r} is not HOST:PORT (for example 127.0.0.1:7000)",
+                )
+        clash = self._clash(request.node_id, request.addr)
+        if clash:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, clash)
         if not self.node.is_leader():
             await guarded(context, self._forward(context, "Join", request))
             return empty_pb2.Empty()
@@ -42,6 +59,23 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         )
         await guarded(context, add)
         return empty_pb2.Empty()
+
+    def _clash(self, node_id: str, raft_addr: str) -> str:
+        """Why a join would make a second member of one id or one address, or ""."""
+        members = dict(self.node.state.members)  # raft addr -> (node id, gRPC addr)
+        members[self.node.config.raft_addr] = (self.node.config.node_id, self.node.config.grpc_addr)
+        for addr, (member_id, _) in members.items():
+            if member_id == node_id and addr != raft_addr:
+                return (
+                    f"node id {node_id} is already a member at {addr}: remove it first "
+                    f"(`beanraft cluster leave --node-id {node_id}`) or choose another id"
+                )
+            if addr == raft_addr and member_id and member_id != node_id:
+                return (
+                    f"{raft_addr} is already the Raft address of member {member_id}: remove it "
+                    f"first (`beanraft cluster leave --node-id {member_id}`) or use another"
+                )
+        return ""
 
     async def Leave(self, request: Any, context: Any) -> empty_pb2.Empty:
         raft_addr = self._raft_addr_of(request.node_id)

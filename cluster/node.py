@@ -407,9 +407,11 @@ class RaftNode:
         if raft_addr not in members:
             await self._membership(self.syncobj.addNodeToCluster, raft_addr)
             log.info("member added", node_id=node_id, raft_addr=raft_addr)
-        if grpc_addr:
-            payload = envelope.encode_member(node_id, grpc_addr, raft_addr, incarnation)
-            await self.submit([envelope.Request(envelope.MEMBER, "", payload)])
+        # Recorded at once, gRPC address or not (coolbeans' Join does): `leave --node-id`
+        # then works for a member that never started, and the id cannot be taken twice.
+        grpc_addr = grpc_addr or self.state.members.get(raft_addr, ("", ""))[1]
+        payload = envelope.encode_member(node_id, grpc_addr, raft_addr, incarnation)
+        await self.submit([envelope.Request(envelope.MEMBER, "", payload)])
 
     async def remove_member(self, raft_addr: str) -> None:
         """Remove a voter (leader only; the leader cannot remove itself: transfer first)."""

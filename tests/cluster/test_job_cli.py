@@ -156,3 +156,49 @@ def test_retention_is_set_through_the_log_and_removes_what_it_no_longer_keeps(
     assert restored.returncode == 0
     refused = job(config_file, "retention", "--max-records", "-1", "--max-age-days", "7")
     assert refused.returncode == 2 and "0 or more" in refused.stderr
+
+
+def cluster_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEANRAFT_")}
+    env["BEANRAFT_CONFIG"] = str(config)
+    return subprocess.run(
+        [sys.executable, "-m", "beanraft", "cluster", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_join_refuses_a_taken_id_a_taken_address_and_a_malformed_one(
+    cluster: ProcessCluster, config_file: Path
+) -> None:
+    taken_id = cluster_cli(config_file, "join", "--node-id", "2", "--raft-addr", "127.0.0.1:9")
+    assert taken_id.returncode == 1
+    assert (
+        "ALREADY_EXISTS" in taken_id.stderr and "node id 2 is already a member" in taken_id.stderr
+    )
+    addr = cluster.nodes[0].raft_addr
+    taken_addr = cluster_cli(config_file, "join", "--node-id", "9", "--raft-addr", addr)
+    assert taken_addr.returncode == 1 and f"{addr} is already the Raft address" in taken_addr.stderr
+    bad = cluster_cli(config_file, "join", "--node-id", "9", "--raft-addr", "nonsense")
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT" in bad.stderr and "is not HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr + taken_id.stderr + taken_addr.stderr
+
+
+def test_a_member_that_never_started_is_listed_by_id_and_can_leave(
+    cluster: ProcessCluster, config_file: Path
+) -> None:
+    from cluster_harness import free_ports
+
+    ghost = f"127.0.0.1:{free_ports(1)[0]}"
+    joined = cluster_cli(config_file, "join", "--node-id", "7", "--raft-addr", ghost)
+    assert joined.returncode == 0, joined.stderr
+    status = json.loads(cluster_cli(config_file, "status", "--json").stdout)
+    assert "7" in json.dumps(status)
+    left = cluster_cli(config_file, "leave", "--node-id", "7")
+    assert left.returncode == 0, left.stderr
+    after = cluster_cli(config_file, "status", "--json").stdout
+    assert ghost not in after
