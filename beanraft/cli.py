@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +32,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _parser(selected: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beanraft", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="beanraft",
+        description="beanraft: a beanstalkd-compatible job queue replicated with Raft, with "
+        "isolated worker pools and a job API. `beanraft SUBCOMMAND --help` for each.",
+    )
+    parser.add_argument("--version", action="version", version=f"beanraft {_version()}")
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -40,9 +46,28 @@ def _parser(selected: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("beanraft")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in args_list if not a.startswith("-")), None)
     args = _parser(selected if selected in SUBCOMMANDS else None).parse_args(args_list)
     module = importlib.import_module(SUBCOMMANDS[args.subcommand][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except BrokenPipeError:
+        # Piped into `head`: the reader is gone, which is not an error of ours. Point stdout
+        # at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"beanraft {args.subcommand}: interrupted", file=sys.stderr)
+        return 130

@@ -18,3 +18,21 @@ def test_beanraft_without_a_subcommand_fails_with_usage() -> None:
     result = subprocess.run([sys.executable, "-m", "beanraft"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage: beanraft" in result.stderr
+
+
+def test_beanraft_version_names_the_release() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "beanraft", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("beanraft ")
+
+
+def test_output_piped_into_head_ends_quietly_without_a_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "job-1.stdout.log").write_bytes(b"x" * (4 << 20))
+    script = (
+        f"set -o pipefail; {sys.executable} -m beanraft logs 1 --log-dir {tmp_path} | head -c 10"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "x" * 10
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
