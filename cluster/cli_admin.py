@@ -141,11 +141,27 @@ async def _status(stubs: dict[str, Any], as_json: bool) -> int:
 def _as_dict(view: Any) -> dict[str, Any]:
     if isinstance(view, grpc.aio.AioRpcError):
         return {"error": f"{view.code().name}: {view.details()}"}
-    from google.protobuf.json_format import MessageToDict
+    return _message_dict(view)
 
-    return MessageToDict(
-        view, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    """A status as JSON numbers (protobuf's JSON mapping writes 64-bit integers as strings),
+    and a lag this node cannot know (-1: it is not the leader) as null."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None:
+            if field.label == field.LABEL_REPEATED:
+                out[field.name] = [_message_dict(item) for item in value]
+            else:
+                out[field.name] = _message_dict(value)
+        elif field.label == field.LABEL_REPEATED:
+            out[field.name] = list(value)
+        else:
+            out[field.name] = value
+    if out.get("lag", 0) == -1:
+        out["lag"] = None
+    return out
 
 
 def _print_status(views: dict[str, Any]) -> None:

@@ -62,7 +62,11 @@ def test_cluster_status_json_names_the_leader_and_every_member(tmp_path: Path) -
         leaders = [v for v in views.values() if v["is_leader"]]
         assert len(leaders) == 1
         assert len(leaders[0]["members"]) == 3
-        assert all(int(m["lag"]) >= 0 for m in leaders[0]["members"])
+        assert all(isinstance(m["lag"], int) and m["lag"] >= 0 for m in leaders[0]["members"])
+        assert all(isinstance(v["commit_index"], int) for v in views.values())  # numbers, not str
+        followers = [v for v in views.values() if not v["is_leader"]]
+        # A follower cannot know another follower's lag: null, not -1.
+        assert all(m["lag"] is None for f in followers for m in f["members"] if not m["is_leader"])
         asyncio.run(cluster.assert_converged())
     finally:
         cluster.stop_all()
