@@ -151,11 +151,11 @@ def _message_dict(message: Any) -> dict[str, Any]:
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.message_type is not None:
-            if field.label == field.LABEL_REPEATED:
+            if field.is_repeated:
                 out[field.name] = [_message_dict(item) for item in value]
             else:
                 out[field.name] = _message_dict(value)
-        elif field.label == field.LABEL_REPEATED:
+        elif field.is_repeated:
             out[field.name] = list(value)
         else:
             out[field.name] = value
