@@ -151,17 +151,24 @@ def _message_dict(message: Any) -> dict[str, Any]:
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.message_type is not None:
-            if field.is_repeated:
+            if _repeated(field):
                 out[field.name] = [_message_dict(item) for item in value]
             else:
                 out[field.name] = _message_dict(value)
-        elif field.is_repeated:
+        elif _repeated(field):
             out[field.name] = list(value)
         else:
             out[field.name] = value
     if out.get("lag", 0) == -1:
         out["lag"] = None
     return out
+
+
+def _repeated(field: Any) -> bool:
+    # protobuf 5.28+ has is_repeated and later releases dropped label; older ones only label.
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
 
 
 def _print_status(views: dict[str, Any]) -> None:
