@@ -104,7 +104,10 @@ def _copy_new(path: str, offset: int, out: Sink) -> int:
 
 def run(args: argparse.Namespace) -> int:
     files = JobFiles(args.log_dir, args.job_id)
-    if not any(os.path.exists(p) for p in (files.stdout_path, files.stderr_path, files.state_path)):
+    if not os.path.isdir(args.log_dir):
+        print(f"beanraft logs: {args.log_dir} does not exist (--log-dir)", file=sys.stderr)
+        return 1
+    if not _started(files) and not args.follow:
         print(f"beanraft logs: no logs for job {args.job_id} in {args.log_dir}", file=sys.stderr)
         return 1
     out = sink_for(sys.stdout.buffer, args.raw)
@@ -113,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
     offsets = [0, 0, 0]
     watch = linux.inotify_watch(args.log_dir, _EVENTS) if args.follow else None
     try:
+        if watch is not None and not _started(files):
+            # Following a job that has not started here yet: wait for it, as `tail -F` would.
+            print(f"beanraft logs: waiting for job {args.job_id} to start here", file=sys.stderr)
+            while not _started(files):
+                _wait_for_change(watch)
         while True:
             # Read "running?" before copying, so the last bytes written before exit are copied.
             running = files.read_state() is not None
@@ -124,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if watch is not None:
             os.close(watch)
+
+
+def _started(files: JobFiles) -> bool:
+    return any(os.path.exists(p) for p in (files.stdout_path, files.stderr_path, files.state_path))
 
 
 def _wait_for_change(watch: int) -> None:

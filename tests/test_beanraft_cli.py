@@ -36,3 +36,36 @@ def test_output_piped_into_head_ends_quietly_without_a_traceback(tmp_path) -> No
     assert result.returncode == 0, result.stderr
     assert result.stdout == "x" * 10
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_logs_follow_waits_for_a_job_that_has_not_started_yet(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import time
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "beanraft", "logs", "5", "-f", "--log-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    assert follower.poll() is None  # still waiting, not "no logs"
+    # The job starts (its state file and output appear), prints, and ends.
+    (tmp_path / "job-5.state.json").write_text(json.dumps({"worker_pid": os.getpid()}))
+    (tmp_path / "job-5.stdout.log").write_text("hello\n")
+    time.sleep(0.5)
+    (tmp_path / "job-5.state.json").unlink()
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert out == "hello\n" and "waiting for job 5" in err
+
+
+def test_logs_without_follow_of_an_unknown_job_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "beanraft", "logs", "5", "--log-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "no logs for job 5" in result.stderr
