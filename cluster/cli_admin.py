@@ -46,8 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One line on any error an operator can cause (a bad address, a missing certificate
+    directory or file, an output path that is a directory), never a traceback."""
+    from cluster.tls import TlsError
+
+    try:
+        return _run_action(args)
+    except (ValueError, TlsError, OSError) as exc:
+        print(f"beanraft cluster {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_action(args: argparse.Namespace) -> int:
     if args.action == "restore":
         return restore(args.file, args.data_dir)
+    if args.action == "snapshot" and args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a directory: name the file to write")
     try:
         # Flags, else BEANRAFT_CLUSTER and BEANRAFT_TLS_DIR, else the file `beanraft up` wrote.
         config = resolve(args.cluster, args.tls_dir, args.insecure)
@@ -229,7 +243,10 @@ async def _leader_stub(stubs: dict[str, Any]) -> Any:
 def restore(file: Path, data_dirs: list[Path]) -> int:
     from statemachine.machine import JobStateMachine
 
-    data = file.read_bytes()
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"beanraft cluster restore: cannot read {file}: {exc.strerror}") from None
     try:
         JobStateMachine.restore(data)
     except Exception as exc:

@@ -99,3 +99,18 @@ def test_a_node_refuses_to_start_on_an_address_another_process_listens_on(
     assert done.returncode == 1
     assert f"cannot listen on {busy} for {'Raft' if taken == 'raft' else 'gRPC'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "--cluster", "127.0.0.1:1", "--tls-dir", "/nonexistent"], "ca.crt is missing"),
+        (["restore", "/nonexistent", "--data-dir", "/tmp/x"], "cannot read /nonexistent"),
+        (["snapshot", "--out", "/tmp", "--cluster", "127.0.0.1:1", "--insecure"], "a directory"),
+    ],
+)
+def test_cluster_commands_answer_bad_input_with_one_line(args: list[str], message: str) -> None:
+    result = _beanraft("cluster", *args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
