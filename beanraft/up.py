@@ -159,9 +159,13 @@ class Up:
             self._stop()
             return 0 if isinstance(exc, _Interrupted) else 1
         config = client_config.write(
-            [n.grpc_addr for n in state.nodes], None if args.insecure else self.data_dir / "tls"
+            [n.grpc_addr for n in state.nodes],
+            None if args.insecure else self.data_dir / "tls",
+            log_dir=self.data_dir / "logs" if args.workers else None,
         )
-        self.say(f"wrote {config}: `beanraft job` and `beanraft cluster` find this cluster there")
+        self.say(
+            f"wrote {config}: `beanraft job`, `cluster`, `logs` and `stop` find this cluster there"
+        )
         self._print_summary(state)
         return self._serve()
 
@@ -257,7 +261,7 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
     if workers:
         lines.append("  beanraft job run -- echo hello     # then: beanraft job status ID")
         lines.append(f"  beanraft submit --beanstalkd {beanstalkd} -- echo hello")
-        lines.append(f"  beanraft logs JOB_ID --log-dir {data_dir / 'logs'}")
+        lines.append("  beanraft logs JOB_ID        # on this host; or `beanraft job log JOB_ID`")
     lines.append("stop with Ctrl-C; run the same command again to resume")
     return lines
 

@@ -7,7 +7,8 @@ Order, first found wins, each part on its own:
 3. the client file: ``$BEANRAFT_CONFIG``, else ``$XDG_CONFIG_HOME/beanraft/client.json`` (by
    default ``~/.config/beanraft/client.json``), which ``beanraft up`` writes for the cluster it
    starts: ``{"cluster": ["127.0.0.1:PORT", ...], "tls_dir": "/path/data/tls"}`` (or
-   ``"insecure": true``).
+   ``"insecure": true``), and ``"log_dir"``, where its worker pool keeps job logs (the
+   default ``--log-dir`` of ``beanraft logs`` and ``beanraft stop`` after ``$BEANRAFT_LOG_DIR``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,19 @@ def config_path() -> Path:
     return Path(base) / "beanraft" / "client.json"
 
 
-def write(addresses: list[str], tls_dir: Path | None, path: Path | None = None) -> Path:
-    """Record a cluster for the clients (``beanraft up`` does, for the cluster it runs)."""
+def write(
+    addresses: list[str],
+    tls_dir: Path | None,
+    path: Path | None = None,
+    log_dir: Path | None = None,
+) -> Path:
+    """Record a cluster for the clients (``beanraft up`` does, for the cluster it runs), and
+    where its worker pool keeps job logs (for ``beanraft logs`` and ``beanraft stop``)."""
     target = path or config_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     content: dict[str, object] = {"cluster": addresses}
+    if log_dir is not None:
+        content["log_dir"] = str(log_dir.resolve())
     if tls_dir is None:
         content["insecure"] = True
     else:
@@ -74,6 +83,15 @@ def resolve(cluster: str = "", tls_dir: Path | None = None, insecure: bool = Fal
             "--insecure, or set BEANRAFT_TLS_DIR"
         )
     return ClientConfig(addresses, directory)
+
+
+def log_dir() -> str | None:
+    """The job log directory the client file names, or None (no file, or no worker pool)."""
+    try:
+        value = _read_file().get("log_dir")
+    except ClientConfigError:
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def _read_file() -> dict[str, object]:

@@ -35,8 +35,11 @@ DEFAULT_LOG_DIR = "/var/log/beanraft"
 
 
 def default_log_dir() -> str:
-    """$BEANRAFT_LOG_DIR, else /var/log/beanraft."""
-    return os.environ.get("BEANRAFT_LOG_DIR", DEFAULT_LOG_DIR)
+    """$BEANRAFT_LOG_DIR, else the one `beanraft up` recorded in the client file
+    (``cluster.client_config``), else /var/log/beanraft."""
+    from cluster import client_config
+
+    return os.environ.get("BEANRAFT_LOG_DIR") or client_config.log_dir() or DEFAULT_LOG_DIR
 
 
 @dataclass(frozen=True)
