@@ -20,7 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "beanraft.node",
         "run one cluster node (and, with --beanstalkd-listen, serve beanstalkd)",
     ),
-    "cluster": ("cluster.cli_admin", "cluster administration: status, join, leave, snapshot"),
+    "cluster": (
+        "cluster.cli_admin",
+        "cluster administration: status, join, leave, snapshot, restore",
+    ),
     "job": ("beanraft.cli_job", "the job API: run, status, list, stop and log, from any node"),
     "certs": ("cluster.cli_certs", "create a CA and role certificates for mTLS"),
     "proxy": ("proxy.cli", "serve the beanstalkd protocol in front of a cluster"),

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     restore = sub.add_parser("restore", help="seed new nodes' data dirs from a snapshot")
     restore.add_argument("file", type=Path)
     restore.add_argument("--data-dir", required=True, type=Path, action="append")
-    for action in (status, join, leave, snapshot, restore):
+    for action in (status, join, leave, snapshot):  # restore is offline: no cluster to name
         action.add_argument("--cluster", default="", help="gRPC addresses of nodes, A,B,C")
         group = action.add_mutually_exclusive_group()
         group.add_argument("--tls-dir", type=Path, help="ca.crt and admin.crt/.key")

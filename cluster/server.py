@@ -45,6 +45,15 @@ SERVER_OPTIONS = [
 ]
 
 
+# Every service a client may ask the health service about by name ("" is the node as a whole).
+HEALTH_SERVICES = (
+    "",
+    "coolbeans.api.v1.JobStateMachine",
+    "coolbeans.api.v1.Cluster",
+    "joblet.JobletService",
+)
+
+
 class AddressInUse(Exception):
     """An address this node must listen on cannot be bound exclusively; says who to ask."""
 
@@ -168,7 +177,7 @@ class NodeServer:
                     if status
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for service in ("", "coolbeans.api.v1.JobStateMachine"):
+                for service in HEALTH_SERVICES:
                     await self._health.set(service, code)
             await self._register_with_leader()
             await asyncio.sleep(0.2)

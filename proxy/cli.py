@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--standalone", action="store_true", help="the queue in-process, no Raft")
     mode.add_argument("--cluster", help="comma-separated gRPC addresses of cluster nodes")
-    parser.add_argument("--tls-dir", type=Path, help="directory with ca.pem and role certs")
+    parser.add_argument(
+        "--tls-dir", type=Path, help="directory with ca.crt and the certificate named by --tls-name"
+    )
     parser.add_argument("--tls-name", default="proxy", help="certificate name in --tls-dir")
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development)")
     parser.add_argument("--max-job-size", type=int, default=JOB_SIZE_DEFAULT)

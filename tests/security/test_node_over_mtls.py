@@ -142,3 +142,17 @@ def test_a_proxy_with_a_foreign_certificate_stops_at_once_saying_what_was_wrong(
     assert result.returncode == 2
     assert "refuses our certificate (admin)" in result.stderr
     assert "use different CAs" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "service",
+    ["", "coolbeans.api.v1.JobStateMachine", "coolbeans.api.v1.Cluster", "joblet.JobletService"],
+)
+def test_the_health_service_knows_every_service_by_name(
+    node: str, tls_dir: Path, service: str
+) -> None:
+    with grpc.secure_channel(node, tls.channel_credentials(tls_dir, "viewer")) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
