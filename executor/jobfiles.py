@@ -84,6 +84,21 @@ class JobFiles:
         """Append a line from the worker to the job's notes (never to the job's own streams)."""
         _append(self.notes_path, f"beanraft: {message}\n")
 
+    def note_attempt_start(self, attempt: int) -> None:
+        """Mark where an attempt's output begins in each log, so retries' output, appended to
+        the same files, can be told apart (the marks are the worker's, in its own file)."""
+        sizes = []
+        for name, path in (
+            ("stdout", self.stdout_path),
+            ("stderr", self.stderr_path),
+            ("output", self.output_path),
+        ):
+            try:
+                sizes.append(f"{name} byte {os.path.getsize(path)}")
+            except FileNotFoundError:
+                sizes.append(f"{name} byte 0")
+        self.note(f"attempt {attempt} starts at " + ", ".join(sizes))
+
     def append_result(self, record: dict[str, Any]) -> None:
         _append(self.results_path, json.dumps(record, sort_keys=True) + "\n")
 

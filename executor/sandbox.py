@@ -243,10 +243,25 @@ def _command_main(
         os.chdir(plan.workdir)
         env = dict(plan.env)
         os.set_inheritable(status_fd, False)
-        os.execvpe(plan.argv[0], list(plan.argv), env)
+        try:
+            os.execvpe(plan.argv[0], list(plan.argv), env)
+        except OSError as exc:
+            _send(status_fd, f"error {_start_failure(plan, exc)}")
+            os._exit(127)
     except Exception as exc:
         _send(status_fd, f"error cannot start {plan.argv[0]!r}: {exc}")
     os._exit(127)
+
+
+def _start_failure(plan: Plan, exc: OSError) -> str:
+    """Why exec failed, in words (not "b'/bin/x'": exec's error names the path as bytes)."""
+    command = plan.argv[0]
+    if isinstance(exc, FileNotFoundError):
+        where = "" if "/" in command else f" in PATH ({dict(plan.env).get('PATH', '')})"
+        return f"cannot start {command!r}: command not found{where}"
+    if isinstance(exc, PermissionError):
+        return f"cannot start {command!r}: permission denied (not executable, or noexec)"
+    return f"cannot start {command!r}: {exc.strerror or exc}"
 
 
 def _set_rlimits(limits: tuple[tuple[str, int], ...]) -> None:

@@ -281,6 +281,7 @@ class Worker:
         if self._report_start(job, spec, stats, attempt, plan):
             self._drop_stopped(client, job, files, attempt, spec)
             return
+        files.note_attempt_start(attempt)
         result = self._run(client, job, files, plan, int(stats["ttr"]))
         action = self._decide(result, spec.retry.max_retries, int(stats["releases"]))
         if self._reporter is not None and self._reporter.stop_requested(job.id):

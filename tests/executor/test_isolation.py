@@ -157,7 +157,13 @@ def test_signals_are_reported_as_they_were(jobs: JobRunner, sig: int) -> None:
 def test_command_that_does_not_exist_fails_to_start_with_a_clear_error(jobs: JobRunner) -> None:
     run = jobs.run({"command": "no-such-command-here"})
     assert run.result.status == "failed_to_start"
-    assert "no-such-command-here" in (run.result.error or "")
+    assert run.result.error == (
+        "cannot start 'no-such-command-here': command not found in PATH "
+        "(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)"
+    )
+    by_path = jobs.run({"command": "/bin/no-such-command-here"})
+    assert by_path.result.error == "cannot start '/bin/no-such-command-here': command not found"
+    assert "b'" not in (by_path.result.error or "")
 
 
 DESCENDANTS = (

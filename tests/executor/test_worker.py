@@ -77,8 +77,14 @@ def test_failing_job_is_released_with_backoff_while_retries_remain_then_buried(
     beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
 ) -> None:
     worker = start_worker()
-    job_id = submit(beanstalkd, sh("exit 5", retry={"max_retries": 1, "backoff_s": 1}))
+    job_id = submit(beanstalkd, sh("echo try; exit 5", retry={"max_retries": 1, "backoff_s": 1}))
     wait_until(lambda: job_state(beanstalkd, job_id) == "buried", 30, "the job to be buried")
+    # Each attempt's output is marked in the worker's notes: where it starts in each log.
+    notes = (worker.log_dir / f"job-{job_id}.worker.log").read_text().splitlines()
+    assert notes == [
+        "beanraft: attempt 1 starts at stdout byte 0, stderr byte 0, output byte 0",
+        "beanraft: attempt 2 starts at stdout byte 4, stderr byte 0, output byte 4",
+    ]
     records = results(worker.log_dir, job_id)
     assert [r["action"] for r in records] == ["release", "bury"]
     assert all(r["exit_code"] == 5 for r in records)
