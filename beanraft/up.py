@@ -24,12 +24,13 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from beanraft.children import ChildDied, ChildSpec, Supervisor
+from beanraft.children import Child, ChildDied, ChildSpec, Supervisor
 from beanraft.up_plan import (
     DEFAULT_LISTEN,
     UpError,
@@ -208,18 +209,39 @@ class Up:
         self.supervisor.wait_until(what, ready_or_stop, timeout_s, self.say)
 
     def _serve(self) -> int:
+        """Supervise until asked to stop: a child that dies is started again after a back-off
+        (1, 2, 4 ... 30 s; reset once it has run for a minute), unless its exit says that
+        starting it again cannot help (its data or its flags were refused)."""
         failed = False
+        restarts = _Restarts()
         while not self.stop_requested.wait(0.5):
             for child, code in self.supervisor.dead_children():
-                how = f"signal {-code}" if code < 0 else f"code {code}"
-                self.say(f"{child.name} exited unexpectedly ({how}); the others keep running")
                 failed = True
-            if all(c.process.poll() is not None for c in self.supervisor.children):
+                self._on_death(child, code, restarts)
+            for spec in restarts.due(time.monotonic()):
+                child = self.supervisor.start(spec)
+                self.say(f"restarted {spec.name} (pid {child.process.pid})")
+            alive = [c for c in self.supervisor.children if c.process.poll() is None]
+            if not alive and not restarts.pending:
                 self.say("every child has exited: stopping")
                 return 1
         self.say("stopping (Ctrl-C again to kill at once)")
         self._stop()
         return 1 if failed else 0
+
+    def _on_death(self, child: Child, code: int, restarts: _Restarts) -> None:
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        if code in NOT_RESTARTED:
+            self.say(
+                f"{child.name} exited unexpectedly ({how}): {NOT_RESTARTED[code]}; not restarting "
+                f"it, the others keep running (its log: {self.data_dir / (child.name + '.log')})"
+            )
+            return
+        delay_s = restarts.schedule(child.spec, time.monotonic())
+        self.say(
+            f"{child.name} exited unexpectedly ({how}); the others keep running; restarting it "
+            f"in {delay_s:g} s"
+        )
 
     def _stop(self) -> None:
         for group in (["worker"], ["proxy"], [c.name for c in self.supervisor.children]):
@@ -264,6 +286,40 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
         lines.append("  beanraft logs JOB_ID        # on this host; or `beanraft job log JOB_ID`")
     lines.append("stop with Ctrl-C; run the same command again to resume")
     return lines
+
+
+# Exit codes after which starting the same command again cannot help.
+NOT_RESTARTED = {
+    2: "its flags or configuration were refused",
+    3: "its data directory failed its checks (see the node's log for what to do)",
+}
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+STABLE_AFTER_S = 60.0  # a child that ran this long starts its back-off afresh
+
+
+class _Restarts:
+    """Which children to start again, and when."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[float, ChildSpec]] = {}
+        self._count: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+
+    def schedule(self, spec: ChildSpec, now: float) -> float:
+        if now - self._started.get(spec.name, now) >= STABLE_AFTER_S:
+            self._count[spec.name] = 0
+        count = self._count.get(spec.name, 0)
+        delay_s = RESTART_BACKOFF_S[min(count, len(RESTART_BACKOFF_S) - 1)]
+        self._count[spec.name] = count + 1
+        self.pending[spec.name] = (now + delay_s, spec)
+        return delay_s
+
+    def due(self, now: float) -> list[ChildSpec]:
+        ready = [spec for at, spec in self.pending.values() if at <= now]
+        for spec in ready:
+            del self.pending[spec.name]
+            self._started[spec.name] = now
+        return ready
 
 
 class _Interrupted(Exception):

@@ -149,12 +149,21 @@ def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
         up.kill()
 
 
-def test_a_child_that_dies_later_is_reported_and_up_exits_non_zero(tmp_path: Path) -> None:
+def test_a_child_that_dies_later_is_reported_restarted_and_up_exits_non_zero(
+    tmp_path: Path,
+) -> None:
     up = _run_until_up(tmp_path, f"127.0.0.1:{free_ports(1)[0]}")
     try:
-        os.kill(up.child_pids()["node-3"], signal.SIGKILL)
-        up.wait_for("node-3 exited unexpectedly (signal 9); the others keep running")
-        assert _alive(up.child_pids()["node-1"])
+        first = up.child_pids()["node-3"]
+        os.kill(first, signal.SIGKILL)
+        up.wait_for(
+            "node-3 exited unexpectedly (signal 9); the others keep running; restarting it in 1 s"
+        )
+        restarted = re.compile(r"restarted node-3 \(pid (\d+)\)")
+        up.wait_for("restarted node-3")
+        match = restarted.search(up.output())
+        assert match is not None and int(match.group(1)) != first
+        assert _alive(int(match.group(1))) and _alive(up.child_pids()["node-1"])
         up.process.send_signal(signal.SIGTERM)
         assert up.finish() == 1
     finally:
@@ -171,3 +180,21 @@ def test_killing_up_with_sigkill_takes_its_children_down(tmp_path: Path) -> None
     while [pid for pid in pids.values() if _alive(pid)]:
         assert time.monotonic() < deadline, [n for n, p in pids.items() if _alive(p)]
         time.sleep(0.1)
+
+
+def test_a_child_whose_restart_finds_its_data_damaged_is_not_restarted_again(
+    tmp_path: Path,
+) -> None:
+    up = _run_until_up(tmp_path, f"127.0.0.1:{free_ports(1)[0]}")
+    try:
+        (tmp_path / "fail-node-2").write_text("")  # its next start exits 3, as damaged data does
+        os.kill(up.child_pids()["node-2"], signal.SIGKILL)
+        up.wait_for("restarted node-2")
+        up.wait_for("node-2 exited unexpectedly (code 3): its data directory failed its checks")
+        assert "not restarting it" in up.output()
+        time.sleep(2.5)  # past the next back-off: no second restart
+        assert up.output().count("restarted node-2") == 1
+        up.process.send_signal(signal.SIGTERM)
+        assert up.finish() == 1
+    finally:
+        up.kill()
