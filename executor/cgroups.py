@@ -44,6 +44,7 @@ class Stats:
     cpu_time_ms: int
     peak_memory_bytes: int
     oom_kills: int
+    pids_limit_hits: int = 0  # forks refused by pids.max (pids.events "max")
 
 
 def v1_writes(
@@ -334,11 +335,13 @@ def _v1_stats(dirs: dict[str, str]) -> Stats:
     cpu_ns = _read_int(os.path.join(dirs["cpuacct"], "cpuacct.usage"))
     peak = _read_int(os.path.join(dirs["memory"], "memory.max_usage_in_bytes"))
     ooms = _key_value(os.path.join(dirs["memory"], "memory.oom_control"), "oom_kill")
-    return Stats(cpu_time_ms=cpu_ns // 1_000_000, peak_memory_bytes=peak, oom_kills=ooms)
+    forks = _key_value(os.path.join(dirs["pids"], "pids.events"), "max")
+    return Stats(cpu_ns // 1_000_000, peak, ooms, forks)
 
 
 def _v2_stats(directory: str) -> Stats:
     usage_us = _key_value(os.path.join(directory, "cpu.stat"), "usage_usec")
     peak = _read_int(os.path.join(directory, "memory.peak"))
     ooms = _key_value(os.path.join(directory, "memory.events"), "oom_kill")
-    return Stats(cpu_time_ms=usage_us // 1000, peak_memory_bytes=peak, oom_kills=ooms)
+    forks = _key_value(os.path.join(directory, "pids.events"), "max")
+    return Stats(usage_us // 1000, peak, ooms, forks)

@@ -47,6 +47,7 @@ class RunResult:
     cpu_time_ms: int = 0
     stdout_dropped_bytes: int = 0
     stderr_dropped_bytes: int = 0
+    pids_limit_hits: int = 0  # forks the pids limit refused: why a job may have failed
 
     @property
     def succeeded(self) -> bool:
@@ -299,6 +300,7 @@ def finish(job: RunningJob, timed_out: bool, stopped: bool) -> RunResult:
     result.duration_ms = duration_ms
     result.peak_memory_bytes = stats.peak_memory_bytes
     result.cpu_time_ms = stats.cpu_time_ms
+    result.pids_limit_hits = stats.pids_limit_hits
     if job.outputs:
         result.stdout_dropped_bytes = job.outputs[0].dropped_bytes
         result.stderr_dropped_bytes = job.outputs[1].dropped_bytes

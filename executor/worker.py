@@ -392,6 +392,11 @@ class Worker:
                     f"{stream}: kept the first {plan.log_bytes} bytes and dropped {dropped} "
                     "(limits.log_mb)"
                 )
+        if result.pids_limit_hits:
+            files.note(
+                f"the job reached its process limit (limits.pids={plan.limits.pids_max}): "
+                f"{result.pids_limit_hits} fork(s) refused; raise limits.pids if it needs more"
+            )
         if touch.lost:
             result.status = "lost_reservation"
         elif self._stopped_on_request(job.id, files) and result.status in (

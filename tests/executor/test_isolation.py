@@ -73,6 +73,9 @@ def test_fork_bomb_is_stopped_by_the_pids_limit(jobs: JobRunner) -> None:
     assert errno_value == 11  # EAGAIN: fork refused by pids.max
     assert forked < 20
     assert run.result.exit_code == 0  # the sleeping children died with the job's namespace
+    assert run.result.pids_limit_hits >= 1  # the result says why forks failed
+    calm = jobs.run(py("print(1)", limits={"pids": 20}))
+    assert calm.result.pids_limit_hits == 0
 
 
 def test_shell_fork_bomb_is_contained_and_leaves_no_process(jobs: JobRunner) -> None:
