@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -271,13 +272,31 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
         return jsm_pb2.PeekResponse(job=await self._found(context, command))
 
     async def _found(self, context: Any, command: c.Command) -> job_pb2.JobProto:
+        """The job a peek found, with what coolbeans fills in: priority, delay, ttr, tube,
+        state, creation time and the counters (from a stats-job read right after it)."""
         reply = await self._reply(context, [command])
         assert isinstance(reply, r.Found), reply
-        return job_pb2.JobProto(id=reply.job_id, body=reply.body, body_size=len(reply.body))
+        job = job_pb2.JobProto(id=reply.job_id, body=reply.body, body_size=len(reply.body))
+        outcome, _ = await guarded(context, self.service.apply(c.StatsJob(reply.job_id)))
+        stats = outcome.reply
+        if isinstance(stats, r.JobStats):  # else deleted meanwhile: id and body are all there is
+            job.priority = stats.priority
+            job.delay = stats.delay_ms // 1000
+            job.ttr = stats.ttr_ms // 1000
+            job.tube_name = stats.tube
+            job.state = _JOB_STATE.get(stats.state, job_pb2.INITIAL)
+            job.created_at = int(time.time()) - stats.age_ms // 1000
+            job.reserve_count = stats.reserves
+            job.timeout_count = stats.timeouts
+            job.release_count = stats.releases
+            job.bury_count = stats.buries
+            job.kick_count = stats.kicks
+        return job
 
     async def GetStatsJobYaml(self, request: Any, context: Any) -> Any:
         reply = await self._reply(context, [c.StatsJob(request.job_id)])
-        return jsm_pb2.GetStatsJobYamlResponse(stats_yaml=_yaml(reply))
+        assert isinstance(reply, r.JobStats), reply
+        return jsm_pb2.GetStatsJobYamlResponse(stats_yaml=_job_yaml(reply))
 
     async def GetStatsTubeYaml(self, request: Any, context: Any) -> Any:
         reply = await self._reply(context, [c.StatsTube(request.tube_name)])
@@ -343,6 +362,36 @@ def _wakeup_reservation(wakeup: r.Wakeup) -> jsm_pb2.Reservation:
         reservation.body = wakeup.result.body
         reservation.body_size = len(wakeup.result.body)
     return reservation
+
+
+_JOB_STATE = {
+    "ready": job_pb2.READY,
+    "reserved": job_pb2.RESERVED,
+    "buried": job_pb2.BURIED,
+    "delayed": job_pb2.DELAYED,
+}
+
+
+def _job_yaml(stats: r.JobStats) -> bytes:
+    """stats-job as beanstalkd and coolbeans name its keys (id, pri, file), in beanstalkd's
+    order, without the leading ``---``."""
+    pairs = (
+        ("id", stats.job_id),
+        ("tube", stats.tube),
+        ("state", stats.state),
+        ("pri", stats.priority),
+        ("age", stats.age_ms // 1000),
+        ("delay", stats.delay_ms // 1000),
+        ("ttr", stats.ttr_ms // 1000),
+        ("time-left", stats.time_left_ms // 1000),
+        ("file", 0),
+        ("reserves", stats.reserves),
+        ("timeouts", stats.timeouts),
+        ("releases", stats.releases),
+        ("buries", stats.buries),
+        ("kicks", stats.kicks),
+    )
+    return "".join(f"{key}: {value}\n" for key, value in pairs).encode()
 
 
 def _yaml(reply: r.Reply) -> bytes:

@@ -17,7 +17,7 @@ from cluster_harness import free_ports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from process_harness import Node, ProcessCluster
 
-from api import cluster_pb2, cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
+from api import cluster_pb2, cluster_pb2_grpc, empty_pb2, job_pb2, jsm_pb2, jsm_pb2_grpc
 from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r
@@ -100,6 +100,17 @@ def test_coolbeans_calls_put_reserve_and_delete_without_a_connect(cluster: Proce
             )
             job = await stub.GetJob(jsm_pb2.GetJobRequest(job_id=put.job_id))
             assert (job.job.id, job.job.body_size) == (put.job_id, 2)
+            # As coolbeans fills a JobProto: priority, ttr, tube, state, counters.
+            got = job.job
+            assert (got.priority, got.ttr, got.tube_name) == (5, 30, "cb")
+            assert (got.state, got.reserve_count) == (job_pb2.RESERVED, 1)
+            assert got.created_at > 0
+            yaml = await stub.GetStatsJobYaml(jsm_pb2.GetStatsJobYamlRequest(job_id=put.job_id))
+            keys = [line.split(":")[0] for line in yaml.stats_yaml.decode().splitlines()]
+            assert keys == [
+                "id", "tube", "state", "pri", "age", "delay", "ttr", "time-left", "file",
+                "reserves", "timeouts", "releases", "buries", "kicks",
+            ]  # fmt: skip
             await stub.Delete(
                 jsm_pb2.DeleteRequest(job_id=put.job_id, proxy_id="proxy-cb", client_id="conn-1")
             )
