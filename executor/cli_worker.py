@@ -92,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1:0",
         help="with --cluster: where nodes read job output from (HOST:PORT; port 0: any free)",
     )
+    parser.add_argument("--metrics-addr", help="HOST:PORT for Prometheus metrics (default off)")
     parser.add_argument(
         "--no-seccomp",
         action="store_true",
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         log_listen=args.log_listen,
         log_retention_s=retention_days * SECONDS_PER_DAY,
         log_retention_bytes=int(retention_gb * BYTES_PER_GB),
+        metrics_addr=args.metrics_addr or "",
     )
     worker = Worker(config)
     for sig in (signal.SIGTERM, signal.SIGINT):

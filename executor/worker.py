@@ -39,6 +39,7 @@ from executor import runner, seccomp, uids
 from executor.cgroup_backends import CgroupBackend, open_backend
 from executor.cgroups import CGROUP_MOUNT, CgroupError
 from executor.jobfiles import JobFiles, clear_stale_states, sweep
+from executor.metrics import WorkerMetrics
 from executor.plan import HostLayout, Plan, PlanError, WorkerPolicy, make_plan
 from executor.reporter import JobReporter
 from statemachine.records import AttemptResult
@@ -91,6 +92,7 @@ class WorkerConfig:
     cluster: tuple[str, ...] = ()
     tls_dir: Path | None = None
     log_listen: str = "127.0.0.1:0"  # the log service nodes read job output from
+    metrics_addr: str = ""  # Prometheus metrics (HOST:PORT), off when empty
     # Finished jobs' files in log_dir: removed this long after their last write, and oldest
     # first while the directory holds more than this (jobfiles.sweep).
     log_retention_s: float = 7 * 86400
@@ -121,6 +123,10 @@ class Worker:
         self._backend: CgroupBackend | None = None
         self._filter: seccomp.PreparedFilter | None = None
         self._reporter: JobReporter | None = None
+        self.metrics: WorkerMetrics | None = None
+        if config.metrics_addr:
+            self.metrics = WorkerMetrics()
+            self.metrics.serve(config.metrics_addr)
         self._stop_sweeping = threading.Event()
 
     def run(self) -> int:
@@ -282,7 +288,7 @@ class Worker:
             self._drop_stopped(client, job, files, attempt, spec)
             return
         files.note_attempt_start(attempt)
-        result = self._run(client, job, files, plan, int(stats["ttr"]))
+        result = self._run_measured(client, job, files, plan, stats)
         action = self._decide(result, spec.retry.max_retries, int(stats["releases"]))
         if self._reporter is not None and self._reporter.stop_requested(job.id):
             action = "delete"  # stopped through the cluster: its record keeps the history
@@ -406,6 +412,23 @@ class Worker:
         ):
             result.status, result.stopped = "stopped", True
         files.clear_stop()
+        return result
+
+    def _run_measured(
+        self, client: Client, job: Job, files: JobFiles, plan: Plan, stats: Any
+    ) -> runner.RunResult:
+        metrics = self.metrics
+        if metrics is None:
+            return self._run(client, job, files, plan, int(stats["ttr"]))
+        metrics.started.inc()
+        metrics.queue_wait.observe(float(stats["age"]))
+        metrics.running.inc()
+        try:
+            result = self._run(client, job, files, plan, int(stats["ttr"]))
+        finally:
+            metrics.running.dec()
+        metrics.finished.labels(status=result.status).inc()
+        metrics.duration.observe(result.duration_ms / 1000)
         return result
 
     def _should_stop(self, job_id: int, touch: _Toucher, files: JobFiles) -> bool:

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development)")
     parser.add_argument("--max-job-size", type=int, default=JOB_SIZE_DEFAULT)
     parser.add_argument("--lease-ms", type=int, default=LEASE_MS_DEFAULT)
+    parser.add_argument("--metrics-addr", help="HOST:PORT for Prometheus metrics (default off)")
 
 
 def _make_queue(args: argparse.Namespace) -> JobQueue:
@@ -76,7 +77,15 @@ def _refuse_a_refused_certificate(addresses: list[str], tls_dir: Path, name: str
 async def _serve(args: argparse.Namespace) -> None:
     if not args.listen.startswith("unix:"):
         split_host_port(args.listen)  # refuse a bad address before connecting to anything
-    server = ProxyServer(_make_queue(args), max_job_size=args.max_job_size, lease_ms=args.lease_ms)
+    metrics = None
+    if args.metrics_addr:
+        from proxy.metrics import ProxyMetrics
+
+        metrics = ProxyMetrics()
+        metrics.serve(args.metrics_addr)
+    server = ProxyServer(
+        _make_queue(args), max_job_size=args.max_job_size, lease_ms=args.lease_ms, metrics=metrics
+    )
     print(f"listening {await server.start(args.listen)}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -36,6 +36,7 @@ import structlog
 from cluster.queue import JobQueue, QueueUnavailable
 from proxy import events as e
 from proxy import render
+from proxy.metrics import ProxyMetrics, verb_of
 from proxy.protocol import JOB_SIZE_DEFAULT, BeanstalkConnection
 from proxy.session import ProxyContext, Session
 from statemachine import commands as sm
@@ -120,21 +121,34 @@ class _Connection(asyncio.Protocol):
     async def _run(self) -> None:
         session, transport = self._session, self._transport
         assert session is not None and transport is not None
+        metrics = self._server.metrics
+        if metrics is not None:
+            metrics.connections.inc()
+            metrics.connections_total.inc()
         try:
             await session.open()
             while not self._lost:
                 event = await self._next_event()
                 if event is None or isinstance(event, e.Quit):
                     break
+                started = time.perf_counter()
                 reply = await session.handle(event)
                 if reply and not self._lost:
                     transport.write(reply)
                     await self._writable.wait()
+                if metrics is not None:
+                    verb = verb_of(event)
+                    metrics.commands.labels(verb=verb).inc()
+                    metrics.latency.labels(verb=verb).observe(time.perf_counter() - started)
+                    if reply.startswith(b"INTERNAL_ERROR"):
+                        metrics.unavailable.inc()
         except QueueUnavailable:
             log.error("connect_failed_queue_unavailable", client_id=session.client_id)
         except Exception:
             log.exception("connection_failed", client_id=session.client_id)
         finally:
+            if metrics is not None:
+                metrics.connections.dec()
             transport.close()
             await session.close()
 
@@ -155,8 +169,10 @@ class ProxyServer:
         max_job_size: int = JOB_SIZE_DEFAULT,
         lease_ms: int = LEASE_MS_DEFAULT,
         retry_for_s: float = 10.0,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         self.proxy_id = uuid.uuid4().hex
+        self.metrics = metrics
         self.queue = queue
         self.max_job_size = max_job_size
         self.lease_ms = lease_ms

@@ -348,3 +348,33 @@ def test_worker_refuses_a_configuration_it_cannot_honour(
     done = beanraft(*common, "--cgroup-root", cgroup_root, *flags)
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_worker_exports_prometheus_metrics_of_its_attempts(
+    beanstalkd: Any, start_worker: Any, wait_until: Any, free_port_and_wait: Any
+) -> None:
+    import urllib.request
+
+    free_port, wait_for_port = free_port_and_wait
+    port = free_port()
+    worker = start_worker("--metrics-addr", f"127.0.0.1:{port}")
+    try:
+        wait_for_port(port, 30)
+    except TimeoutError:
+        raise AssertionError(worker.log()) from None
+    submit(beanstalkd, sh("exit 0"))
+    submit(beanstalkd, sh("exit 3"))
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    wait_until(
+        lambda: 'beanraft_worker_attempts_finished_total{status="exited"} 2.0' in scrape(),
+        30,
+        "two finished attempts in the metrics",
+    )
+    text = scrape()
+    assert "beanraft_worker_attempts_started_total 2.0" in text
+    assert "beanraft_worker_attempts_running 0.0" in text
+    assert "beanraft_worker_attempt_duration_seconds_count 2.0" in text

@@ -202,3 +202,24 @@ def test_thousands_of_idle_connections_are_served(proxy: Proxy):
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_the_proxy_exports_prometheus_metrics_by_verb() -> None:
+    import urllib.request
+
+    from proxyproc import free_port
+
+    port = free_port()
+    metered = start_proxy(["--standalone"], ["--metrics-addr", f"127.0.0.1:{port}"])
+    try:
+        with greenstalk.Client(("127.0.0.1", metered.port), use="metrics") as c:
+            c.put("a")
+            c.put("b")
+            c.stats()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        assert 'beanraft_proxy_commands_total{verb="put"} 2.0' in text
+        assert 'beanraft_proxy_command_latency_seconds_count{verb="put"} 2.0' in text
+        assert "beanraft_proxy_connections_total 1.0" in text
+    finally:
+        stop(metered.process)
