@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import shutil
 import signal
 import socket
 import sys
@@ -257,8 +258,6 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
     """What listens where, and commands to try."""
     beanstalkd = client_addr(state.listen)
     host, port = split_addr(beanstalkd)
-    cluster = ",".join(n.grpc_addr for n in state.nodes)
-    tls_flag = "--insecure" if insecure else f"--tls-dir {data_dir / 'tls'}"
     pool = f"a worker pool of {workers}" if workers else "no worker pool (add --workers 2)"
     lines = [
         f"beanraft is up: {len(state.nodes)} nodes, a proxy, {pool}",
@@ -273,17 +272,23 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
             lines.append(f"  {'':<20} metrics http://{n.metrics_addr}/metrics")
     if not insecure:
         lines.append(f"  certificates         {data_dir / 'tls'} (admin, viewer, proxy, worker)")
+    # Commands that work as printed: this very interpreter (it has greenstalk), beanraft by
+    # the name the shell knows, and a tube of its own (the worker pool watches "default" and
+    # would take a body that is not a job spec, and bury it).
+    python = sys.executable
+    beanraft = "beanraft" if shutil.which("beanraft") else f"{python} -m beanraft"
     lines += [
         f"  logs                 {data_dir}/<name>.log",
         "try:",
-        f"  python3 -c \"import greenstalk; c = greenstalk.Client(('{host}', {port})); "
-        "print(c.put('hello')); job = c.reserve(); print(job.id, job.body); c.delete(job)\"",
-        f"  beanraft cluster status --cluster {cluster} {tls_flag}",
+        f"  {python} -c \"import greenstalk; c = greenstalk.Client(('{host}', {port}), "
+        "use='hello', watch='hello'); print(c.put('hello')); job = c.reserve(); "
+        "print(job.id, job.body); c.delete(job)\"",
+        f"  {beanraft} cluster status",
     ]
     if workers:
-        lines.append("  beanraft job run -- echo hello     # then: beanraft job status ID")
-        lines.append(f"  beanraft submit --beanstalkd {beanstalkd} -- echo hello")
-        lines.append("  beanraft logs JOB_ID        # on this host; or `beanraft job log JOB_ID`")
+        lines.append(f"  {beanraft} job run -- echo hello     # then: {beanraft} job status ID")
+        lines.append(f"  {beanraft} submit --beanstalkd {beanstalkd} -- echo hello")
+        lines.append(f"  {beanraft} logs JOB_ID       # on this host; or `{beanraft} job log ID`")
     lines.append("stop with Ctrl-C; run the same command again to resume")
     return lines
 

@@ -95,7 +95,7 @@ def test_up_starts_everything_stops_on_sigterm_and_resumes_on_the_same_addresses
         output = up.output()
         assert f"beanstalkd protocol  {listen}" in output
         assert re.search(r"node-2 +\| node 2 serving gRPC on 127\.0\.0\.1:\d+", output)
-        assert f"greenstalk.Client(('127.0.0.1', {listen.split(':')[1]}))" in output
+        assert f"greenstalk.Client(('127.0.0.1', {listen.split(':')[1]}), use='hello'" in output
         state = json.loads((tmp_path / "up.json").read_text())
         up.process.send_signal(signal.SIGTERM)
         assert up.finish() == 0

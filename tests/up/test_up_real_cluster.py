@@ -5,6 +5,7 @@ the jobs."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -109,6 +110,36 @@ def test_up_insecure_warns_loudly_and_still_serves(tmp_path: Path) -> None:
         with greenstalk.Client(("127.0.0.1", port)) as client:
             job_id = client.put("insecure but working")
             assert client.reserve(timeout=30).id == job_id
+        _stop(up)
+    finally:
+        up.kill()
+
+
+def test_every_command_the_banner_suggests_works_as_printed(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("needs root for the worker pool, and CI=true")
+        pytest.skip("needs root for the worker pool")
+    port = free_ports(1)[0]
+    up = RealUp(
+        "--nodes", "3", "--workers", "1", "--data-dir", str(tmp_path), "--listen",
+        f"127.0.0.1:{port}",
+    )  # fmt: skip
+    try:
+        up.wait_for("stop with Ctrl-C", timeout_s=180)
+        banner = up.output().split("try:", 1)[1].split("stop with Ctrl-C", 1)[0]
+        commands = []
+        for line in banner.splitlines():
+            command = line.split("|", 1)[-1].split("#", 1)[0].strip()
+            if command and "JOB_ID" not in command:
+                commands.append(command)
+        assert len(commands) >= 4, banner
+        for command in commands:
+            done = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr, (command, done.stderr)
         _stop(up)
     finally:
         up.kill()
