@@ -132,7 +132,7 @@ def build() -> int:
         return 0
     clean()
     files = [str(source(m).relative_to(ROOT)) for m in MODULES]
-    print(f"compiling {len(files)} modules with mypyc (about 30 s) ...", flush=True)
+    print(f"compiling {len(files)} modules with mypyc (30 s to a few minutes) ...", flush=True)
     setup = ROOT / "build" / "native_setup.py"
     setup.parent.mkdir(exist_ok=True)
     setup.write_text(_SETUP.format(files=files, group=_GROUP))
