@@ -66,9 +66,10 @@ _ERROR_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     MembershipRefused: grpc.StatusCode.FAILED_PRECONDITION,
     Refused: grpc.StatusCode.INVALID_ARGUMENT,
     codec.CodecError: grpc.StatusCode.INVALID_ARGUMENT,
-    ValueError: grpc.StatusCode.INVALID_ARGUMENT,
     TimeoutError: grpc.StatusCode.UNAVAILABLE,
 }
+# Anything else is unexpected, a bug: INTERNAL, never INVALID_ARGUMENT (a ValueError deep in
+# the node says nothing about the caller's request).
 
 # Failure replies of the state machine (coolbeans-compatible methods return these as statuses).
 _REPLY_TABLE: dict[type, tuple[grpc.StatusCode, str]] = {

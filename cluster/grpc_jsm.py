@@ -36,7 +36,7 @@ _WAIT_STATUS = {
 }
 
 
-_NODE_ERRORS = (Forwarded, errors.ClusterError, codec.CodecError, ValueError, TimeoutError)
+_NODE_ERRORS = (Forwarded, errors.ClusterError, codec.CodecError, TimeoutError)
 
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
@@ -56,6 +56,10 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T
         code, message, hint = _status(exc)
         context.set_trailing_metadata(((errors.LEADER_HINT_KEY, hint),) if hint else ())
         await context.abort(code, message)
+    except Exception as exc:  # a bug: say so, and log where
+        log.exception("unexpected error serving a call")
+        code, message = errors.status_for_error(exc)
+        await context.abort(code, f"{message}; this node logged the details")
     raise AssertionError("unreachable")  # abort raises
 
 
