@@ -282,7 +282,7 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
         "try:",
         f"  {python} -c \"import greenstalk; c = greenstalk.Client(('{host}', {port}), "
         "use='hello', watch='hello'); print(c.put('hello')); job = c.reserve(); "
-        "print(job.id, job.body); c.delete(job)\"",
+        'print(job.id, job.body); c.delete(job)"',
         f"  {beanraft} cluster status",
     ]
     if workers:

@@ -4,7 +4,7 @@ Theory of operation. ``RaftNode`` owns a pysyncobj ``SyncObj`` whose only replic
 ``MachineConsumer``. It runs on an asyncio loop (the gRPC server's); pysyncobj runs its own tick
 thread. The node:
 - proposes only while it is the leader (it stamps time; see ``cluster.proposer``); a follower's
-  servicer forwards to the leader instead (``cluster.forward``);
+  servicer forwards to the leader instead (``cluster.service``);
 - proposes a ``Tick`` only when the machine's ``next_deadline_ms()`` has passed, so an idle
   cluster writes nothing;
 - records itself in the replicated member directory when it leads, so followers can hint

@@ -1,4 +1,4 @@
-"""Due events: what happens when time passes, in SEMANTICS.md's exact order.
+"""Due events: what happens when time passes, in the order machine.py's step 2 states.
 
 Theory of operation: ``advance(state, now_ms)`` processes every event whose instant is at or
 before ``now_ms`` as if time stepped through each distinct instant ``t`` in ascending order, so
@@ -170,7 +170,7 @@ def _time_out_waits(state: State, t: int) -> None:
 
 def _wake_deadline_soon(state: State, t: int) -> None:
     """Instants before ``t`` may still be here (clamped ones), so collect every due entry
-    first and wake the clients in arrival order, as SEMANTICS requires."""
+    first and wake the clients in arrival order, as beanstalkd does."""
     due: list[int] = []
     while True:
         key = _wait_heap_top(state, state.soon_heap, soon_valid)

@@ -1,4 +1,4 @@
-"""Command handlers that create, reserve and move jobs (SEMANTICS.md, Put to PauseTube).
+"""Command handlers that create, reserve and move jobs (Put to PauseTube).
 
 Theory of operation: each handler takes the ``State`` and a command and returns a reply; it
 changes state only through ``State``'s transitions. Order inside a handler is always: resolve

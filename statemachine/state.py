@@ -9,7 +9,7 @@ here, which keep every count and index in step:
   ``enter_delayed``, ``enter_buried`` or ``enter_reserved``;
 - a client starts and ends a wait with ``start_wait`` and ``end_wait``; ``wake`` ends it with a
   ``Wakeup`` in the outcome;
-- ``match`` hands ready jobs to waiting clients (SEMANTICS "Matching");
+- ``match`` hands ready jobs to waiting clients (after every command, never on a later tick);
 - tubes come into being with ``tube_for`` and are freed by ``free_if_unreferenced`` with
   beanstalkd's move-last removal from the list-tubes order.
 

@@ -1,4 +1,5 @@
-"""A deliberately simple reference model of the job state machine (helpers/SEMANTICS.md).
+"""A deliberately simple reference model of the job state machine: the rules its module
+docstrings state, which are beanstalkd 1.12's.
 
 Theory of operation: this is the executable form of the semantics, written to be obviously
 right rather than fast. Jobs live in one flat list and carry their state as a field; tubes,
@@ -10,7 +11,7 @@ so there is nothing to keep in step: a job cannot be in two places because it ha
 The hypothesis test (``test_model.py``) runs the same commands against this model and the real
 ``JobStateMachine`` and requires equal outcomes after every step. When they disagree the
 semantics document decides, and beanstalkd 1.12 decides what it leaves open. Where this model
-follows beanstalkd on a point SEMANTICS.md does not spell out, a comment says so.
+follows beanstalkd on a point those rules do not spell out, a comment says so.
 
 It has the machine's API: ``apply(command, now_ms) -> Outcome``, ``next_deadline_ms()`` and a
 ``check_invariants()`` of its own.
@@ -129,7 +130,7 @@ def tube_name_error(name: str) -> str | None:
 
 
 class ReferenceModel:
-    """SEMANTICS.md with lists and linear scans. Same API as JobStateMachine."""
+    """The machine's rules with lists and linear scans. Same API as JobStateMachine."""
 
     def __init__(self, max_job_size: int = 65535) -> None:
         self.max_job_size = max_job_size

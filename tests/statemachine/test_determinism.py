@@ -197,7 +197,7 @@ def test_separate_processes_with_different_hash_seeds_have_equal_snapshots() -> 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_one_late_tick_gives_the_same_state_as_many_timely_ones(seed: int) -> None:
-    # SEMANTICS "Events": due events are processed as if time stepped through each instant, so
+    # statemachine/events.py: due events are processed as if time stepped through each instant, so
     # extra Ticks between commands change nothing but where the wake-ups are reported.
     rng = random.Random(seed + 100)
     late = JobStateMachine(MachineConfig(max_job_size=65535))

@@ -192,8 +192,8 @@ class MachineAgainstModel(RuleBasedStateMachine):
     @rule()
     def time_jumps_to_the_next_deadline(self) -> None:
         # Events exactly at their instant, and next_deadline_ms() kept honest: a Tick at that
-        # time must change something (SEMANTICS: "the earliest time at which a tick would
-        # change anything").
+        # time must change something (next_deadline_ms(): "the earliest time at which a Tick
+        # would change anything").
         deadline_ms = self.model.next_deadline_ms()
         assert deadline_ms is not None
         self.clock_ms = max(self.clock_ms, deadline_ms)
