@@ -66,6 +66,7 @@ class Cluster:
     grpc: list[str]
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     proxies: list[Proxy] = field(default_factory=list)
+    listener_ports: list[int] = field(default_factory=list)
 
     def add_proxy(self, *extra: str) -> Proxy:
         proxy = start_proxy(["--cluster", ",".join(self.grpc), "--insecure"], list(extra))
@@ -102,10 +103,14 @@ class Cluster:
             stop(node)
 
 
-def start_cluster() -> Cluster:
+def start_cluster(listeners: bool = False) -> Cluster:
+    """Three nodes; with ``listeners`` each also serves the beanstalkd protocol itself
+    (``--beanstalkd-listen``, the direct path) on the ports in ``listener_ports``."""
     root = Path(tempfile.mkdtemp(prefix="beanraft-proxy-test-"))
     raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     cluster = Cluster(root, [f"127.0.0.1:{free_port()}" for _ in range(3)])
+    if listeners:
+        cluster.listener_ports = [free_port() for _ in range(3)]
     for i in range(3):
         peers = ",".join(a for j, a in enumerate(raft) if j != i)
         args = [
@@ -113,7 +118,23 @@ def start_cluster() -> Cluster:
             "--data-dir", str(root / f"n{i + 1}"), "--raft-addr", raft[i],
             "--grpc-addr", cluster.grpc[i], "--peers", peers, "--insecure",
         ]  # fmt: skip
+        if listeners:
+            args += ["--beanstalkd-listen", f"127.0.0.1:{cluster.listener_ports[i]}"]
         log = open(root / f"n{i + 1}.log", "wb")  # noqa: SIM115 - the child owns it
         cluster.nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
         log.close()
     return cluster
+
+
+def wait_for_listener(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the node exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listened on {port} within {timeout_s} s") from None
+            time.sleep(0.05)

@@ -1,4 +1,5 @@
-"""A real beanstalkd client (greenstalk) against a real standalone proxy process.
+"""A real beanstalkd client (greenstalk) against a real standalone proxy process, and against a
+node that serves the protocol itself (``--beanstalkd-listen``, the direct path).
 
 Many producers and consumers on many connections: every job is delivered, none is held by two
 clients at once; closing a connection releases its jobs at once; a waiting reserve is answered
@@ -17,16 +18,25 @@ from collections.abc import Iterator
 
 import greenstalk
 import pytest
-from proxyproc import Proxy, start_proxy, stop
+from proxyproc import Proxy, start_cluster, start_proxy, stop, wait_for_listener
 
 
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[Proxy]:
-    server = start_proxy(["--standalone"])
+@pytest.fixture(scope="module", params=["standalone", "node"])
+def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
+    if request.param == "standalone":
+        server = start_proxy(["--standalone"])
+        try:
+            yield server
+        finally:
+            stop(server.process)
+        return
+    cluster = start_cluster(listeners=True)
     try:
-        yield server
+        port = cluster.listener_ports[0]
+        wait_for_listener(port, cluster.nodes[0])
+        yield Proxy(port, cluster.nodes[0], cluster.root / "n1.log")
     finally:
-        stop(server.process)
+        cluster.stop()
 
 
 def client(proxy: Proxy, tube: str, encoding: str | None = "utf-8") -> greenstalk.Client:

@@ -16,7 +16,7 @@ from typing import Any
 
 import greenstalk
 import pytest
-from proxyproc import Cluster, start_cluster
+from proxyproc import Cluster, start_cluster, wait_for_listener
 
 pytestmark = pytest.mark.slow
 
@@ -133,17 +133,35 @@ def _consumer(port: int, me: int, history: History, stop: threading.Event) -> No
 
 def test_killing_the_leader_under_load_loses_no_acknowledged_put(cluster: Cluster):
     proxy = cluster.add_proxy()
+    _failover_under_load(cluster, proxy.port)
+
+
+def test_killing_the_leader_under_load_through_a_followers_own_listener_loses_nothing() -> None:
+    """The direct path: clients on a follower's ``--beanstalkd-listen``; the leader dies."""
+    cluster = start_cluster(listeners=True)
+    try:
+        follower = (cluster.leader_index() + 1) % 3
+        port = cluster.listener_ports[follower]
+        wait_for_listener(port, cluster.nodes[follower])
+        _failover_under_load(cluster, port)
+    finally:
+        cluster.stop()
+
+
+def _failover_under_load(cluster: Cluster, port: int) -> None:
+    """4 producers and 4 consumers on ``port``; the leader is killed after 2 s; then every
+    acknowledged put is delivered, none twice, and no job was held by two clients."""
     history = History()
     stop_producing, stop_consuming = threading.Event(), threading.Event()
     producers = [
         threading.Thread(
-            target=_recording(history, _producer), args=(proxy.port, n, history, stop_producing)
+            target=_recording(history, _producer), args=(port, n, history, stop_producing)
         )
         for n in range(4)
     ]
     consumers = [
         threading.Thread(
-            target=_recording(history, _consumer), args=(proxy.port, n, history, stop_consuming)
+            target=_recording(history, _consumer), args=(port, n, history, stop_consuming)
         )
         for n in range(4)
     ]
