@@ -185,7 +185,10 @@ def test_logs_command_shows_and_follows_a_running_job(
     followed = beanraft("logs", str(job_id), "-f", "--log-dir", str(worker.log_dir))
     assert followed.returncode == 0
     assert followed.stdout == "line1\nline2\nline3\n"
-    assert followed.stderr == "e\n"
+    # stderr: the job's own, and the worker's notes (the attempt's start mark) after them
+    assert sorted(followed.stderr.splitlines()) == sorted(
+        ["e", "beanraft: attempt 1 starts at stdout byte 0, stderr byte 0, output byte 0"]
+    )
     missing = beanraft("logs", "999999", "--log-dir", str(worker.log_dir))
     assert missing.returncode == 1 and "no logs" in missing.stderr
 
