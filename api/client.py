@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import structlog
 
 from api import jsm_pb2, jsm_pb2_grpc
 from cluster.errors import LEADER_HINT_KEY
-from cluster.queue import QueueUnavailable, WakeupHandler
+from cluster.queue import QueueUnavailable, WakeupHandler, request_id_for
 from statemachine import codec
 from statemachine.commands import Command
 from statemachine.replies import Reply
@@ -120,7 +119,7 @@ class RemoteQueue:
                     f"{RETRY_FOR_S:.0f} s: is the cluster up and reachable?"
                 ) from None
         request = jsm_pb2.ApplyRequest(
-            command=codec.encode_command(command), request_id=_request_id(command)
+            command=codec.encode_command(command), request_id=request_id_for(command)
         )
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
@@ -496,11 +495,3 @@ def _settle(future: asyncio.Future[bytes], result: jsm_pb2.ApplyResult) -> None:
         future.set_exception(QueueUnavailable(f"code {result.code}: {result.message}"))
 
 
-def _request_id(command: Command) -> str:
-    """The idempotency key of one apply: the command's own request id when it has one (Put,
-    Reserve), so that a caller that retries after QueueUnavailable is deduplicated too; else a
-    fresh one, kept across this client's own retries."""
-    own = getattr(command, "request_id", "")
-    if own:
-        return f"{type(command).__name__}:{own}"
-    return uuid.uuid4().hex

@@ -108,7 +108,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         _, leader_grpc = self.node.leader_info()
         if not leader_grpc:
             raise self.node.not_leader()
-        stub = cluster_pb2_grpc.ClusterStub(self.service._channel(leader_grpc))
+        stub = cluster_pb2_grpc.ClusterStub(self.service.channel(leader_grpc))
         try:
             await getattr(stub, method)(request, timeout=MEMBERSHIP_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:

@@ -277,11 +277,12 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
 
     async def _found(self, context: Any, command: c.Command) -> job_pb2.JobProto:
         """The job a peek found, with what coolbeans fills in: priority, delay, ttr, tube,
-        state, creation time and the counters (from a stats-job read right after it)."""
+        state, creation time and the counters (from a stats-job read right after it, which
+        no client's ``cmd-stats-job`` counts)."""
         reply = await self._reply(context, [command])
         assert isinstance(reply, r.Found), reply
         job = job_pb2.JobProto(id=reply.job_id, body=reply.body, body_size=len(reply.body))
-        outcome, _ = await guarded(context, self.service.apply(c.StatsJob(reply.job_id)))
+        outcome, _ = await guarded(context, self.service.apply(c.StatsJob(reply.job_id, False)))
         stats = outcome.reply
         if isinstance(stats, r.JobStats):  # else deleted meanwhile: id and body are all there is
             job.priority = stats.priority

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 
 import grpc
 import structlog
 
 from cluster.errors import Ambiguous, ClusterError, NotApplied, NotLeader
-from cluster.queue import QueueUnavailable, WakeupHandler
+from cluster.queue import QueueUnavailable, WakeupHandler, request_id_for
 from cluster.service import Forwarded, QueueService
 from statemachine import codec
 from statemachine import commands as c
@@ -36,7 +35,7 @@ class NodeQueue:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def apply(self, command: c.Command) -> Reply:
-        request_id = _request_id(command)
+        request_id = request_id_for(command)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + RETRY_FOR_S
         while True:
@@ -76,12 +75,3 @@ def _retryable(exc: ClusterError) -> bool:
     if isinstance(exc, Forwarded):
         return exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     return isinstance(exc, NotLeader | NotApplied | Ambiguous)
-
-
-def _request_id(command: c.Command) -> str:
-    """As ``RemoteQueue``'s: the command's own id for a put or reserve (the front end's retries
-    reuse it), else a fresh one; kept across this apply's own retries either way."""
-    own = getattr(command, "request_id", "")
-    if own:
-        return f"{type(command).__name__}:{own}"
-    return uuid.uuid4().hex

@@ -12,6 +12,7 @@ wake-up caused by another proxy's command and one caused by our own arrive the s
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -39,3 +40,13 @@ class JobQueue(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def request_id_for(command: Command) -> str:
+    """The idempotency key of one apply: the command's own request id when it has one (Put,
+    Reserve, RunJob), so that a caller that retries after QueueUnavailable is deduplicated too;
+    else a fresh one, kept across the queue's own retries of that apply."""
+    own = getattr(command, "request_id", "")
+    if own:
+        return f"{type(command).__name__}:{own}"
+    return uuid.uuid4().hex

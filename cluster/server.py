@@ -199,7 +199,7 @@ class NodeServer:
             incarnation=node.incarnation,
         )
         try:
-            await cluster_pb2_grpc.ClusterStub(service._channel(leader_grpc)).Join(
+            await cluster_pb2_grpc.ClusterStub(service.channel(leader_grpc)).Join(
                 request, timeout=5
             )
         except grpc.aio.AioRpcError as exc:

@@ -30,6 +30,11 @@ from statemachine.commands import Command
 from statemachine.replies import Outcome
 
 LEADER_WAIT_S = 1.5
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 FORWARD_TIMEOUT_S = 4.5  # a little over the leader's own 4 s proposal timeout
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
@@ -126,7 +131,7 @@ class QueueService:
             await asyncio.sleep(0.02)
 
     async def _forward(self, leader_grpc: str, request: jsm_pb2.ApplyRequest) -> Any:
-        stub = jsm_pb2_grpc.JobStateMachineStub(self._channel(leader_grpc))
+        stub = jsm_pb2_grpc.JobStateMachineStub(self.channel(leader_grpc))
         try:
             return await stub.Apply(request, timeout=FORWARD_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
@@ -142,16 +147,19 @@ class QueueService:
                 )
             raise Forwarded(code, details, str(hint)) from None
 
-    def _channel(self, target: str) -> grpc.aio.Channel:
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to another node (the leader) or a worker's log service, as this node.
+        Keepalive pings: a peer that stops answering (paused, cut off) ends a long call with
+        UNAVAILABLE within about 15 s instead of leaving it hanging."""
         channel = self._channels.get(target)
         if channel is None:
             if self._tls_dir is None:
-                channel = grpc.aio.insecure_channel(target)
+                channel = grpc.aio.insecure_channel(target, options=KEEPALIVE_OPTIONS)
             else:
                 from cluster.tls import channel_credentials
 
-                name = f"node-{self.node.config.node_id}"
-                channel = grpc.aio.secure_channel(target, channel_credentials(self._tls_dir, name))
+                credentials = channel_credentials(self._tls_dir, f"node-{self.node.config.node_id}")
+                channel = grpc.aio.secure_channel(target, credentials, options=KEEPALIVE_OPTIONS)
             self._channels[target] = channel
         return channel
 

@@ -233,7 +233,11 @@ class PeekBuried:
 
 @dataclass(frozen=True, slots=True)
 class StatsJob:
+    """``counted`` False: a read the cluster API makes on its own behalf (coolbeans' GetJob
+    filling in a job), which no client sent and ``cmd-stats-job`` must not count."""
+
     job_id: int
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,8 @@ def peek_buried(state: State, cmd: c.PeekBuried) -> Reply:
 
 
 def stats_job(state: State, cmd: c.StatsJob) -> Reply:
-    state.counters.cmd_stats_job += 1
+    if cmd.counted:
+        state.counters.cmd_stats_job += 1
     job = state.jobs.get(cmd.job_id)
     if job is None:
         return NotFound()

@@ -683,7 +683,8 @@ class ReferenceModel:
         return self.found(self.jobs_in(tube, state), key)
 
     def do_StatsJob(self, cmd: c.StatsJob) -> r.Reply:
-        self.counters["cmd_stats_job"] += 1
+        if cmd.counted:
+            self.counters["cmd_stats_job"] += 1
         j = self.job(cmd.job_id)
         if j is None:
             return r.NotFound()

@@ -178,3 +178,11 @@ def test_stats_job_time_left_is_the_delay_left_for_a_delayed_job_and_zero_otherw
 
 def test_stats_job_of_an_unknown_job_is_not_found(q: Driver) -> None:
     assert q.do(c.StatsJob(5)) == r.NotFound()
+
+
+def test_a_stats_job_read_the_cluster_makes_on_its_own_behalf_is_not_counted(q: Driver) -> None:
+    q.put()
+    q.do(c.StatsJob(1, False))
+    assert q.stats().cmd_stats_job == 0
+    q.do(c.StatsJob(1))
+    assert q.stats().cmd_stats_job == 1
