@@ -110,12 +110,11 @@ def cluster() -> Iterator[int]:
         yield port
 
 
-@contextmanager
-def cluster_processes(fsync: str = "batch") -> Iterator[tuple[int, list[str], dict[str, int]]]:
-    """A proxy in front of three nodes (``--fsync`` policy ``fsync``, the nodes' default
-    unless a benchmark asks): its port, the nodes' gRPC addresses, and every process's pid by
-    name (``proxy``, ``n1``..``n3``) for benchmarks that weigh them."""
-    root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+def _start_nodes(
+    root: Path, fsync: str, listens: list[str] | None = None
+) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    """Three ``beanraft node`` processes (``--insecure``, ``--fsync`` ``fsync``), serving the
+    beanstalkd protocol on ``listens`` when given; the processes and their gRPC addresses."""
     raft = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
     grpc = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
     nodes = []
@@ -126,9 +125,21 @@ def cluster_processes(fsync: str = "batch") -> Iterator[tuple[int, list[str], di
             "--data-dir", str(root / f"n{i + 1}"), "--raft-addr", raft[i],
             "--grpc-addr", grpc[i], "--peers", peers, "--insecure", "--fsync", fsync,
         ]  # fmt: skip
+        if listens is not None:
+            args += ["--beanstalkd-listen", listens[i]]
         log = open(root / f"n{i + 1}.log", "wb")  # noqa: SIM115 - the child owns it
         nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
         log.close()
+    return nodes, grpc
+
+
+@contextmanager
+def cluster_processes(fsync: str = "batch") -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """A proxy in front of three nodes (``--fsync`` policy ``fsync``, the nodes' default
+    unless a benchmark asks): its port, the nodes' gRPC addresses, and every process's pid by
+    name (``proxy``, ``n1``..``n3``) for benchmarks that weigh them."""
+    root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    nodes, grpc = _start_nodes(root, fsync)
     processes = list(nodes)
     try:
         port, proxy = _proxy(["--cluster", ",".join(grpc), "--insecure"])
@@ -246,21 +257,8 @@ def node_listener(fsync: str = "batch") -> Iterator[int]:
     """Three nodes serving the beanstalkd protocol themselves (``--beanstalkd-listen``, the
     direct path); yields the leader's listener port."""
     root = Path(tempfile.mkdtemp(prefix="bench-direct-"))
-    raft = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
-    grpc = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
     ports = [_free_port() for _ in range(3)]
-    nodes = []
-    for i in range(3):
-        peers = ",".join(a for j, a in enumerate(raft) if j != i)
-        args = [
-            sys.executable, "-m", "beanraft", "node", "--node-id", f"n{i + 1}",
-            "--data-dir", str(root / f"n{i + 1}"), "--raft-addr", raft[i],
-            "--grpc-addr", grpc[i], "--peers", peers, "--insecure", "--fsync", fsync,
-            "--beanstalkd-listen", f"127.0.0.1:{ports[i]}",
-        ]  # fmt: skip
-        log = open(root / f"n{i + 1}.log", "wb")  # noqa: SIM115 - the child owns it
-        nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+    nodes, grpc = _start_nodes(root, fsync, [f"127.0.0.1:{port}" for port in ports])
     try:
         for port in ports:
             _wait_port(port, 60)

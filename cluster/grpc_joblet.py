@@ -302,8 +302,7 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
         self, statuses: frozenset[str], after_id: int, limit: int
     ) -> tuple[list[RecordView], int]:
         machine = self._machine
-        result = await off_loop(lambda: list_now(machine, statuses, after_id, limit))
-        return result  # type: ignore[return-value]
+        return await off_loop(lambda: list_now(machine, statuses, after_id, limit))
 
     async def _await_final(self, context: Any, job_id: int) -> RecordView:
         """The job's record once its status is final, or as it is after ``STOP_WAIT_S``."""

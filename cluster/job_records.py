@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from cluster.jobspec import JobSpec
 from statemachine.machine import JobStateMachine
 from statemachine.records import JobRecord, JobSummary, RecordView, derive
 
+T = TypeVar("T")
 MOVING_RETRIES = 200
 MOVING_PAUSE_S = 0.0005
 
@@ -86,6 +88,6 @@ def _job_id(record: JobRecord) -> int:
     return record.job_id
 
 
-async def off_loop(fn: Callable[[], object]) -> object:
+async def off_loop(fn: Callable[[], T]) -> T:
     """Run a read that may take a while (a listing of 100,000 records) off the event loop."""
     return await asyncio.to_thread(fn)

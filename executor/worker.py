@@ -289,9 +289,10 @@ class Worker:
             return
         files.note_attempt_start(attempt)
         result = self._run_measured(client, job, files, plan, stats)
-        action = self._decide(result, spec.retry.max_retries, int(stats["releases"]))
-        if self._reporter is not None and self._reporter.stop_requested(job.id):
-            action = "delete"  # stopped through the cluster: its record keeps the history
+        stopped_by_cluster = self._reporter is not None and self._reporter.stop_requested(job.id)
+        action = self._decide(
+            result, spec.retry.max_retries, int(stats["releases"]), stopped_by_cluster
+        )
         record = {**asdict(result), "action": action, "seccomp": plan.seccomp, "uid": job_uid}
         self._record(client, files, record, spec.result_tube, attempt)
         self._report_end(job.id, attempt, result, action)
@@ -432,9 +433,7 @@ class Worker:
         return result
 
     def _should_stop(self, job_id: int, touch: _Toucher, files: JobFiles) -> bool:
-        if self.abandon.is_set() or touch.lost or files.stop_requested():
-            return True
-        return self._reporter is not None and self._reporter.stop_requested(job_id)
+        return self.abandon.is_set() or touch.lost or self._stopped_on_request(job_id, files)
 
     def _state(self, running: runner.RunningJob) -> dict[str, Any]:
         return {
@@ -447,13 +446,22 @@ class Worker:
         }
 
     def _stopped_on_request(self, job_id: int, files: JobFiles) -> bool:
+        """`beanraft stop` on this host, or StopJob through the cluster."""
         if files.stop_requested():
             return True
         return self._reporter is not None and self._reporter.stop_requested(job_id)
 
-    def _decide(self, result: runner.RunResult, max_retries: int, releases: int) -> str:
+    def _decide(
+        self,
+        result: runner.RunResult,
+        max_retries: int,
+        releases: int,
+        stopped_by_cluster: bool = False,
+    ) -> str:
         if result.status == "lost_reservation":
             return "none"  # the job is no longer ours to delete, release or bury
+        if stopped_by_cluster:
+            return "delete"  # never to run again; its record keeps the history
         if self.abandon.is_set() and result.stopped:
             return "release_on_shutdown"
         if result.succeeded:

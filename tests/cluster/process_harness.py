@@ -20,6 +20,19 @@ from api.client import RemoteQueue, open_channel
 STARTUP_S = 30.0
 
 
+def issue_test_certificates(directory: Path, nodes: int = 3) -> Path:
+    """A CA in ``directory``, ``node-1``..``node-N``, and one client certificate per role named
+    by its role (admin, viewer, proxy, worker, node): what an mTLS test cluster needs."""
+    from cluster import tls
+
+    tls.init_ca(directory)
+    for node_id in range(1, nodes + 1):
+        tls.issue_certificate(directory, "node", f"node-{node_id}")
+    for role in tls.ROLES:
+        tls.issue_certificate(directory, role, role)
+    return directory
+
+
 class Node:
     def __init__(self, root: Path, node_id: str, raft_addr: str, grpc_addr: str) -> None:
         self.node_id = node_id

@@ -17,11 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 from cluster_harness import free_ports
-from process_harness import ProcessCluster
+from process_harness import ProcessCluster, issue_test_certificates
 
 from api import joblet_pb2, joblet_pb2_grpc
 from api.client import open_channel
-from cluster import tls
 from executor.cgroups import CGROUP_MOUNT, remove_dirs, v1_hierarchies
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -40,12 +39,7 @@ def _needs_root() -> None:
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("jobworkers") / "tls"
-    tls.init_ca(directory)
-    for node_id in (1, 2, 3):
-        tls.issue_certificate(directory, "node", f"node-{node_id}")
-    for role in tls.ROLES:
-        tls.issue_certificate(directory, role, role)
-    return directory
+    return issue_test_certificates(directory)
 
 
 class Stack:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_harness import ProcessCluster
+from process_harness import ProcessCluster, issue_test_certificates
 
 from api.jobs import AsyncJobClient, JobApiError, JobClient
-from cluster import client_config, tls
+from cluster import client_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     root = tmp_path_factory.mktemp("jobcli")
-    tls_dir = root / "tls"
-    tls.init_ca(tls_dir)
-    for node_id in (1, 2, 3):
-        tls.issue_certificate(tls_dir, "node", f"node-{node_id}")
-    for role in tls.ROLES:
-        tls.issue_certificate(tls_dir, role, role)
+    tls_dir = issue_test_certificates(root / "tls")
     procs = ProcessCluster(root / "cluster", 3, tls_dir)
     procs.start_all()
     try:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from process_harness import ProcessCluster
+from process_harness import ProcessCluster, issue_test_certificates
 
 from api import joblet_pb2, joblet_pb2_grpc
 from api.client import RemoteQueue, open_channel
-from cluster import tls
 from statemachine import commands as c
 from statemachine import replies as r
 from statemachine.records import AttemptResult, JobSummary
@@ -27,12 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("joblet") / "tls"
-    tls.init_ca(directory)
-    for node_id in (1, 2, 3):
-        tls.issue_certificate(directory, "node", f"node-{node_id}")
-    for role in tls.ROLES:
-        tls.issue_certificate(directory, role, role)
-    return directory
+    return issue_test_certificates(directory)
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,7 @@ from typing import Any
 
 import pytest
 from grpc_tools import protoc
-from process_harness import ProcessCluster
-
-from cluster import tls
+from process_harness import ProcessCluster, issue_test_certificates
 
 pytestmark = pytest.mark.slow
 
@@ -129,12 +127,7 @@ def client_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("joblet-seed") / "tls"
-    tls.init_ca(directory)
-    for node_id in (1, 2, 3):
-        tls.issue_certificate(directory, "node", f"node-{node_id}")
-    for role in tls.ROLES:
-        tls.issue_certificate(directory, role, role)
-    return directory
+    return issue_test_certificates(directory)
 
 
 @pytest.fixture(scope="module")

@@ -134,9 +134,11 @@ def cluster_missing() -> str | None:
     return None
 
 
-def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server:
-    """Three ``beanraft node`` processes (issue 3's flags) and a proxy in front of them."""
-    data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-"))
+def _start_nodes(
+    data: Path, max_job_size: int | None, listens: list[str] | None = None
+) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    """Three ``beanraft node`` processes (``--insecure``), with ``listens`` their
+    ``--beanstalkd-listen`` addresses when given; the processes and their gRPC addresses."""
     raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     grpc = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     nodes = []
@@ -147,10 +149,19 @@ def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server
             "--data-dir", str(data / f"n{i + 1}"), "--raft-addr", raft[i],
             "--grpc-addr", grpc[i], "--peers", peers, "--insecure",
         ]  # fmt: skip
+        if listens is not None:
+            args += ["--beanstalkd-listen", listens[i]]
         if max_job_size is not None:
             args += ["--max-job-size", str(max_job_size)]
         log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
         nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    return nodes, grpc
+
+
+def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server:
+    """Three ``beanraft node`` processes (issue 3's flags) and a proxy in front of them."""
+    data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-"))
+    nodes, grpc = _start_nodes(data, max_job_size)
     try:
         path = unix_path() if unix else None
         listen = f"unix:{path}" if path else "127.0.0.1:0"
@@ -168,24 +179,12 @@ def start_node_listener(max_job_size: int | None = None, unix: bool = False) -> 
     (``--beanstalkd-listen``: the direct path); the client talks to the first one, leader or
     follower as the election decided."""
     data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-node-"))
-    raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    grpc = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     ports = [free_port() for _ in range(3)]
     path = unix_path() if unix else None
-    nodes = []
-    for i in range(3):
-        peers = ",".join(a for j, a in enumerate(raft) if j != i)
-        listen = f"unix:{path}" if path and i == 0 else f"127.0.0.1:{ports[i]}"
-        args = [
-            sys.executable, "-m", "beanraft", "node", "--node-id", f"n{i + 1}",
-            "--data-dir", str(data / f"n{i + 1}"), "--raft-addr", raft[i],
-            "--grpc-addr", grpc[i], "--peers", peers, "--insecure",
-            "--beanstalkd-listen", listen,
-        ]  # fmt: skip
-        if max_job_size is not None:
-            args += ["--max-job-size", str(max_job_size)]
-        log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
-        nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    listens = [f"127.0.0.1:{port}" for port in ports]
+    if path:
+        listens[0] = f"unix:{path}"
+    nodes, _ = _start_nodes(data, max_job_size, listens)
     server = Server("node", ports[0], nodes[0], extra=nodes[1:], unix_path=path)
     try:
         _wait_until_served(server)
