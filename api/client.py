@@ -493,5 +493,3 @@ def _settle(future: asyncio.Future[bytes], result: jsm_pb2.ApplyResult) -> None:
         future.set_exception(ValueError(result.message))
     else:
         future.set_exception(QueueUnavailable(f"code {result.code}: {result.message}"))
-
-
