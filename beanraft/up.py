@@ -3,17 +3,21 @@
     beanraft up [--nodes 3] [--listen 127.0.0.1:11300] [--workers N] [--data-dir DIR] [--insecure]
 
 Theory of operation: ``up`` is only a composition of the documented commands. It starts
-``beanraft node`` N times, one ``beanraft proxy`` and, with ``--workers N``, one ``beanraft worker``
-pool of concurrency N, as child processes, exactly as an operator would by hand. On first run it
-creates in DIR a CA and certificates (``tls/``: node-ID, proxy, admin, worker, viewer), the Raft
-cluster secret (``cluster.secret``, mode 0600) and ``up.json`` with the chosen ports; a later run
-reads ``up.json`` and starts the same nodes on the same addresses and data dirs, so the cluster
-comes back with its jobs.
+``beanraft node`` N times, each serving the beanstalkd protocol itself (``--beanstalkd-listen``;
+node 1 on ``--listen``, the address clients are given) and, with ``--workers N``, one
+``beanraft worker`` pool of concurrency N dialing every node's listener, as child processes,
+exactly as an operator would by hand. No proxy: the direct path saves a process and a gRPC hop
+per command (``beanraft proxy`` stays for pools that want one address for the whole cluster).
 
-Rules: nothing listens beyond 127.0.0.1 except the proxy when ``--listen`` says so; one ``up`` per
-data dir (a lock file); a child that dies while starting stops everything with its last output and
-a non-zero exit; Ctrl-C or SIGTERM stops workers, then the proxy, then the nodes (SIGTERM, a
-timeout, SIGKILL); a second Ctrl-C kills at once.
+On first run it creates in DIR a CA and certificates (``tls/``: node-ID, proxy, admin, worker,
+viewer), the Raft cluster secret (``cluster.secret``, mode 0600) and ``up.json`` with the chosen
+ports; a later run reads ``up.json`` and starts the same nodes on the same addresses and data
+dirs, so the cluster comes back with its jobs.
+
+Rules: nothing listens beyond 127.0.0.1 except node 1's listener when ``--listen`` says so; one
+``up`` per data dir (a lock file); a child that dies while starting stops everything with its last
+output and a non-zero exit; Ctrl-C or SIGTERM stops workers, then the nodes (SIGTERM, a timeout,
+SIGKILL); a second Ctrl-C kills at once.
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``beanraft up``'s flags."""
     parser.add_argument("--nodes", type=int, default=None, help="cluster size (default 3)")
     parser.add_argument(
-        "--listen", default=None, help=f"the proxy's beanstalkd address (default {DEFAULT_LISTEN})"
+        "--listen",
+        default=None,
+        help=f"where node 1 serves the beanstalkd protocol: the address for clients "
+        f"(default {DEFAULT_LISTEN}; the other nodes listen on loopback ports shown at start)",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="run a worker pool of this concurrency (default 0)"
@@ -87,8 +94,8 @@ def tcp_accepts(addr: str) -> bool:
 
 
 def beanstalkd_answers(addr: str) -> bool:
-    """True if a beanstalkd server at ``addr`` answers ``stats`` with OK (the whole path from
-    proxy to a cluster with a leader works)."""
+    """True if a beanstalkd server at ``addr`` answers ``stats`` with OK (the cluster behind
+    it has a leader and applies commands)."""
     try:
         with socket.create_connection(split_addr(addr), timeout=2) as sock:
             sock.settimeout(5)
@@ -191,12 +198,21 @@ class Up:
             if spec.name.startswith("node-"):
                 node = next(n for n in state.nodes if f"node-{n.node_id}" == spec.name)
                 self._wait(f"{spec.name}'s gRPC port {node.grpc_addr}", node.grpc_addr, timeout_s)
-            elif spec.name == "proxy":
-                self.say(f"waiting for the proxy on {state.listen} to answer (a leader elected)")
-                self._wait_for(
-                    "the proxy", lambda: beanstalkd_answers(client_addr(state.listen)), timeout_s
-                )
+            if spec.name == f"node-{state.nodes[-1].node_id}":
+                self._wait_for_listeners(state, timeout_s)
         self.supervisor.check_alive()
+
+    def _wait_for_listeners(self, state: UpState, timeout_s: float) -> None:
+        """Every node is started: wait until each one's listener answers, which takes a
+        leader, before a worker (or the banner) sends anyone there."""
+        self.say(f"waiting for {client_addr(state.listen)} and the other listeners to answer")
+        for node in state.nodes:
+            addr = client_addr(node.beanstalkd_addr)
+
+            def answers(addr: str = addr) -> bool:
+                return beanstalkd_answers(addr)
+
+            self._wait_for(f"node-{node.node_id}'s listener {addr}", answers, timeout_s)
 
     def _wait(self, what: str, addr: str, timeout_s: float) -> None:
         self._wait_for(what, lambda: tcp_accepts(addr), timeout_s)
@@ -245,7 +261,7 @@ class Up:
         )
 
     def _stop(self) -> None:
-        for group in (["worker"], ["proxy"], [c.name for c in self.supervisor.children]):
+        for group in (["worker"], [c.name for c in self.supervisor.children]):
             self.supervisor.stop(group, STOP_TIMEOUT_S)
         self.say(f"stopped; run the same command again to resume from {self.data_dir}")
 
@@ -259,10 +275,13 @@ def summary(state: UpState, data_dir: Path, workers: int, insecure: bool) -> lis
     beanstalkd = client_addr(state.listen)
     host, port = split_addr(beanstalkd)
     pool = f"a worker pool of {workers}" if workers else "no worker pool (add --workers 2)"
+    others = ", ".join(n.beanstalkd_addr for n in state.nodes[1:])
     lines = [
-        f"beanraft is up: {len(state.nodes)} nodes, a proxy, {pool}",
+        f"beanraft is up: {len(state.nodes)} nodes serving the beanstalkd protocol, {pool}",
         f"  beanstalkd protocol  {state.listen}  <- point any beanstalkd client here",
     ]
+    if others:
+        lines.append(f"  {'':<20} (every node serves it; the others: {others})")
     for n in state.nodes:
         lines.append(
             f"  node {n.node_id:<15} gRPC {n.grpc_addr}  Raft {n.raft_addr}  "

@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from beanraft.children import ChildSpec
@@ -37,6 +37,9 @@ class NodeAddrs:
     raft_addr: str
     grpc_addr: str
     metrics_addr: str = ""  # Prometheus /metrics; "" in an up.json from before it existed
+    # The beanstalkd protocol served by the node itself; node 1's is the clients' address
+    # (--listen). "" in an up.json from before the direct path: chosen on resume.
+    beanstalkd_addr: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 
 
 def new_state(node_count: int, listen: str) -> UpState:
-    """Choose free loopback ports for ``node_count`` nodes (Raft and gRPC each)."""
+    """Choose free loopback ports for ``node_count`` nodes (Raft, gRPC, metrics and the
+    beanstalkd protocol each; node 1 serves the protocol on ``listen``)."""
     ports = iter(free_ports(3 * node_count))
     nodes = tuple(
         NodeAddrs(
@@ -77,7 +81,21 @@ def new_state(node_count: int, listen: str) -> UpState:
         )
         for i in range(node_count)
     )
-    return UpState(nodes=nodes, listen=listen)
+    return with_listeners(UpState(nodes=nodes, listen=listen))
+
+
+def with_listeners(state: UpState) -> UpState:
+    """Every node with its beanstalkd address: node 1 on ``state.listen`` (where clients are
+    pointed), every other on the loopback port it already has, or a free one."""
+    missing = [n for n in state.nodes[1:] if not n.beanstalkd_addr]
+    ports = iter(free_ports(len(missing)))
+    first, *others = state.nodes
+    nodes = [replace(first, beanstalkd_addr=state.listen)]
+    for node in others:
+        nodes.append(
+            replace(node, beanstalkd_addr=node.beanstalkd_addr or f"{LOOPBACK}:{next(ports)}")
+        )
+    return replace(state, nodes=tuple(nodes))
 
 
 def load_state(data_dir: Path) -> UpState | None:
@@ -114,7 +132,7 @@ def resolve_state(data_dir: Path, nodes: int | None, listen: str | None) -> UpSt
             f"--nodes {len(recorded.nodes)}, change membership with `beanraft cluster join`, "
             "or use another --data-dir"
         )
-    return UpState(recorded.nodes, listen or recorded.listen)
+    return with_listeners(UpState(recorded.nodes, listen or recorded.listen))
 
 
 def check_ports_free(state: UpState) -> None:
@@ -122,7 +140,7 @@ def check_ports_free(state: UpState) -> None:
     wanted = [(f"node {n.node_id} Raft", n.raft_addr) for n in state.nodes]
     wanted += [(f"node {n.node_id} gRPC", n.grpc_addr) for n in state.nodes]
     wanted += [(f"node {n.node_id} metrics", n.metrics_addr) for n in state.nodes if n.metrics_addr]
-    wanted.append(("the proxy", state.listen))
+    wanted += [(f"node {n.node_id} beanstalkd", n.beanstalkd_addr) for n in state.nodes]
     for what, addr in wanted:
         host, port = split_addr(addr)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -178,7 +196,9 @@ def ensure_secrets(data_dir: Path, state: UpState, insecure: bool) -> list[str]:
 def child_specs(
     state: UpState, data_dir: Path, workers: int, insecure: bool, command: Sequence[str]
 ) -> list[ChildSpec]:
-    """The argv of every child, with the documented CLIs' flags."""
+    """The argv of every child, with the documented CLIs' flags. No proxy: every node serves
+    the beanstalkd protocol itself (the direct path); ``beanraft proxy`` stays for pools that
+    want one address in front of the whole cluster."""
     security = ["--insecure"] if insecure else ["--tls-dir", str(data_dir / "tls")]
     specs = []
     for node in state.nodes:
@@ -188,15 +208,17 @@ def child_specs(
         argv += ["--raft-addr", node.raft_addr, "--grpc-addr", node.grpc_addr]
         if node.metrics_addr:
             argv += ["--metrics-addr", node.metrics_addr]
+        argv += ["--beanstalkd-listen", node.beanstalkd_addr]
         if peers:
             argv += ["--peers", peers]
         argv += [*security, "--cluster-secret-file", str(data_dir / "cluster.secret")]
         specs.append(ChildSpec(f"node-{node.node_id}", argv))
     cluster = ",".join(n.grpc_addr for n in state.nodes)
-    proxy = [*command, "proxy", "--listen", state.listen, "--cluster", cluster, *security]
-    specs.append(ChildSpec("proxy", proxy))
     if workers > 0:
-        worker = [*command, "worker", "--beanstalkd", client_addr(state.listen)]
+        # Every node's listener, node 1's first: a worker slot whose node stops moves on to
+        # the next, so the pool keeps running while up restarts that node.
+        listeners = ",".join(client_addr(n.beanstalkd_addr) for n in state.nodes)
+        worker = [*command, "worker", "--beanstalkd", listeners]
         worker += ["--concurrency", str(workers), "--log-dir", str(data_dir / "logs")]
         worker += ["--cluster", cluster, *security]  # reports to the job API
         specs.append(ChildSpec("worker", worker))

@@ -36,7 +36,12 @@ _LIMIT_FLAGS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--beanstalkd", required=True, help="HOST:PORT of a proxy or beanstalkd")
+    parser.add_argument(
+        "--beanstalkd",
+        required=True,
+        help="HOST:PORT of a proxy, a node's listener or beanstalkd; several, comma-separated, "
+        "are tried in turn when one stops answering (a cluster's node listeners)",
+    )
     parser.add_argument("--tubes", default="default", help="comma-separated tubes to watch")
     parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
     parser.add_argument("--log-dir", default=default_log_dir(), help="per-job logs and state")
@@ -105,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         print("beanraft worker: must run as root (namespaces and cgroups)", file=sys.stderr)
         return 2
     try:
-        host, port = parse_address(args.beanstalkd)
+        addresses = tuple(parse_address(a.strip()) for a in args.beanstalkd.split(",") if a.strip())
+        if not addresses:
+            raise ValueError("expected HOST:PORT[,HOST:PORT...], got nothing")
     except ValueError as exc:
         print(f"beanraft worker: --beanstalkd: {exc}", file=sys.stderr)
         return 2
@@ -124,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"beanraft worker: {exc}", file=sys.stderr)
         return 2
     config = WorkerConfig(
-        host=host,
-        port=port,
+        addresses=addresses,
         tubes=tuple(t for t in args.tubes.split(",") if t),
         concurrency=args.concurrency,
         log_dir=args.log_dir,

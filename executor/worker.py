@@ -74,8 +74,8 @@ HOST_PATHS = (
 class WorkerConfig:
     """A worker pool's settings (the `beanraft worker` flags)."""
 
-    host: str
-    port: int
+    # Where to reserve: one beanstalkd endpoint, or a cluster's node listeners, tried in turn.
+    addresses: tuple[tuple[str, int], ...]
     tubes: tuple[str, ...] = ("default",)
     concurrency: int = 1
     log_dir: str = "/var/log/beanraft"
@@ -228,24 +228,35 @@ class Worker:
         timer.daemon = True
         timer.start()
 
-    def _connect(self) -> Client:
+    def _connect(self, turn: list[int]) -> Client:
+        """A connection to the first address that answers, starting from ``turn[0]`` (the one
+        this slot used last) and going round; back off only once every address has failed."""
+        addresses = self.config.addresses
         delay_s = 0.1
         while True:
-            try:
-                address = (self.config.host, self.config.port)
-                return greenstalk.Client(address, encoding=None, watch=list(self.config.tubes))
-            except OSError as exc:
-                if self.draining.is_set():
-                    raise
-                log.warning("cannot reach beanstalkd; retrying", error=str(exc), delay_s=delay_s)
-                time.sleep(delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
+            for _ in addresses:
+                address = addresses[turn[0] % len(addresses)]
+                try:
+                    return greenstalk.Client(address, encoding=None, watch=list(self.config.tubes))
+                except OSError as exc:
+                    if self.draining.is_set():
+                        raise
+                    log.warning(
+                        "cannot reach beanstalkd",
+                        address=f"{address[0]}:{address[1]}",
+                        error=str(exc),
+                    )
+                    turn[0] += 1
+            log.warning("no beanstalkd address answers; retrying", delay_s=delay_s)
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
 
     def _slot(self, index: int, job_uid: int) -> None:
         client: Client | None = None
+        turn = [0]  # which address this slot dials next; moves on when one fails
         while not self.draining.is_set():
             try:
-                client = client or self._connect()
+                client = client or self._connect(turn)
                 job = client.reserve(timeout=RESERVE_TIMEOUT_S)
             except greenstalk.TimedOutError:
                 continue

@@ -191,7 +191,9 @@ def jobs(backend: CgroupBackend, tmp_path: Path) -> Iterator[JobRunner]:
 class WorkerProcess:
     """`beanraft worker` as a real child process."""
 
-    def __init__(self, address: tuple[str, int], log_dir: Path, cgroup_root: str, *extra: str):
+    def __init__(
+        self, address: tuple[str, int] | str, log_dir: Path, cgroup_root: str, *extra: str
+    ) -> None:
         self.log_dir = log_dir
         self.output = log_dir / f"worker-{uuid.uuid4().hex[:6]}.out"
         cmd = [
@@ -200,7 +202,7 @@ class WorkerProcess:
             "beanraft",
             "worker",
             "--beanstalkd",
-            f"{address[0]}:{address[1]}",
+            address if isinstance(address, str) else f"{address[0]}:{address[1]}",
             "--log-dir",
             str(log_dir),
             "--cgroup-root",
@@ -237,7 +239,7 @@ def worker_for(tmp_path: Path, cgroup_root: str) -> Iterator[Any]:
     require_root()
     workers: list[WorkerProcess] = []
 
-    def start(address: tuple[str, int], *extra: str) -> WorkerProcess:
+    def start(address: tuple[str, int] | str, *extra: str) -> WorkerProcess:
         log_dir = tmp_path / f"logs-{len(workers)}"
         log_dir.mkdir()
         worker = WorkerProcess(address, log_dir, cgroup_root, *extra)

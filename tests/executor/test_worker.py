@@ -54,6 +54,20 @@ def test_successful_job_is_deleted_and_its_result_reaches_the_result_tube(
     assert (worker.log_dir / f"job-{job_id}.stderr.log").read_text() == "err\n"
 
 
+def test_a_worker_given_several_addresses_moves_past_one_that_refuses(
+    beanstalkd: Any, worker_for: Any, free_port_and_wait: Any
+) -> None:
+    # As `beanraft up` runs it: every node's listener, in turn; here the first one is down.
+    free_port, _ = free_port_and_wait
+    dead = f"127.0.0.1:{free_port()}"
+    worker = worker_for(f"{dead},{beanstalkd[0]}:{beanstalkd[1]}")
+    job_id = submit(beanstalkd, sh("echo moved on", result_tube="results"))
+    record = wait_result(beanstalkd, "results", job_id, timeout_s=30)
+    assert record["status"] == "exited" and record["exit_code"] == 0
+    assert (worker.log_dir / f"job-{job_id}.stdout.log").read_text() == "moved on\n"
+    assert "cannot reach beanstalkd" in worker.log() and dead in worker.log()
+
+
 def test_bad_spec_is_buried_with_a_reason_and_the_worker_goes_on(
     beanstalkd: Any, start_worker: Any, job_state: Any, wait_until: Any
 ) -> None:

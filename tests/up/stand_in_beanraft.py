@@ -1,6 +1,7 @@
 """A stand-in for ``python -m beanraft`` in the orchestration tests of ``beanraft up``: it takes
 the same subcommands and flags, listens where the real one would, and answers just enough
-(a node accepts TCP on its gRPC address; the proxy answers ``stats`` with OK), so ``up``'s
+(a node accepts TCP on its gRPC address, and after a moment answers ``stats`` with OK on its
+beanstalkd address, as a real one does once a leader is elected), so ``up``'s
 start, readiness, output, resume and shutdown are tested without the cluster.
 
 A node exits at start with code 3 when ``<data dir>/../fail-<name>`` exists."""
@@ -34,7 +35,7 @@ def main() -> int:
     parser.add_argument("subcommand")
     for flag in ("--node-id", "--data-dir", "--raft-addr", "--grpc-addr", "--metrics-addr"):
         parser.add_argument(flag)
-    for flag in ("--peers", "--tls-dir"):
+    for flag in ("--peers", "--tls-dir", "--beanstalkd-listen"):
         parser.add_argument(flag)
     for flag in ("--cluster-secret-file", "--listen", "--cluster", "--beanstalkd", "--log-dir"):
         parser.add_argument(flag)
@@ -51,12 +52,10 @@ def main() -> int:
             starts.write(f"{args.raft_addr} {args.grpc_addr}\n")
         print(f"node {args.node_id} serving gRPC on {args.grpc_addr}", flush=True)
         threading.Thread(target=_listen, args=(args.grpc_addr, None), daemon=True).start()
-    elif args.subcommand == "proxy":
-        time.sleep(0.5)  # not ready at once: up must wait
-        print(f"proxy on {args.listen} for {args.cluster}", flush=True)
-        threading.Thread(
-            target=_listen, args=(args.listen, b"OK 5\r\nhello\r\n"), daemon=True
-        ).start()
+        time.sleep(0.5)  # no leader at once: up must wait for the listener to answer
+        print(f"node {args.node_id} beanstalkd on {args.beanstalkd_listen}", flush=True)
+        answer = b"OK 5\r\nhello\r\n"
+        threading.Thread(target=_listen, args=(args.beanstalkd_listen, answer), daemon=True).start()
     else:
         print(f"worker for {args.beanstalkd} x{args.concurrency}", flush=True)
     while True:

@@ -1,6 +1,6 @@
 """``beanraft up`` end to end with stand-in children (tests/up/stand_in_beanraft.py): start,
-wait for the proxy, print where things listen, stop on SIGTERM with no child left, resume on the
-same addresses, and fail clearly when a child dies at start."""
+wait for every node's beanstalkd listener, print where things listen, stop on SIGTERM with no
+child left, resume on the same addresses, and fail clearly when a child dies at start."""
 
 from __future__ import annotations
 
@@ -90,11 +90,18 @@ def test_up_starts_everything_stops_on_sigterm_and_resumes_on_the_same_addresses
     try:
         up.wait_for("stop with Ctrl-C")  # the summary's last line: all of it has been read
         pids = up.child_pids()
-        assert sorted(pids) == ["node-1", "node-2", "node-3", "proxy", "worker"]
+        assert sorted(pids) == ["node-1", "node-2", "node-3", "worker"]  # no proxy: direct path
         assert all(_alive(pid) for pid in pids.values())
         output = up.output()
         assert f"beanstalkd protocol  {listen}" in output
         assert re.search(r"node-2 +\| node 2 serving gRPC on 127\.0\.0\.1:\d+", output)
+        assert re.search(rf"node-1 +\| node 1 beanstalkd on {re.escape(listen)}", output)
+        # The pool dials every node's listener, node 1's (the clients' address) first.
+        up.wait_for(" x2")  # the worker's own line comes on its own time
+        worker = re.search(r"worker for (\S+) x2", up.output())
+        assert worker is not None
+        listeners = worker.group(1).split(",")
+        assert listeners[0] == listen and len(set(listeners)) == 3
         assert f"greenstalk.Client(('127.0.0.1', {listen.split(':')[1]}), use='hello'" in output
         state = json.loads((tmp_path / "up.json").read_text())
         up.process.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import stat
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,9 @@ def test_second_run_resumes_the_recorded_addresses(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "up.json").read_text())["nodes"][0]["node_id"] == "1"
     assert load_state(tmp_path) == first
     assert resolve_state(tmp_path, nodes=None, listen=None) == first
-    assert resolve_state(tmp_path, nodes=3, listen="127.0.0.1:5000").nodes == first.nodes
+    moved = resolve_state(tmp_path, nodes=3, listen="127.0.0.1:5000")
+    assert moved.nodes[1:] == first.nodes[1:]  # only node 1's listener follows --listen
+    assert moved.nodes[0] == replace(first.nodes[0], beanstalkd_addr="127.0.0.1:5000")
 
 
 def test_an_up_json_from_before_metrics_resumes_without_them(tmp_path: Path) -> None:
@@ -124,21 +127,19 @@ def test_insecure_run_creates_only_the_cluster_secret(tmp_path: Path) -> None:
 def test_children_get_the_documented_flags(tmp_path: Path) -> None:
     state = resolve_state(tmp_path, nodes=3, listen="127.0.0.1:11311")
     specs = child_specs(state, tmp_path, workers=4, insecure=False, command=BEANRAFT)
-    assert [s.name for s in specs] == ["node-1", "node-2", "node-3", "proxy", "worker"]
+    assert [s.name for s in specs] == ["node-1", "node-2", "node-3", "worker"]
     n1, n2, n3 = state.nodes
     assert specs[0].argv == [
         *BEANRAFT, "node", "--node-id", "1", "--data-dir", f"{tmp_path}/node-1",
         "--raft-addr", n1.raft_addr, "--grpc-addr", n1.grpc_addr,
-        "--metrics-addr", n1.metrics_addr, "--peers", f"{n2.raft_addr},{n3.raft_addr}",
+        "--metrics-addr", n1.metrics_addr, "--beanstalkd-listen", "127.0.0.1:11311",
+        "--peers", f"{n2.raft_addr},{n3.raft_addr}",
         "--tls-dir", f"{tmp_path}/tls", "--cluster-secret-file", f"{tmp_path}/cluster.secret",
     ]  # fmt: skip
+    assert specs[1].argv[specs[1].argv.index("--beanstalkd-listen") + 1] == n2.beanstalkd_addr
+    listeners = f"127.0.0.1:11311,{n2.beanstalkd_addr},{n3.beanstalkd_addr}"
     assert specs[3].argv == [
-        *BEANRAFT, "proxy", "--listen", "127.0.0.1:11311",
-        "--cluster", f"{n1.grpc_addr},{n2.grpc_addr},{n3.grpc_addr}",
-        "--tls-dir", f"{tmp_path}/tls",
-    ]  # fmt: skip
-    assert specs[4].argv == [
-        *BEANRAFT, "worker", "--beanstalkd", "127.0.0.1:11311", "--concurrency", "4",
+        *BEANRAFT, "worker", "--beanstalkd", listeners, "--concurrency", "4",
         "--log-dir", f"{tmp_path}/logs",
         "--cluster", f"{n1.grpc_addr},{n2.grpc_addr},{n3.grpc_addr}",
         "--tls-dir", f"{tmp_path}/tls",
@@ -148,12 +149,35 @@ def test_children_get_the_documented_flags(tmp_path: Path) -> None:
 def test_insecure_children_say_insecure_and_no_workers_means_no_worker(tmp_path: Path) -> None:
     state = resolve_state(tmp_path, nodes=1, listen=None)
     specs = child_specs(state, tmp_path, workers=0, insecure=True, command=BEANRAFT)
-    assert [s.name for s in specs] == ["node-1", "proxy"]
+    assert [s.name for s in specs] == ["node-1"]
     assert "--insecure" in specs[0].argv and "--tls-dir" not in specs[0].argv
     assert "--peers" not in specs[0].argv
-    assert specs[1].argv[-1] == "--insecure"
 
 
-def test_a_worker_dials_loopback_when_the_proxy_listens_on_every_interface() -> None:
+def test_every_node_gets_its_own_loopback_listener_and_node_1_the_clients_address(
+    tmp_path: Path,
+) -> None:
+    state = resolve_state(tmp_path, nodes=3, listen="0.0.0.0:11311")
+    addrs = [n.beanstalkd_addr for n in state.nodes]
+    assert addrs[0] == "0.0.0.0:11311"
+    assert all(a.startswith("127.0.0.1:") for a in addrs[1:]) and len(set(addrs)) == 3
+    save_state(tmp_path, state)
+    again = resolve_state(tmp_path, nodes=None, listen="127.0.0.1:11399")
+    assert [n.beanstalkd_addr for n in again.nodes] == ["127.0.0.1:11399", *addrs[1:]]
+
+
+def test_an_up_json_from_before_the_direct_path_gets_listeners_on_resume(tmp_path: Path) -> None:
+    state = resolve_state(tmp_path, nodes=3, listen="127.0.0.1:11311")
+    old = json.loads(json.dumps(asdict(state)))
+    for node in old["nodes"]:
+        del node["beanstalkd_addr"]
+    (tmp_path / "up.json").write_text(json.dumps(old))
+    resumed = resolve_state(tmp_path, nodes=None, listen=None)
+    assert resumed.nodes[0].beanstalkd_addr == "127.0.0.1:11311"
+    assert all(n.beanstalkd_addr.startswith("127.0.0.1:") for n in resumed.nodes[1:])
+    assert [n.raft_addr for n in resumed.nodes] == [n.raft_addr for n in state.nodes]
+
+
+def test_a_worker_dials_loopback_when_node_1_listens_on_every_interface() -> None:
     assert client_addr("0.0.0.0:11300") == "127.0.0.1:11300"
     assert client_addr("127.0.0.1:7") == "127.0.0.1:7"

@@ -1,6 +1,6 @@
-"""The README's first command for real: ``python -m beanraft up`` runs 3 nodes and a proxy; a
-beanstalkd client (greenstalk) puts and reserves; SIGTERM stops everything; the next run has
-the jobs."""
+"""The README's first command for real: ``python -m beanraft up`` runs 3 nodes, each serving
+the beanstalkd protocol; a beanstalkd client (greenstalk) puts and reserves on any of them;
+SIGTERM stops everything; the next run has the jobs."""
 
 from __future__ import annotations
 
@@ -68,13 +68,16 @@ def test_up_serves_greenstalk_stops_cleanly_and_keeps_jobs_across_runs(tmp_path:
     port = free_ports(1)[0]
     up = _up(tmp_path, f"127.0.0.1:{port}")
     try:
-        assert sorted(up.child_pids()) == ["node-1", "node-2", "node-3", "proxy"]
+        assert sorted(up.child_pids()) == ["node-1", "node-2", "node-3"]  # no proxy
         _assert_loopback_only(up)
         _assert_metrics_served(tmp_path)
+        node_3 = json.loads((tmp_path / "up.json").read_text())["nodes"][2]["beanstalkd_addr"]
+        host_3, port_3 = node_3.rsplit(":", 1)
+        with greenstalk.Client((host_3, int(port_3))) as other:
+            held_id = other.put("reserved when stopped", ttr=120)  # a put on node 3 ...
         with greenstalk.Client(("127.0.0.1", port)) as client:
-            held_id = client.put("reserved when stopped", ttr=120)
             ready_id = client.put(b"\x00binary\r\nbody", ttr=120)
-            job = client.reserve(timeout=30)
+            job = client.reserve(timeout=30)  # ... is reserved on node 1
             assert (job.id, job.body) == (held_id, "reserved when stopped")
         _stop(up)
     finally:
@@ -89,7 +92,7 @@ def test_up_serves_greenstalk_stops_cleanly_and_keeps_jobs_across_runs(tmp_path:
         assert json.loads((tmp_path / "up.json").read_text()) == addresses
         with greenstalk.Client(("127.0.0.1", port), encoding=None) as client:
             assert client.peek(ready_id).body == b"\x00binary\r\nbody"
-            # The stopped proxy released its client's job, so both are ready again.
+            # The client's session ended with its connection and released its job.
             reserved = {client.reserve(timeout=30).id for _ in range(2)}
             assert reserved == {held_id, ready_id}
             assert client.stats()["total-jobs"] == 2
