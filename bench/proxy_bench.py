@@ -256,13 +256,26 @@ def measure(port: int, jobs: int, samples: int) -> dict[str, float]:
 def node_listener(fsync: str = "batch") -> Iterator[int]:
     """Three nodes serving the beanstalkd protocol themselves (``--beanstalkd-listen``, the
     direct path); yields the leader's listener port."""
+    with direct_processes(fsync) as (port, _, _):
+        yield port
+
+
+@contextmanager
+def direct_processes(
+    fsync: str = "batch", on: str = "leader"
+) -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """Three nodes serving the protocol themselves: the listener port of the leader (or of a
+    follower, ``on="follower"``), the gRPC addresses, and the pids (``n1``..``n3``)."""
     root = Path(tempfile.mkdtemp(prefix="bench-direct-"))
     ports = [_free_port() for _ in range(3)]
     nodes, grpc = _start_nodes(root, fsync, [f"127.0.0.1:{port}" for port in ports])
     try:
         for port in ports:
             _wait_port(port, 60)
-        yield ports[_leader_index(grpc)]
+        leader = _leader_index(grpc)
+        chosen = leader if on == "leader" else (leader + 1) % len(ports)
+        pids = {f"n{i + 1}": node.pid for i, node in enumerate(nodes)}
+        yield ports[chosen], grpc, pids
     finally:
         _stop(nodes)
         shutil.rmtree(root, ignore_errors=True)

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.proxy_cost [--puts 16000] [--connections 32] [--rounds 3]
                                          [--workload put|cycle] [--fsync batch|always|never]
+                                         [--path proxy|direct|direct-follower]
 
 Issue 4's target is a put rate, and a rate alone does not say what to work on next. This
 starts ``beanstalkd -b DIR -f0`` and then a proxy in front of three nodes (both as in
@@ -11,6 +12,11 @@ CPU time per put of every process (user + system, from /proc), the load generato
 ``--workload cycle`` does put-reserve-delete cycles instead, and counts per cycle.
 On 2 cores, 1,000,000 us of CPU a second is the whole machine: at N puts/s the five processes
 can spend at most 2,000,000 / N us per put between them.
+
+``--path direct`` puts on the leader's own listener (``--beanstalkd-listen``, no proxy), and
+``direct-follower`` on a follower's (which forwards to the leader); each round then also
+prints the servers' summed CPU per put as a multiple of beanstalkd's in the same run (issue
+17's target: at most 3, one beanstalkd's work per replica).
 
 ``--fsync`` sets the nodes' journal policy (default ``batch``, the nodes' own default): with
 ``never`` the same run shows what the three replicas' syncs cost, on a machine where they
@@ -30,7 +36,15 @@ import time
 import grpc
 
 from api import cluster_pb2_grpc, empty_pb2
-from bench.proxy_bench import _cycles, _parallel, _puts, beanstalkd, cluster_processes, machine
+from bench.proxy_bench import (
+    _cycles,
+    _parallel,
+    _puts,
+    beanstalkd,
+    cluster_processes,
+    direct_processes,
+    machine,
+)
 from cluster.durability import POLICIES
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -60,10 +74,11 @@ def _commit_index(addrs: list[str]) -> int:
 
 
 def _roles(addrs: list[str], pids: dict[str, int]) -> dict[str, int]:
-    """Pids by role: proxy, leader, follower 1, follower 2."""
+    """Pids by role: proxy (when there is one), leader, follower 1, follower 2."""
     leading = [_status(addr)[0] for addr in addrs]
     nodes = [pids[f"n{i + 1}"] for i in range(len(addrs))]
-    roles = {"proxy": pids["proxy"], "leader": nodes[leading.index(True)]}
+    roles = {"proxy": pids["proxy"]} if "proxy" in pids else {}
+    roles["leader"] = nodes[leading.index(True)]
     followers = [pid for pid, leads in zip(nodes, leading, strict=True) if not leads]
     roles |= {f"follower {n + 1}": pid for n, pid in enumerate(followers)}
     return roles
@@ -105,6 +120,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fsync", choices=POLICIES, default="batch", help="the nodes' policy")
+    parser.add_argument(
+        "--path", choices=sorted(PATHS), default="proxy", help="how clients connect"
+    )
     args = parser.parse_args()
     print(machine())
     print(f"disk, idle: fdatasync of a 1 KiB append takes {_sync_p50_us():.0f} us at p50")
@@ -112,11 +130,14 @@ def main() -> int:
         # beanstalkd() does not hand out its pid: find it by its port on the command line.
         pid = _pid_listening(port)
         _parallel(port, args.connections, args.puts // 4, _puts)  # warm up
+        reference_us = []
         for n in range(args.rounds):
             pids = {"beanstalkd": pid}
             rate, cost = _round(port, args.connections, args.puts, pids, args.workload)
             _print(f"beanstalkd -b -f0, round {n + 1}", rate, cost, unit=args.workload)
-    with cluster_processes(args.fsync) as (port, addrs, pids):
+            reference_us.append(cost["beanstalkd"])
+    beanstalkd_us = sorted(reference_us)[len(reference_us) // 2]
+    with PATHS[args.path](args.fsync) as (port, addrs, pids):
         _parallel(port, args.connections, args.puts // 4, _puts)  # warm up; a leader is settled
         roles = _roles(addrs, pids)
         for n in range(args.rounds):
@@ -124,10 +145,26 @@ def main() -> int:
             rate, cost = _round(port, args.connections, args.puts, roles, args.workload)
             entries = max(1, _commit_index(addrs) - first)
             commands = args.puts * (3 if args.workload == "cycle" else 1)
-            extra = f", {entries} log entries, {commands / entries:.1f} commands per entry"
-            label = f"proxy + 3-node cluster (--fsync {args.fsync}), round {n + 1}"
+            servers_us = sum(us for name, us in cost.items() if name != "client")
+            extra = (
+                f", {entries} log entries, {commands / entries:.1f} commands per entry; servers "
+                f"{servers_us / beanstalkd_us:.2f}x beanstalkd's CPU per {args.workload}"
+            )
+            label = f"{LABELS[args.path]} (--fsync {args.fsync}), round {n + 1}"
             _print(label, rate, cost, extra, args.workload)
     return 0
+
+
+PATHS = {
+    "proxy": cluster_processes,
+    "direct": direct_processes,
+    "direct-follower": lambda fsync: direct_processes(fsync, on="follower"),
+}
+LABELS = {
+    "proxy": "proxy + 3-node cluster",
+    "direct": "3-node cluster, the leader's listener",
+    "direct-follower": "3-node cluster, a follower's listener",
+}
 
 
 def _sync_p50_us(appends: int = 300) -> float:

@@ -21,6 +21,7 @@ the node's own Raft address, never 0.0.0.0; journal and dump file are both used;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import secrets
@@ -247,6 +248,9 @@ class RaftNode:
             self.leader_changes += 1
         elif old == _LEADER:
             self.consumer.forget_decoded()
+            # Its clients go to the new leader now, not when their calls time out.
+            with contextlib.suppress(RuntimeError):  # the loop closed: the node is stopping
+                self.loop.call_soon_threadsafe(self.proposer.abandon_inflight)
         self.on_state_change(old, new)
 
     def _compact_if_journal_large(self) -> None:
@@ -291,6 +295,11 @@ class RaftNode:
         """This node leads a quorum, or heard from a leader within two election timeouts:
         what it applies keeps up with the cluster."""
         return bool(self.syncobj.in_contact(2 * self.config.raft_max_timeout_s))
+
+    def hears_leader(self) -> bool:
+        """This node leads, or heard from its leader within the minimum election timeout
+        (heartbeats come every 50 ms): a follower past it is about to elect another."""
+        return self.is_leader() or bool(self.syncobj.in_contact(self.config.raft_min_timeout_s))
 
     def leader_raft_addr(self) -> str:
         leader = self.syncobj._getLeader()

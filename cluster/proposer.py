@@ -110,6 +110,7 @@ class Proposer:
         self._remember = remember or (lambda entry, requests: None)  # remember_decoded
         self._pending: deque[_Pending] = deque()
         self._inflight = 0
+        self._inflight_batches: dict[int, list[_Pending]] = {}  # by id(): what abandon fails
         self._flush_scheduled = False
 
     async def submit(self, request: envelope.Request) -> Result:
@@ -159,6 +160,7 @@ class Proposer:
         self._remember(entry, requests)
         started = time.perf_counter()
         self._inflight += 1
+        self._inflight_batches[id(batch)] = batch
 
         def on_result(result: Any, error: int) -> None:  # runs on pysyncobj's tick thread
             # Nothing may escape from here: pysyncobj would apply the entry again (see
@@ -195,6 +197,7 @@ class Proposer:
         exc: BaseException | None = None,
     ) -> None:
         self._inflight -= 1
+        self._inflight_batches.pop(id(batch), None)
         if error == FAIL_REASON.SUCCESS:
             self._on_commit(time.perf_counter() - started)
             for (_, call, position), (status, payload) in zip(batch, result, strict=True):
@@ -205,6 +208,21 @@ class Proposer:
                 call.settle(position, None, failure)
         if self._pending:
             self._schedule_flush()
+
+    def abandon_inflight(self) -> None:
+        """This node stopped leading: answer every call with an entry in flight now, as "may
+        have been applied", instead of when pysyncobj learns the entry's fate (after a new
+        leader's entries reach this node, or never while it is cut off). The caller retries
+        on the new leader with the same request id, so an entry that commits after all is
+        applied once. The batches stay counted until pysyncobj calls back for them."""
+        failure = Ambiguous(
+            "this node stopped being the leader with the command in flight: it may still be "
+            "applied; retry with the same request id"
+        )
+        for batch in list(self._inflight_batches.values()):
+            for _, call, _position in batch:
+                if not call.future.done():
+                    call.future.set_exception(failure)
 
     @staticmethod
     def _failure(error: int, exc: BaseException | None) -> Exception:

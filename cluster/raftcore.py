@@ -50,6 +50,15 @@ The rules, and why each is still safe:
    rides on the next append or heartbeat. Commit itself is unchanged.
 7. The wire (``cluster.raft_wire``): frames sealed with AES-256-GCM under the cluster secret,
    not zlib-compressed, pickle protocol 4.
+8. CheckQuorum within one election timeout (Raft thesis 6.2, etcd's ``CheckQuorum``): a leader
+   that has heard from no majority (itself included) within the maximum election timeout steps
+   down, so a leader cut off from the others stops taking commands about when the others elect
+   a new one, and its clients move at once (the proposer fails what it had in flight as
+   "may have been applied": retried with the same request id, it is applied once). A follower
+   that was sent a dump within pysyncobj's ``leaderFallbackTimeout`` still counts: installing
+   a dump keeps it silent for a second or two, and a leader that stepped down for that left
+   its clients waiting for another election. Stepping down is always safe in Raft; this only
+   decides when, and pysyncobj's own check stays as the outer bound.
 """
 
 from __future__ import annotations
@@ -162,6 +171,7 @@ class Progress:
 
     state: str = PROBE
     paused: bool = False  # PROBE: an append is out and unanswered
+    dump_sent_at: float = 0.0  # monotonic time the last chunk of a dump went to it (rule 8)
 
 
 @dataclass(slots=True)
@@ -200,6 +210,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         self.disk_full = False
         self.installs = 0  # dumps installed (from disk at start, or from a leader)
         self.last_leader_contact = 0.0  # monotonic time of the last append from a leader
+        self.lost_quorum_at = 0.0  # monotonic time this node last stepped down by rule 8
         self._news = news
         self._progress: dict[Any, Progress] = {}
         self._prevote: PreVote | None = None
@@ -216,8 +227,35 @@ class RaftCore(SyncObj):  # type: ignore[misc]
             super()._onTick(timeToWait)
         except DiskFull as exc:
             self._enter_disk_full(exc)
+        self._check_quorum()
         self.ack_gate.flush()
         self._probe_disk()
+
+    def _check_quorum(self) -> None:
+        """Step down when no majority answered within one election timeout (rule 8). Runs
+        after pysyncobj's tick, so every answer already received has been counted."""
+        if self._SyncObj__raftState != LEADER:
+            return
+        conf = self._SyncObj__conf
+        now = time.monotonic()
+        heard: dict[Any, float] = self._SyncObj__lastResponseTime
+        others = self._SyncObj__otherNodes
+        count = 1  # this node
+        for node in others:
+            if now - heard.get(node, 0.0) <= conf.raftMaxTimeout:
+                count += 1
+            elif now - self._progress_of(node).dump_sent_at <= conf.leaderFallbackTimeout:
+                count += 1  # installing the dump we sent it: silent, not gone
+        if count > (len(others) + 1) / 2:
+            return
+        log.warning(
+            "no answer from a majority within the election timeout: stepping down",
+            term=self._term(),
+            timeout_s=conf.raftMaxTimeout,
+        )
+        self.lost_quorum_at = now
+        self._SyncObj__setState(FOLLOWER)
+        self._SyncObj__raftLeader = None
 
     def _gate_election(self) -> None:
         """Let pysyncobj start an election only after a PreVote round was won (rule 4)."""
@@ -575,6 +613,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
                     "serialized": chunk,
                 },
             )
+            progress.dump_sent_at = time.monotonic()
             if chunk[2]:  # the last chunk: the follower holds the log up to the dump's entry
                 self._SyncObj__raftNextIndex[node] = self.journal[1][1] + 1
                 progress.state, progress.paused = PROBE, True
@@ -702,6 +741,11 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         return int(self.journal[index - first][2])
 
     # --- for the node ---------------------------------------------------------------------------
+
+    def cut_off(self) -> bool:
+        """This node stepped down for want of a majority (rule 8) and has heard from no leader
+        since: waiting here for a leader would only keep a client from going elsewhere."""
+        return self.lost_quorum_at > self.last_leader_contact
 
     def in_contact(self, within_s: float) -> bool:
         """This node is the leader of a quorum, or heard from a leader within ``within_s``."""

@@ -117,16 +117,19 @@ class QueueService:
 
     async def _route(self) -> str:
         """The leader's gRPC address, or the empty string when this node leads. Waits out an
-        election for up to LEADER_WAIT_S; raises NotLeader when no leader is known by then."""
+        election for up to LEADER_WAIT_S (a leader silent for an election timeout counts as none: a
+        forward to it would hang); raises NotLeader when no leader is known by then,
+        or at once on a leader that stepped down cut off from the others (its caller can
+        reach the new leader sooner than this node can learn of it)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + LEADER_WAIT_S
         while True:
             if self.node.is_leader():
                 return ""
             _, leader_grpc = self.node.leader_info()
-            if leader_grpc:
+            if leader_grpc and self.node.hears_leader():
                 return leader_grpc
-            if loop.time() > give_up:
+            if loop.time() > give_up or self.node.syncobj.cut_off():
                 raise self.node.not_leader()
             await asyncio.sleep(0.02)
 

@@ -144,6 +144,38 @@ class _Zero:
     applied_index = 0
 
 
+def test_an_isolated_leader_steps_down_by_itself_and_its_clients_go_on_at_the_new_leader(
+    nemesis_cluster: NemesisCluster,
+) -> None:
+    """Issue 17: a leader cut off from both followers stops leading after one election
+    timeout (CheckQuorum, raftcore rule 8), not after pysyncobj's 4 s fallback, and the
+    puts of a client whose proxy was calling it go on at the new leader while the partition
+    holds. (How long the gap is, is measured by ``python -m nemesis --kinds
+    partition_leader`` and recorded in docs/fault-tolerance.md, not asserted here.)"""
+    cluster = nemesis_cluster
+    writes = Background(cluster.proxies[0])
+    try:
+        _wait_until(lambda: writes.acked > 50, 20, "puts did not start")
+        old = cluster.wait_for_leader()
+        assert cluster.firewall is not None
+        cluster.firewall.isolate(old.name)
+        _wait_until(
+            lambda: "stepping down" in old.log_path.read_text(),
+            10,
+            "the cut-off leader did not step down by itself (rule 8)",
+        )
+        status = cluster.status(old)  # its gRPC still answers: only Raft's links are cut
+        assert status is not None and not status.is_leader
+        new = cluster.wait_for_leader(excluding=(old,))
+        assert new is not old
+        acked = writes.acked
+        _wait_until(lambda: writes.acked > acked + 50, 15, "puts did not go on at the new leader")
+        cluster.firewall.heal()
+    finally:
+        writes.stop()
+    _wait_until(lambda: len(set(cluster.digests().values())) == 1, 15, "replicas differ")
+
+
 def _append_on(cluster: NemesisCluster, node: Node, count: int) -> None:
     """Propose puts straight to ``node`` (it thinks it leads until it learns otherwise); they
     go into its log and time out, never committed."""
