@@ -16,8 +16,9 @@ import grpc
 import structlog
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
+from cluster.forwarder import Forwarded
 from cluster.grpc_jsm import guarded
-from cluster.service import Forwarded, QueueService
+from cluster.service import QueueService
 
 log = structlog.get_logger(__name__)
 

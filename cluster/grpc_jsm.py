@@ -21,7 +21,8 @@ import structlog
 
 from api import empty_pb2, job_pb2, jsm_pb2, jsm_pb2_grpc
 from cluster import errors
-from cluster.service import Forwarded, QueueService
+from cluster.forwarder import Forwarded
+from cluster.service import QueueService
 from statemachine import codec
 from statemachine import commands as c
 from statemachine import replies as r

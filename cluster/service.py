@@ -14,7 +14,6 @@ no ReadIndex or lease read; pysyncobj.md section 5). Only ``Cluster.Status`` rea
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,9 @@ import grpc
 
 from api import jsm_pb2, jsm_pb2_grpc
 from cluster import envelope
-from cluster.errors import LEADER_HINT_KEY, ClusterError, Refused
+from cluster.apply_stream import STATUS
+from cluster.errors import LEADER_HINT_KEY, Refused
+from cluster.forwarder import Forwarded, Forwarder
 from cluster.node import RaftNode
 from cluster.replicated import REFUSED
 from statemachine import codec
@@ -39,23 +40,12 @@ FORWARD_TIMEOUT_S = 4.5  # a little over the leader's own 4 s proposal timeout
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
-@dataclass
-class Forwarded(ClusterError):
-    """The leader answered a forwarded request with an error status: pass it on unchanged."""
-
-    code: grpc.StatusCode
-    details: str
-    leader_hint: str = ""
-
-    def __str__(self) -> str:
-        return self.details
-
-
 class QueueService:
     def __init__(self, node: RaftNode, tls_dir: Path | None) -> None:
         self.node = node
         self._tls_dir = tls_dir
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.forwarder = Forwarder(self.channel)
 
     async def apply(self, command: Command, request_id: str = "") -> tuple[Outcome, int]:
         """Apply one command; return its outcome and the Raft index it was applied at."""
@@ -71,9 +61,14 @@ class QueueService:
             if status == REFUSED:
                 raise Refused(payload.decode(errors="replace"))
             return payload, index
+        # Gathered with whatever else this follower forwards meanwhile (cluster.forwarder).
         message = jsm_pb2.ApplyRequest(command=command, request_id=request_id)
-        reply = await self._forward(leader_grpc, message)
-        return reply.outcome, reply.applied_index
+        result = await self.forwarder.forward(leader_grpc, message)
+        if result.code == _INVALID:
+            raise Refused(result.message)
+        if result.code:
+            raise Forwarded(STATUS[result.code], result.message)
+        return result.outcome, result.applied_index
 
     async def apply_batch(self, batch: list[jsm_pb2.ApplyRequest]) -> list[jsm_pb2.ApplyResult]:
         """Apply several commands in one log entry (when leading) or one forwarded call.
@@ -167,6 +162,7 @@ class QueueService:
         return channel
 
     async def close(self) -> None:
+        await self.forwarder.close()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
