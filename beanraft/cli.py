@@ -12,10 +12,14 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("beanraft.up", "run a complete local cluster: nodes, a proxy and a worker pool"),
+    "up": (
+        "beanraft.up",
+        "run a complete local cluster: nodes serving the beanstalkd protocol, a worker pool",
+    ),
     "node": (
         "beanraft.node",
         "run one cluster node (and, with --beanstalkd-listen, serve beanstalkd)",
@@ -34,8 +38,28 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, unless there is none or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default in ("", [], argparse.SUPPRESS)
+        if not action.option_strings or nothing or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Shows defaults; subcommands' parsers are of this class too (argparse makes them so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser(selected: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="beanraft",
         description="beanraft: a beanstalkd-compatible job queue replicated with Raft, with "
         "isolated worker pools and a job API. `beanraft SUBCOMMAND --help` for each.",

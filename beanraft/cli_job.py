@@ -24,7 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-memory", type=int, default=0, help="memory limit, MB")
     run.add_argument("--max-iobps", type=int, default=0, help="I/O limit, bytes per second")
     run.add_argument("--cpu-cores", default="", help="cpuset, e.g. 0-1")
-    run.add_argument("--network", choices=("none", "host"), default=None)
+    run.add_argument(
+        "--network",
+        choices=("none", "host"),
+        default=None,
+        help="none (its own empty network namespace) or host (the worker's network)",
+    )
     run.add_argument("--env", "-e", action="append", default=[], help="NAME=VALUE")
     run.add_argument("--timeout", type=int, default=0, help="seconds before the job is stopped")
     run.add_argument("--tube", default="", help="the tube to queue it on (default: default)")
@@ -32,13 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--follow", "-f", action="store_true", help="then follow its output")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     status = sub.add_parser("status", help="a job's status, from any node")
-    status.add_argument("id", type=int)
+    status.add_argument("id", type=int, help="the job's id")
     listing = sub.add_parser("list", help="every job's status")
     listing.add_argument("--status", action="append", default=[], help="only this status")
     stop = sub.add_parser("stop", help="stop a job, queued or running")
-    stop.add_argument("id", type=int)
+    stop.add_argument("id", type=int, help="the job's id")
     log = sub.add_parser("log", help="a job's output (and -f: live until it ends)")
-    log.add_argument("id", type=int)
+    log.add_argument("id", type=int, help="the job's id")
     log.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
     log.add_argument("--offset", type=int, default=0, help="start at this byte of the output")
     retention = sub.add_parser("retention", help="how many finished records, and how long, to keep")

@@ -28,16 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     status = sub.add_parser("status", help="members, leader, term, indexes and lag")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     join = sub.add_parser("join", help="add a node (then start it with --peers or --join)")
-    join.add_argument("--node-id", required=True)
-    join.add_argument("--raft-addr", required=True)
+    join.add_argument("--node-id", required=True, help="the new member's id (unique)")
+    join.add_argument("--raft-addr", required=True, help="the new member's Raft HOST:PORT (unique)")
     join.add_argument("--grpc-addr", default="", help="the node's gRPC address (leader hints)")
     leave = sub.add_parser("leave", help="remove a node (the leader hands over first)")
-    leave.add_argument("--node-id", required=True)
+    leave.add_argument("--node-id", required=True, help="the member to remove (its id)")
     snapshot = sub.add_parser("snapshot", help="write a consistent snapshot of the jobs")
-    snapshot.add_argument("--out", required=True, type=Path)
+    snapshot.add_argument(
+        "--out", required=True, type=Path, help="the file to write (refuses a directory)"
+    )
     restore = sub.add_parser("restore", help="seed new nodes' data dirs from a snapshot")
-    restore.add_argument("file", type=Path)
-    restore.add_argument("--data-dir", required=True, type=Path, action="append")
+    restore.add_argument("file", type=Path, help="a snapshot from `beanraft cluster snapshot`")
+    restore.add_argument(
+        "--data-dir",
+        required=True,
+        type=Path,
+        action="append",
+        help="an empty data dir for one new node; repeat it for every node",
+    )
     for action in (status, join, leave, snapshot):  # restore is offline: no cluster to name
         action.add_argument("--cluster", default="", help="gRPC addresses of nodes, A,B,C")
         group = action.add_mutually_exclusive_group()

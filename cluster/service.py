@@ -49,11 +49,19 @@ class QueueService:
 
     async def apply(self, command: Command, request_id: str = "") -> tuple[Outcome, int]:
         """Apply one command; return its outcome and the Raft index it was applied at."""
-        encoded, index = await self.apply_encoded(codec.encode_command(command), request_id)
-        return codec.decode_outcome(encoded), index
+        encoded = codec.encode_command(command)
+        payload, index = await self._apply_one(encoded, command, request_id)
+        return codec.decode_outcome(payload), index
 
     async def apply_encoded(self, command: bytes, request_id: str) -> tuple[bytes, int]:
         decoded = codec.decode_command(command)  # refuse malformed input before replicating it
+        return await self._apply_one(command, decoded, request_id)
+
+    async def _apply_one(
+        self, command: bytes, decoded: Command, request_id: str
+    ) -> tuple[bytes, int]:
+        """``command`` both encoded (for the log) and decoded (the leader's proposer hands the
+        decoded form to its own apply, sparing a decode)."""
         leader_grpc = await self._route()
         if not leader_grpc:
             request = envelope.Request(envelope.COMMAND, request_id, command, decoded)

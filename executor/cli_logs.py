@@ -33,9 +33,9 @@ _EVENTS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id", type=int)
+    parser.add_argument("job_id", type=int, help="the job's id")
     parser.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
-    parser.add_argument("--log-dir", default=default_log_dir())
+    parser.add_argument("--log-dir", default=default_log_dir(), help="the worker's --log-dir")
     parser.add_argument(
         "--raw", action="store_true", help="write control characters unescaped, even to a terminal"
     )

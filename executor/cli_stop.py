@@ -19,8 +19,8 @@ from executor.runner import stop_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id", type=int)
-    parser.add_argument("--log-dir", default=default_log_dir())
+    parser.add_argument("job_id", type=int, help="the job's id")
+    parser.add_argument("--log-dir", default=default_log_dir(), help="the worker's --log-dir")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds before SIGKILL")
 
 

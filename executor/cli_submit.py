@@ -10,14 +10,17 @@ import uuid
 from typing import Any
 
 from cluster.jobspec import SpecError, spec_from_dict
+from executor.cli_logs import escape_controls
 from executor.client import DEFAULT_PRIORITY, DEFAULT_TTR_S, parse_address, submit, wait_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env_addr = os.environ.get("BEANRAFT_BEANSTALKD", "127.0.0.1:11300")
     parser.add_argument("--beanstalkd", default=env_addr, help="HOST:PORT of a proxy/beanstalkd")
-    parser.add_argument("--tube", default="default")
-    parser.add_argument("--priority", type=int, default=DEFAULT_PRIORITY)
+    parser.add_argument("--tube", default="default", help="the tube the worker pool watches")
+    parser.add_argument(
+        "--priority", type=int, default=DEFAULT_PRIORITY, help="beanstalkd priority: lower first"
+    )
     parser.add_argument("--delay", type=int, default=0, help="seconds before the job is ready")
     parser.add_argument("--ttr", type=int, default=DEFAULT_TTR_S, help="time to run, seconds")
     parser.add_argument("--max-cpu", type=int, help="CPU limit, percent of one core")
@@ -26,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pids", type=int, help="process limit")
     parser.add_argument("--cpu-cores", help="cpuset, e.g. 0-1")
     parser.add_argument("--timeout", type=int, help="seconds before the job is stopped")
-    parser.add_argument("--network", choices=("none", "host"), default="none")
+    parser.add_argument(
+        "--network",
+        choices=("none", "host"),
+        default="none",
+        help="none (its own empty network namespace) or host (the worker's network)",
+    )
     parser.add_argument("--env", "-e", action="append", default=[], help="NAME=VALUE")
     parser.add_argument("--workdir", help="working directory inside the job (default /work)")
     parser.add_argument("--retries", type=int, default=0, help="releases before burying")
@@ -37,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait",
         type=float,
         metavar="SECONDS",
-        help="wait this long for the final result (a private result tube unless --result-tube) "
-        "and print it; exit 0 only if the job succeeded",
+        help="wait this long for the final result (a private result tube unless --result-tube), "
+        "print the job's output (its last 8 KiB) and the result record; exit 0 only if the job "
+        "succeeded",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
 
@@ -99,5 +108,17 @@ def run(args: argparse.Namespace) -> int:
     except TimeoutError as exc:
         print(f"beanraft submit: {exc}", file=sys.stderr)
         return 1
+    _print_output(record.pop("output_tail", None), record.pop("output_truncated", False))
     print(json.dumps(record, sort_keys=True))
     return 0 if record.get("action") == "delete" else 1
+
+
+def _print_output(tail: str | None, truncated: bool) -> None:
+    """What the job printed (its last 8 KiB, control characters escaped as `beanraft logs`
+    does), before its result record."""
+    if not tail:
+        return
+    if truncated:
+        print("[... earlier output left out: `beanraft logs JOB_ID` on the worker has it all]")
+    text = escape_controls(tail)
+    print(text, end="" if text.endswith("\n") else "\n", flush=True)

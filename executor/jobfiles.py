@@ -84,9 +84,10 @@ class JobFiles:
         """Append a line from the worker to the job's notes (never to the job's own streams)."""
         _append(self.notes_path, f"beanraft: {message}\n")
 
-    def note_attempt_start(self, attempt: int) -> None:
+    def note_attempt_start(self, attempt: int) -> int:
         """Mark where an attempt's output begins in each log, so retries' output, appended to
-        the same files, can be told apart (the marks are the worker's, in its own file)."""
+        the same files, can be told apart (the marks are the worker's, in its own file).
+        Returns where it begins in the merged output."""
         sizes = []
         for name, path in (
             ("stdout", self.stdout_path),
@@ -98,6 +99,20 @@ class JobFiles:
             except FileNotFoundError:
                 sizes.append(f"{name} byte 0")
         self.note(f"attempt {attempt} starts at " + ", ".join(sizes))
+        return int(sizes[-1].rsplit(" ", 1)[1])
+
+    def output_tail(self, start: int, limit_bytes: int) -> tuple[str, bool]:
+        """The last ``limit_bytes`` of the merged output written since ``start`` (this
+        attempt's), as text, and whether earlier output was left out."""
+        try:
+            with open(self.output_path, "rb") as output:
+                end = output.seek(0, os.SEEK_END)
+                begin = max(start, end - limit_bytes)
+                output.seek(begin)
+                data = output.read(end - begin)
+        except FileNotFoundError:
+            return "", False
+        return data.decode(errors="replace"), begin > start
 
     def append_result(self, record: dict[str, Any]) -> None:
         _append(self.results_path, json.dumps(record, sort_keys=True) + "\n")

@@ -298,14 +298,15 @@ class Worker:
         if self._report_start(job, spec, stats, attempt, plan):
             self._drop_stopped(client, job, files, attempt, spec)
             return
-        files.note_attempt_start(attempt)
+        output_start = files.note_attempt_start(attempt)
         result = self._run_measured(client, job, files, plan, stats)
         stopped_by_cluster = self._reporter is not None and self._reporter.stop_requested(job.id)
         action = self._decide(
             result, spec.retry.max_retries, int(stats["releases"]), stopped_by_cluster
         )
         record = {**asdict(result), "action": action, "seccomp": plan.seccomp, "uid": job_uid}
-        self._record(client, files, record, spec.result_tube, attempt)
+        tail = files.output_tail(output_start, OUTPUT_TAIL_BYTES) if spec.result_tube else None
+        self._record(client, files, record, spec.result_tube, attempt, tail)
         self._report_end(job.id, attempt, result, action)
         self._act(client, job, action, int(stats["pri"]), spec.retry.backoff_s, stats)
 
@@ -508,15 +509,26 @@ class Worker:
         fields: dict[str, Any],
         result_tube: str | None,
         attempt: int,
+        output_tail: tuple[str, bool] | None = None,
     ) -> None:
+        """Keep the attempt's result record in the log dir and put it in ``result_tube``;
+        there it also carries the tail of the attempt's output, so a client that waits for
+        the result (``beanraft submit --wait``) can show what the job printed."""
         record = {"job_id": files.job_id, "attempt": attempt, "worker_id": self.worker_id}
         record.update(fields)
         record["finished_at_ms"] = int(time.time() * 1000)
         files.append_result(record)
         log.info("job attempt finished", **{k: v for k, v in record.items() if v is not None})
         if result_tube is not None:
+            if output_tail is not None:
+                record["output_tail"], record["output_truncated"] = output_tail
             client.use(result_tube)
             client.put(json.dumps(record, sort_keys=True).encode())
+
+
+# The result record in a result tube carries at most this much of the attempt's output (its
+# end): enough for a command's answer or its error, small next to beanstalkd's 64 KiB job.
+OUTPUT_TAIL_BYTES = 8192
 
 
 class _Toucher:

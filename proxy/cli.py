@@ -37,8 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-name", default="proxy", help="certificate name in --tls-dir")
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development)")
-    parser.add_argument("--max-job-size", type=int, default=JOB_SIZE_DEFAULT)
-    parser.add_argument("--lease-ms", type=int, default=LEASE_MS_DEFAULT)
+    parser.add_argument(
+        "--max-job-size", type=int, default=JOB_SIZE_DEFAULT, help="largest job body, bytes"
+    )
+    parser.add_argument(
+        "--lease-ms",
+        type=int,
+        default=LEASE_MS_DEFAULT,
+        help="how long the cluster keeps this proxy's sessions without a renewal, ms",
+    )
     parser.add_argument("--metrics-addr", help="HOST:PORT for Prometheus metrics (default off)")
 
 

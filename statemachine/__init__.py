@@ -6,7 +6,7 @@ to the sender and the waiting reserves it answered (``statemachine.replies``).
 
 Rules this package keeps:
 - Nothing here reads a clock, draws a random number, does I/O, starts a thread or logs.
-  Imports: the standard library's pure modules and sortedcontainers only.
+  Imports: the standard library's pure modules only.
 - Time as the queue sees it never runs backwards: ``now_ms`` is clamped to the latest seen.
 - Job ids come from a counter inside. Ties are broken by job id, never by hash order.
 - Illegal commands return a typed reply and change nothing but counters.

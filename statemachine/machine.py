@@ -14,7 +14,7 @@ holds the same state, byte for byte (``snapshot()``). An apply:
 
 Rules this machine keeps:
 - It never reads a clock, draws a random number, does I/O, starts a thread or logs; it imports
-  the standard library's pure modules and sortedcontainers only (``tests/statemachine/test_tidy``).
+  the standard library's pure modules only (``tests/statemachine/test_tidy``).
 - Nothing iterates a set or dict in an order that depends on hashing; ties break by job id or
   wait arrival number; time is integer milliseconds.
 - Illegal commands return a typed reply (NotFound, UnknownClient, InvalidArgument, ...) and

@@ -69,3 +69,39 @@ def test_logs_without_follow_of_an_unknown_job_says_so(tmp_path) -> None:  # typ
         timeout=30,
     )
     assert result.returncode == 1 and "no logs for job 5" in result.stderr
+
+
+def test_every_option_of_every_subcommand_says_what_it_is_for() -> None:
+    import argparse
+    import importlib
+
+    def undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    missing += undocumented(child, f"{path} {name}")
+            elif not action.help and not isinstance(
+                action, argparse._HelpAction | argparse._VersionAction
+            ):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    missing = []
+    for name, (module_name, _) in SUBCOMMANDS.items():
+        parser = argparse.ArgumentParser(prog=f"beanraft {name}")
+        importlib.import_module(module_name).add_arguments(parser)
+        missing += undocumented(parser, f"beanraft {name}")
+    assert not missing, missing
+
+
+def test_help_shows_each_options_default() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "beanraft", "submit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())  # argparse wraps long lines
+    assert "time to run, seconds (default: 60)" in text
+    assert "seconds before the job is ready (default: 0)" in text

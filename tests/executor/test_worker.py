@@ -311,13 +311,35 @@ def test_submit_wait_prints_the_final_result_and_exits_by_it(
 ) -> None:
     start_worker()
     address = f"{beanstalkd[0]}:{beanstalkd[1]}"
-    ok = beanraft("submit", "--beanstalkd", address, "--wait", "30", "--", "true")
+    ok = beanraft("submit", "--beanstalkd", address, "--wait", "30", "--", "echo", "hello")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout.splitlines()[-1])["action"] == "delete"
-    failed = beanraft("submit", "--beanstalkd", address, "--wait", "30", "--", "sh", "-c", "exit 9")
+    lines = ok.stdout.splitlines()
+    assert json.loads(lines[-1])["action"] == "delete"
+    assert lines[-2] == "hello"  # the job's output, then its record
+    failed = beanraft(
+        "submit", "--beanstalkd", address, "--wait", "30", "--",
+        "sh", "-c", "printf 'no such file\\033[2J\\n' >&2; exit 9",
+    )  # fmt: skip
     assert failed.returncode == 1
-    record = json.loads(failed.stdout.splitlines()[-1])
+    lines = failed.stdout.splitlines()
+    record = json.loads(lines[-1])
     assert (record["exit_code"], record["action"]) == (9, "bury")
+    assert "output_tail" not in record
+    assert lines[-2] == "no such file\\x1b[2J"  # stderr too, its escape shown, not obeyed
+
+
+def test_submit_wait_shows_only_the_end_of_a_long_output(
+    beanstalkd: Any, start_worker: Any
+) -> None:
+    start_worker()
+    address = f"{beanstalkd[0]}:{beanstalkd[1]}"
+    done = beanraft(
+        "submit", "--beanstalkd", address, "--wait", "30", "--", "sh", "-c", "seq 1 20000",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-2] == "20000" and "1\n2\n3\n" not in done.stdout
+    assert lines[1].startswith("[... earlier output left out")
 
 
 def test_worker_shows_its_isolation_configuration_at_start(

@@ -37,7 +37,6 @@ ALLOWED = frozenset(
         "sys",
         "types",
         "typing",
-        "sortedcontainers",
     }
 )
 # Names that must never appear even inside an allowed module (for example sys.stdin).
