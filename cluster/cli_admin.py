@@ -22,11 +22,24 @@ import grpc
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from cluster.client_config import ClientConfigError, resolve
 
+HEALTHY_LAG = 1000  # entries: a member this close follows (a busy cluster is never at 0)
+STATUS_POLL_S = 0.5
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     status = sub.add_parser("status", help="members, leader, term, indexes and lag")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to this long for a healthy cluster (a leader, every member connected "
+        f"and at most {HEALTHY_LAG} entries behind); exit 1 if it is not by then",
+    )
+    status.add_argument(
+        "--members", type=int, help="with --wait: also wait for exactly this many members"
+    )
     join = sub.add_parser("join", help="add a node (then start it with --peers or --join)")
     join.add_argument("--node-id", required=True, help="the new member's id (unique)")
     join.add_argument("--raft-addr", required=True, help="the new member's Raft HOST:PORT (unique)")
@@ -112,7 +125,7 @@ async def _run(args: argparse.Namespace, addresses: list[str]) -> int:
     stubs = {a: cluster_pb2_grpc.ClusterStub(ch) for a, ch in channels.items()}
     try:
         if args.action == "status":
-            return await _status(stubs, args.json)
+            return await _status(stubs, args.json, args.wait, args.members)
         if args.action == "join":
             request = cluster_pb2.JoinRequest(
                 node_id=args.node_id, addr=args.raft_addr, grpc_addr=args.grpc_addr
@@ -122,7 +135,10 @@ async def _run(args: argparse.Namespace, addresses: list[str]) -> int:
             return 0
         if args.action == "leave":
             await _first_answer(stubs, "Leave", cluster_pb2.LeaveRequest(node_id=args.node_id))
-            print(f"node {args.node_id} left the cluster: stop its process now")
+            print(
+                f"node {args.node_id} left the cluster; if it is running it stops by itself "
+                "(to add it again, start it with an empty --data-dir and --join)"
+            )
             return 0
         return await _snapshot(stubs, args.out)
     finally:
@@ -146,18 +162,57 @@ async def _first_answer(stubs: dict[str, Any], method: str, request: Any) -> Any
     raise error
 
 
-async def _status(stubs: dict[str, Any], as_json: bool) -> int:
+async def _status(
+    stubs: dict[str, Any], as_json: bool, wait_s: float | None = None, members: int | None = None
+) -> int:
+    """Print every node's view; with ``wait_s``, first wait for a healthy cluster (what an
+    operator does after adding, removing, replacing or upgrading a node)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + (wait_s or 0.0)
+    while True:
+        views = await _views(stubs)
+        problem = _unhealthy(views, members)
+        if wait_s is None or problem is None or loop.time() >= give_up:
+            break
+        await asyncio.sleep(STATUS_POLL_S)
+    if as_json:
+        print(json.dumps({a: _as_dict(v) for a, v in views.items()}, indent=2))
+    else:
+        _print_status(views)
+    if wait_s is not None and problem is not None:
+        print(
+            f"beanraft cluster status: not healthy after {wait_s:g} s: {problem}", file=sys.stderr
+        )
+        return 1
+    return 0 if any(isinstance(v, cluster_pb2.ClusterStatus) for v in views.values()) else 1
+
+
+async def _views(stubs: dict[str, Any]) -> dict[str, Any]:
     views: dict[str, Any] = {}
     for address, stub in stubs.items():
         try:
             views[address] = await stub.Status(empty_pb2.Empty(), timeout=5)
         except grpc.aio.AioRpcError as exc:
             views[address] = exc
-    if as_json:
-        print(json.dumps({a: _as_dict(v) for a, v in views.items()}, indent=2))
-    else:
-        _print_status(views)
-    return 0 if any(isinstance(v, cluster_pb2.ClusterStatus) for v in views.values()) else 1
+    return views
+
+
+def _unhealthy(views: dict[str, Any], members: int | None) -> str | None:
+    """Why the cluster is not healthy yet, or None."""
+    leader = next(
+        (v for v in views.values() if isinstance(v, cluster_pb2.ClusterStatus) and v.is_leader),
+        None,
+    )
+    if leader is None:
+        return "no leader answered"
+    if members is not None and len(leader.members) != members:
+        return f"{len(leader.members)} members, not {members}"
+    for member in leader.members:
+        if not member.connected:
+            return f"node {member.node_id or member.raft_addr} is not connected"
+        if member.lag > HEALTHY_LAG:
+            return f"node {member.node_id} is {member.lag} entries behind"
+    return None
 
 
 def _as_dict(view: Any) -> dict[str, Any]:

@@ -164,7 +164,8 @@ class NodeServer:
         while True:
             if self.node.removed:
                 log.warning(
-                    "this node was removed from the cluster: stopping",
+                    "this node was removed from the cluster: stopping (to add it again, start "
+                    "it with an empty --data-dir and --join MEMBER)",
                     node_id=self.config.node_id,
                 )
                 self.removed.set()
