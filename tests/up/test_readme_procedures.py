@@ -1,5 +1,6 @@
-"""README's operator procedures, run as written: add a node, restart it, remove it, replace a
-failed one, back up and restore to a new cluster. Each block is taken from README.md (after its
+"""README's operator procedures, run as written: a cluster on several hosts (three loopback
+addresses), add a node, restart it, remove it, replace a failed one, back up and restore to a
+new cluster. Each block is taken from README.md (after its
 ``<!-- procedure: NAME -->`` marker) and run with bash against a real ``beanraft up`` cluster;
 only its first line, the values an operator fills in, is replaced with this test's free ports.
 A job put before the first procedure must be in the restored cluster at the end."""
@@ -82,7 +83,8 @@ def _wait_gone(pattern: str, timeout_s: float = 30) -> None:
 
 def test_every_readme_procedure_runs_as_written(tmp_path: Path) -> None:
     assert set(procedures()) == {
-        "add-node", "restart-node", "remove-node", "replace-node", "backup-restore",
+        "several-hosts", "add-node", "restart-node", "remove-node", "replace-node",
+        "backup-restore",
     }  # fmt: skip
     port, restored_port = free_ports(2)
     shell = Shell(tmp_path)
@@ -134,3 +136,25 @@ def test_every_readme_procedure_runs_as_written(tmp_path: Path) -> None:
             up.kill()
         _wait_gone(f"--listen 127.0.0.1:{restored_port}", 60)
         _wait_gone("--node-id 5 --data-dir", 60)
+
+
+def test_the_several_hosts_procedure_runs_on_three_loopback_addresses(tmp_path: Path) -> None:
+    raft, grpc_port, beanstalkd = (str(p) for p in free_ports(3))
+    hosts = {"A": "127.0.0.1", "B": "127.0.0.2", "C": "127.0.0.3"}
+    shell = Shell(tmp_path)
+    try:
+        out = shell.run(
+            "several-hosts",
+            {**hosts, "RAFT": raft, "GRPC": grpc_port, "BEANSTALKD": beanstalkd},
+        )
+        assert "(leader)" in out
+        with greenstalk.Client(("127.0.0.2", int(beanstalkd))) as client:
+            job_id = client.put("on host B")
+        with greenstalk.Client(("127.0.0.3", int(beanstalkd))) as client:
+            assert client.peek(job_id).body == "on host B"
+    finally:
+        for n in ("1", "2", "3"):
+            for pid in _pids_of(f"--node-id {n} --data-dir n{n} "):
+                os.kill(pid, signal.SIGTERM)
+        for n in ("1", "2", "3"):
+            _wait_gone(f"--node-id {n} --data-dir n{n} ", 60)
