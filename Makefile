@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps native pure fmt lint typecheck proto proto-check test bench nemesis run check clean
+.PHONY: install system-deps native pure fmt lint typecheck layers deps proto proto-check test bench nemesis run check clean
 
 $(BIN)/beanraft: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,15 @@ lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
-	$(BIN)/mypy statemachine cluster proxy executor api beanraft
+	$(BIN)/mypy statemachine jobqueue cluster proxy executor api beanraft
+
+# The packages' layers (import-linter; contracts in pyproject.toml) and the declared
+# dependencies against the imported ones (deptry).
+layers: install
+	$(BIN)/lint-imports
+
+deps: install
+	$(BIN)/deptry .
 
 proto: install
 	$(BIN)/python -m api.generate
@@ -70,7 +78,7 @@ nemesis: install system-deps native
 run: install native
 	$(BIN)/beanraft up --nodes 3 --workers 2
 
-check: lint typecheck proto-check test
+check: lint typecheck layers deps proto-check test
 
 clean:
 	-$(BIN)/python -m beanraft.native clean

@@ -1,4 +1,4 @@
-"""The Python client of a beanraft cluster: ``RemoteQueue`` (a ``cluster.queue.JobQueue``).
+"""The Python client of a beanraft cluster: ``RemoteQueue`` (a ``jobqueue.interface.JobQueue``).
 
 Theory of operation. ``RemoteQueue`` talks to any node over gRPC. Each ``apply`` encodes the
 command (``statemachine.codec``), gives it a request id (the command's own for Put and
@@ -35,8 +35,8 @@ import grpc
 import structlog
 
 from api import jsm_pb2, jsm_pb2_grpc
-from cluster.apply_stream import STATUS, ApplyStream, CallFailed
-from cluster.queue import QueueUnavailable, WakeupHandler, request_id_for
+from api.apply_stream import STATUS, ApplyStream, CallFailed
+from jobqueue.interface import QueueUnavailable, WakeupHandler, request_id_for
 from statemachine import codec
 from statemachine.commands import Command
 from statemachine.replies import Reply
@@ -70,7 +70,7 @@ def open_channel(target: str, tls_dir: Path | None, name: str) -> grpc.aio.Chann
     options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
     if tls_dir is None:
         return grpc.aio.insecure_channel(target, options=options)
-    from cluster.tls import channel_credentials
+    from api.tls import channel_credentials
 
     return grpc.aio.secure_channel(target, channel_credentials(tls_dir, name), options=options)
 

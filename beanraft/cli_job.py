@@ -199,7 +199,7 @@ def _retention(addresses: tuple[str, ...], tls_dir: Path | None, args: argparse.
     import asyncio
 
     from api.client import RemoteQueue
-    from cluster.queue import QueueUnavailable
+    from jobqueue.interface import QueueUnavailable
     from statemachine import commands as c
     from statemachine import replies as r
 

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from api import tls
 from beanraft.children import Child, ChildDied, ChildSpec, Supervisor
 from beanraft.up_plan import (
     DEFAULT_LISTEN,
@@ -49,7 +50,7 @@ from beanraft.up_plan import (
     save_state,
     split_addr,
 )
-from cluster import client_config, tls
+from cluster import client_config
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from api import tls
 from beanraft.children import ChildSpec
-from cluster import tls
 
 STATE_FILE = "up.json"
 STATE_VERSION = 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from cluster import tls
+from api import tls
 from cluster.auth import AioRoleInterceptor, Authorizer
 
 METHOD = "/coolbeans.api.v1.JobStateMachine/Put"

@@ -7,12 +7,13 @@ Targets, each started fresh on free loopback ports and stopped afterwards:
 - ``beanraft proxy --standalone`` (the state machine in-process: the proxy's own cost);
 - ``beanraft proxy --cluster`` in front of three ``beanraft node`` processes (replicated);
 - the same three nodes serving the protocol themselves (``--beanstalkd-listen``), the client on
-  the leader's listener (the direct path, issue 17).
+  the leader's listener (the direct path, issue 17), and on a follower's (forwarded).
 
 Workloads (16-byte bodies, each connection in its own tube):
 - put/s and put-reserve-delete cycles/s with 1 connection and with 32 (one thread each);
 - put-to-waiting-reserve latency: a consumer waits in ``reserve``, a producer puts, the time
-  from just before the put to the consumer holding the job; p50 and p99.
+  from just before the put to the consumer holding the job; p50 and p99;
+- one client's put latency, one put at a time; p50 and p99.
 Prints the figures, the machine, and each target's ratios to in-memory beanstalkd and to
 ``-b -f0`` (issue 4's target: with 32 connections, the cluster at least matches ``-b -f0``).
 """
@@ -241,6 +242,20 @@ def _latency_ms(port: int, samples: int) -> tuple[float, float]:
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
 
+def _put_latency_ms(port: int, samples: int) -> tuple[float, float]:
+    """One client alone, one put at a time: the time of each put, p50 and p99 (issue 17's
+    single-client target)."""
+    client = _client(port, f"put-latency-{time.monotonic_ns()}")
+    latencies = []
+    for _ in range(samples):
+        sent = time.perf_counter()
+        client.put(BODY)
+        latencies.append((time.perf_counter() - sent) * 1000)
+    client.close()
+    latencies.sort()
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
 def measure(port: int, jobs: int, samples: int) -> dict[str, float]:
     figures = {
         "put/s 1c": _parallel(port, 1, jobs, _puts),
@@ -249,6 +264,7 @@ def measure(port: int, jobs: int, samples: int) -> dict[str, float]:
         "cycle/s 32c": _parallel(port, 32, jobs, _cycles),
     }
     figures["wait p50 ms"], figures["wait p99 ms"] = _latency_ms(port, samples)
+    figures["put p50 ms"], figures["put p99 ms"] = _put_latency_ms(port, samples * 5)
     return figures
 
 
@@ -257,6 +273,13 @@ def node_listener(fsync: str = "batch") -> Iterator[int]:
     """Three nodes serving the beanstalkd protocol themselves (``--beanstalkd-listen``, the
     direct path); yields the leader's listener port."""
     with direct_processes(fsync) as (port, _, _):
+        yield port
+
+
+@contextmanager
+def follower_listener(fsync: str = "batch") -> Iterator[int]:
+    """As ``node_listener``, the client on a follower's listener (each command forwarded)."""
+    with direct_processes(fsync, on="follower") as (port, _, _):
         yield port
 
 
@@ -316,6 +339,7 @@ def main() -> int:
     if not args.no_cluster:
         targets.append(("proxy, 3-node cluster", cluster))
         targets.append(("leader's own listener", node_listener))
+        targets.append(("a follower's listener", follower_listener))
     print(machine())
     results: dict[str, dict[str, float]] = {}
     for name, start in targets:

@@ -1,6 +1,6 @@
 """Who may call what: one deny-by-default interceptor over every gRPC method of a node.
 
-Theory of operation: the node's gRPC port uses mutual TLS (``cluster.tls.server_credentials``),
+Theory of operation: the node's gRPC port uses mutual TLS (``api.tls.server_credentials``),
 so the TLS handshake already refuses a client without a certificate, with one from another CA or
 with an expired one. Every RPC that gets through is then checked here, before its handler runs:
 
@@ -8,7 +8,7 @@ with an expired one. Every RPC that gets through is then checked here, before it
    ``x509_pem_cert``); otherwise UNAUTHENTICATED (for instance a plaintext port with this
    interceptor installed). The certificate is parsed with cryptography and, when the interceptor
    was given the CA, its signature and validity window are checked again.
-2. Its role is the subject's OU (``cluster.tls.role_of``); a certificate with no known role, or
+2. Its role is the subject's OU (``api.tls.role_of``); a certificate with no known role, or
    with several, is denied everything (PERMISSION_DENIED).
 3. The method must be listed in ``METHOD_ROLES`` with that role; a method that is not listed is
    denied to everyone, so a new RPC is closed until someone decides who may call it (a test fails
@@ -34,7 +34,7 @@ import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from cluster.tls import ROLES, ca_paths, common_name_of, role_of
+from api.tls import ROLES, ca_paths, common_name_of, role_of
 
 log = structlog.get_logger(__name__)
 

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """One line on any error an operator can cause (a bad address, a missing certificate
     directory or file, an output path that is a directory), never a traceback."""
-    from cluster.tls import TlsError
+    from api.tls import TlsError
 
     try:
         return _run_action(args)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from cluster.tls import (
+from api.tls import (
     CERT_VALID_DAYS,
     DEFAULT_HOSTS,
     ROLES,

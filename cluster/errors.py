@@ -19,8 +19,6 @@ import grpc
 from statemachine import codec
 from statemachine import replies as r
 
-LEADER_HINT_KEY = "leader-grpc-addr"
-
 
 class ClusterError(Exception):
     """Base class of the node's own errors."""

@@ -5,7 +5,7 @@ One unary ``Apply`` per command made every command its own log entry and cost th
 gRPC call each: 32 connections on a follower's listener did 1,400 puts/s against 7,200 on the
 leader's (bench/proxy_cost.py --path direct-follower). So commands that arrive while calls are
 out wait, and go together in the next call; at most ``MAX_CALLS_IN_FLIGHT`` calls are out, on
-one ``ApplyStream`` per leader (``cluster.apply_stream``), and the leader proposes each call's
+one ``ApplyStream`` per leader (``api.apply_stream``), and the leader proposes each call's
 batch as one log entry. A lone command never waits: with no call out it goes at once.
 
 A call that fails fails every command in it with the same error (``Forwarded``, whose code
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 
 from api import jsm_pb2, jsm_pb2_grpc
-from cluster.apply_stream import STATUS, ApplyStream, CallFailed
+from api.apply_stream import STATUS, ApplyStream, CallFailed
 from cluster.errors import ClusterError
 
 MAX_CALLS_IN_FLIGHT = 2  # as RemoteQueue: few calls out, so what queues meanwhile travels together

@@ -20,6 +20,7 @@ import grpc
 import structlog
 
 from api import empty_pb2, job_pb2, jsm_pb2, jsm_pb2_grpc
+from api.metadata import LEADER_HINT_KEY
 from cluster import errors
 from cluster.forwarder import Forwarded
 from cluster.service import QueueService
@@ -55,7 +56,7 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T
         return await work
     except _NODE_ERRORS as exc:
         code, message, hint = _status(exc)
-        context.set_trailing_metadata(((errors.LEADER_HINT_KEY, hint),) if hint else ())
+        context.set_trailing_metadata(((LEADER_HINT_KEY, hint),) if hint else ())
         await context.abort(code, message)
     except Exception as exc:  # a bug: say so, and log where
         log.exception("unexpected error serving a call")
@@ -149,7 +150,7 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
     def _hint_leader(self, context: Any) -> None:
         hint = self._leader_hint()
         if hint:
-            context.set_trailing_metadata(((errors.LEADER_HINT_KEY, hint),))
+            context.set_trailing_metadata(((LEADER_HINT_KEY, hint),))
 
     async def StreamWakeups(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if not request.proxy_id:

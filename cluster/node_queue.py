@@ -18,8 +18,8 @@ import structlog
 
 from cluster.errors import Ambiguous, ClusterError, NotApplied, NotLeader
 from cluster.forwarder import Forwarded
-from cluster.queue import QueueUnavailable, WakeupHandler, request_id_for
 from cluster.service import QueueService
+from jobqueue.interface import QueueUnavailable, WakeupHandler, request_id_for
 from statemachine import codec
 from statemachine import commands as c
 from statemachine.replies import Reply

@@ -147,7 +147,7 @@ class NodeServer:
             if self.options.tls_dir is None:
                 port = server.add_insecure_port(addr)
             else:
-                from cluster.tls import server_credentials
+                from api.tls import server_credentials
 
                 name = f"node-{self.config.node_id}"
                 port = server.add_secure_port(addr, server_credentials(self.options.tls_dir, name))

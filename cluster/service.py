@@ -20,9 +20,10 @@ from typing import Any
 import grpc
 
 from api import jsm_pb2, jsm_pb2_grpc
+from api.apply_stream import STATUS
+from api.metadata import LEADER_HINT_KEY
 from cluster import envelope
-from cluster.apply_stream import STATUS
-from cluster.errors import LEADER_HINT_KEY, Refused
+from cluster.errors import Refused
 from cluster.forwarder import Forwarded, Forwarder
 from cluster.node import RaftNode
 from cluster.replicated import REFUSED
@@ -162,7 +163,7 @@ class QueueService:
             if self._tls_dir is None:
                 channel = grpc.aio.insecure_channel(target, options=KEEPALIVE_OPTIONS)
             else:
-                from cluster.tls import channel_credentials
+                from api.tls import channel_credentials
 
                 credentials = channel_credentials(self._tls_dir, f"node-{self.node.config.node_id}")
                 channel = grpc.aio.secure_channel(target, credentials, options=KEEPALIVE_OPTIONS)

@@ -13,7 +13,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from cluster.tls import TlsError, ca_paths, load_identity, write_private
+from api.tls import TlsError, ca_paths, load_identity, write_private
 
 
 def explain_refusal(address: str, tls_dir: Path, name: str, timeout_s: float = 5.0) -> str | None:

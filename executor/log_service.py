@@ -96,7 +96,7 @@ async def serve(listen: str, log_dir: str, tls_dir: Path | None) -> tuple[grpc.a
     if tls_dir is None:
         port = server.add_insecure_port(listen)
     else:
-        from cluster.tls import server_credentials
+        from api.tls import server_credentials
 
         port = server.add_secure_port(listen, server_credentials(tls_dir, "worker"))
     if port == 0:

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import structlog
 
 from api.client import RemoteQueue
-from cluster.queue import QueueUnavailable
 from executor import log_service
+from jobqueue.interface import QueueUnavailable
 from statemachine import commands as c
 from statemachine import replies as r
 from statemachine.records import AttemptResult, JobSummary

@@ -3,7 +3,7 @@
 Theory of operation. Bytes from a client go into ``protocol.BeanstalkConnection``, a sans-I/O
 codec that reproduces beanstalkd 1.12's parser byte for byte and yields ``events``. The
 connection's ``session.Session`` turns each event into a state-machine command carrying the
-connection's ``client_id``, applies it through ``cluster.queue.JobQueue`` (in-process
+connection's ``client_id``, applies it through ``jobqueue.interface.JobQueue`` (in-process
 ``LocalQueue`` or the cluster's ``RemoteQueue``), and ``render`` turns the reply into
 beanstalkd's exact reply bytes. ``server`` is the thin asyncio layer: sockets, backpressure,
 the proxy's identity and lease. ``cli`` is ``beanraft proxy``.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from cluster.queue import JobQueue
+from jobqueue.interface import JobQueue
 from proxy.protocol import JOB_SIZE_DEFAULT, JOB_SIZE_LIMIT
 from proxy.server import LEASE_MS_DEFAULT, ProxyServer, split_host_port
 
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _make_queue(args: argparse.Namespace) -> JobQueue:
     if args.standalone:
-        from cluster.local import LocalQueue
+        from jobqueue.local import LocalQueue
         from statemachine.machine import MachineConfig
 
         return LocalQueue(MachineConfig(max_job_size=args.max_job_size))

@@ -34,7 +34,7 @@ from typing import Final
 
 import structlog
 
-from cluster.queue import JobQueue, QueueUnavailable
+from jobqueue.interface import JobQueue, QueueUnavailable
 from proxy import events as e
 from proxy import render
 from statemachine import commands as sm

@@ -23,7 +23,7 @@ STARTUP_S = 30.0
 def issue_test_certificates(directory: Path, nodes: int = 3) -> Path:
     """A CA in ``directory``, ``node-1``..``node-N``, and one client certificate per role named
     by its role (admin, viewer, proxy, worker, node): what an mTLS test cluster needs."""
-    from cluster import tls
+    from api import tls
 
     tls.init_ca(directory)
     for node_id in range(1, nodes + 1):

@@ -17,7 +17,7 @@ from process_harness import ProcessCluster
 
 from api import cluster_pb2_grpc, empty_pb2
 from api.client import RemoteQueue
-from cluster.queue import QueueUnavailable
+from jobqueue.interface import QueueUnavailable
 from statemachine import commands as c
 from statemachine import replies as r
 

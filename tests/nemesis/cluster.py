@@ -20,8 +20,8 @@ import grpc
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from api.client import open_channel
+from api.tls import init_ca, issue_certificate
 from cluster.journal import _header_salt, scan
-from cluster.tls import init_ca, issue_certificate
 
 from .disk import SmallDisk
 from .hosts import GROUP, NodeUser, Traversal, ensure_users, give, interpreter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cluster.local import LocalQueue
+from jobqueue.local import LocalQueue
 from statemachine import commands as sm
 from statemachine import replies as r
 

@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from cluster.clock import FakeClock
-from cluster.local import LocalQueue
-from cluster.queue import QueueUnavailable
+from jobqueue.interface import QueueUnavailable
+from jobqueue.local import LocalQueue
 from proxy import events as e
 from proxy import render
 from proxy.server import ProxyServer

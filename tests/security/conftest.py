@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import api
-from cluster import tls
+from api import tls
 from cluster.auth import RoleInterceptor
 
 

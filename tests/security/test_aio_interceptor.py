@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import tls
+from api import tls
 from cluster.auth import AioRoleInterceptor
 
 PUT = "/coolbeans.api.v1.JobStateMachine/Put"

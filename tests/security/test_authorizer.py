@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cluster import tls
+from api import tls
 from cluster.auth import METHOD_ROLES, Authorizer
 
 PUT = "/coolbeans.api.v1.JobStateMachine/Put"

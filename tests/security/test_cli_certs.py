@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from cluster import tls
+from api import tls
 
 
 def _beanraft(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import tls
+from api import tls
 from cluster.tls_diagnose import explain_refusal
 
 

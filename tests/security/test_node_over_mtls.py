@@ -14,8 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc
-from cluster import tls
+from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc, tls
 
 pytestmark = pytest.mark.slow
 

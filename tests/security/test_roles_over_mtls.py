@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import tls
+from api import tls
 from cluster.auth import METHOD_ROLES
 
 from .conftest import Method, Server, call, registered_methods, start_server

@@ -1,4 +1,4 @@
-"""cluster.tls: the CA and certificates on disk, and the errors for missing or wrong files."""
+"""api.tls: the CA and certificates on disk, and the errors for missing or wrong files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster import tls
+from api import tls
 
 
 @pytest.fixture

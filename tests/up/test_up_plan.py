@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from api import tls
 from beanraft.up_plan import (
     UpError,
     check_ports_free,
@@ -21,7 +22,6 @@ from beanraft.up_plan import (
     resolve_state,
     save_state,
 )
-from cluster import tls
 
 BEANRAFT = ["python", "-m", "beanraft"]
 

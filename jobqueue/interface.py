@@ -1,6 +1,6 @@
 """The one interface every front end runs against: a job queue that applies commands.
 
-Implemented by ``cluster.local.LocalQueue`` (the state machine in-process, for
+Implemented by ``jobqueue.local.LocalQueue`` (the state machine in-process, for
 ``beanraft proxy --standalone`` and tests) and by ``api.client.RemoteQueue`` (a cluster over
 gRPC). The beanstalkd proxy runs unchanged against either, as coolbeans' front end does against
 its ``state.JSM`` interface.

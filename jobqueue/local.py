@@ -14,16 +14,29 @@ never touched from anywhere else.
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Protocol
 
 import structlog
 
-from cluster.clock import Clock, SystemClock
-from cluster.queue import WakeupHandler
+from jobqueue.interface import WakeupHandler
 from statemachine.commands import Command, Tick
 from statemachine.machine import JobStateMachine, MachineConfig
 from statemachine.replies import Reply
 
 log = structlog.get_logger(__name__)
+
+
+class Clock(Protocol):
+    """What LocalQueue reads time from (``cluster.clock``'s clocks are such; tests pass a
+    fake one)."""
+
+    def now_ms(self) -> int: ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
 
 
 class LocalQueue:

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from api import jsm_pb2, jsm_pb2_grpc
-from cluster.errors import LEADER_HINT_KEY
+from api.metadata import LEADER_HINT_KEY
 
 STATUS = {status.value[0]: status for status in grpc.StatusCode}
 
