@@ -54,14 +54,14 @@ STREAM_LAG_S = 1.5  # behind what this client saw applied for this long: the str
 STREAM_CHECK_S = 0.25
 # Few calls in flight, so that whatever queues meanwhile travels in one big batch: each call is
 # one log entry (a follower fsync, a leader fsync, a Raft round), and that per-entry cost, not
-# the per-command one, bounds throughput (bench/proxy_bench.py, 32 connections: 4 calls in
-# flight ~2,850 puts/s, 2 ~3,650, 16 ~1,700; over ApplyStream 2 ~4,200, 4 ~4,050, 8 ~3,000).
-# Two, not one, so a call stuck in a retry does not stall every other connection.
+# the per-command one, bounds throughput (bench/proxy_bench.py at 32 connections: 2 in flight
+# beat 4, 8 and 16). Two, not one, so a call stuck in a retry does not stall every other
+# connection.
 MAX_CALLS_IN_FLIGHT = 2
 MAX_BATCH = 256
 # How long a free slot waits for more commands while another call is out and the last answer
-# went to a crowd (see apply). At 32 connections: 1 ms gave 13.4 puts per call and 6,100
-# puts/s, against 9.4 and 5,400 sent at once (bench/proxy_bench.py).
+# went to a crowd (see apply). At 32 connections 1 ms gave bigger calls and more puts a second
+# than sending at once (bench/proxy_bench.py).
 HOLD_S = 0.001
 
 

@@ -5,9 +5,9 @@
 Why. A put crosses the state machine and its codec on every node and in the proxy, and at
 32 connections on two cores the five processes run out of CPU before the disk sets the pace.
 mypyc (part of mypy, which type-checks these modules strictly already) compiles the same
-typed source to C extensions: a replica's apply of a put went from 12.1 to 8.2 us and the
-proxy's CPU per put from 74-83 to 56-58 us, 20% more puts a second through the proxy and a
-3-node cluster (bench/proxy_cost.py; docs/benchmarks.md, "Native builds").
+typed source to C extensions: a replica's apply of a put and the proxy's CPU per put each
+took about a third less, and the proxy and a 3-node cluster did about 20% more puts a second
+(bench/proxy_cost.py; docs/benchmarks.md, "Native builds").
 
 What. ``MODULES``: the state machine but its contract (``commands.py``, ``replies.py``: the
 codec reads their type hints at run time, and mypyc keeps ``int | None`` only as ``type``),

@@ -8,16 +8,18 @@ method (``replicated.MachineConsumer.apply_batch``). Every replica applies the e
 (``durability``). Wake-ups (answers to waiting reserves) are numbered in the replicated state, so
 any node streams them and a stream resumes anywhere (``wakeups``).
 
-Modules: ``clock`` (the only time source), ``envelope`` (log entry bytes), ``replicated`` (the
-replicated state), ``proposer`` (group commit), ``durability`` (``--fsync``), ``node`` (Raft,
-ticks, membership), ``service`` (leader routing), ``grpc_jsm`` / ``grpc_cluster`` (servicers),
-``errors`` (the one status table), ``wakeups``, ``metrics``, ``server`` (a running node),
-``cli_node`` / ``cli_admin`` (commands). ``tls``, ``auth``, ``cli_certs`` (mTLS and roles),
-``queue`` (the JobQueue interface) and ``local`` (an in-process queue) complete the package.
+Modules: ``clock`` (the state machine's time: the leader's stamp), ``envelope`` (log entry
+bytes), ``replicated`` (the replicated state), ``proposer`` (group commit), ``durability``
+(``--fsync``), ``node`` (Raft, ticks, membership), ``raftcore`` (every change to pysyncobj's
+Raft), ``journal`` / ``dumpfile`` (storage), ``service`` (leader routing), ``forwarder`` (a
+follower's batched forwards), ``node_queue`` (the direct path's queue), ``grpc_jsm`` /
+``grpc_cluster`` / ``grpc_joblet`` (servicers), ``errors`` (the one status table),
+``wakeups``, ``metrics``, ``server`` (a running node), ``auth`` (roles), ``cli_*`` (commands).
 
-Rules: nothing here but ``clock`` reads time; nothing from the network is unpickled before
-pysyncobj has authenticated it with the cluster secret (only ``--insecure`` without a secret
-file skips that, loudly); an apply never raises into pysyncobj.
-Dependencies point inward: ``cluster`` imports ``statemachine``, never ``proxy`` or
-``executor``.
+Rules: the state machine's time comes only from ``clock`` (the leader's ``LeaderTime`` stamps
+every entry; timeouts, leases and Raft's timers read the monotonic clock where they run);
+nothing from the network is unpickled before pysyncobj has authenticated it with the cluster
+secret (only ``--insecure`` without a secret file skips that, loudly); an apply never raises
+into pysyncobj. Dependencies point inward: ``cluster`` imports ``api`` (the wire),
+``jobqueue`` and ``statemachine``, never ``proxy`` or ``executor`` (``make layers``).
 """

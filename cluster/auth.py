@@ -14,9 +14,9 @@ with an expired one. Every RPC that gets through is then checked here, before it
    denied to everyone, so a new RPC is closed until someone decides who may call it (a test fails
    if a registered service has a method without an entry).
 
-Rules (joblet's holes, reference section 3): the check lives in one interceptor, never at the top
-of each handler; there is no "any valid certificate" exception for some methods; unknown roles and
-unknown methods are denied, and every denial says what was wrong.
+Rules (closing the holes joblet's authorisation had): the check lives in one interceptor, never at
+the top of each handler; there is no "any valid certificate" exception for some methods; unknown
+roles and unknown methods are denied, and every denial says what was wrong.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 # class of caller that needs it; anything not listed is denied.
 ACCESS: dict[str, dict[str, frozenset[str]]] = {
     JSM_SERVICE: {
-        # Queue calls: they change jobs or wait for them (coolbeans-api.md section 2.2).
+        # Queue calls: they change jobs or wait for them (coolbeans' JobStateMachine).
         "Put": QUEUE,
         "Delete": QUEUE,
         "Reserve": QUEUE,

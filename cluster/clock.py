@@ -1,14 +1,15 @@
-"""Clocks: the only place the cluster reads time (the state machine never does).
+"""Clocks: where the state machine's time comes from (the machine itself never reads one).
 
 The leader stamps ``now_ms`` from its ``LeaderTime`` on every command it proposes; the machine
 clamps it so that time never runs backwards across leaders. Tests inject ``FakeClock``.
 
-``LeaderTime`` prefers late expiry to early expiry after a failover (pysyncobj.md section 15):
-a new leader continues the previous leader's timeline (the last applied stamp) plus the time
-it has itself measured since taking over, instead of jumping to its own wall clock. A clock that
-is ahead by up to ``grace_ms`` (skew, or the seconds an election took) therefore expires no
-reservation early; the election's own duration is simply not counted. After a long outage the
-wall clock wins again (minus the grace), so delays still count the cluster's downtime.
+``LeaderTime`` prefers late expiry to early expiry after a failover, because pysyncobj hands a new
+leader nothing of the old leader's clock: a new leader continues the previous leader's timeline (the
+last applied stamp) plus the time it has itself measured since taking over, instead of jumping to
+its own wall clock. A clock that is ahead by up to ``grace_ms`` (skew, or the seconds an election
+took) therefore expires no reservation early; the election's own duration is simply not counted.
+After a long outage the wall clock wins again (minus the grace), so delays still count the cluster's
+downtime.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A follower's own beanstalkd listener (the direct path) forwards every command to the leader.
 One unary ``Apply`` per command made every command its own log entry and cost the leader a
-gRPC call each: 32 connections on a follower's listener did 1,400 puts/s against 7,200 on the
-leader's (bench/proxy_cost.py --path direct-follower). So commands that arrive while calls are
+gRPC call each: a quarter of the leader's listener's rate at 32 connections (docs/benchmarks.md,
+"a follower's listener, before and after"). So commands that arrive while calls are
 out wait, and go together in the next call; at most ``MAX_CALLS_IN_FLIGHT`` calls are out, on
 one ``ApplyStream`` per leader (``api.apply_stream``), and the leader proposes each call's
 batch as one log entry. A lone command never waits: with no call out it goes at once.

@@ -402,7 +402,7 @@ def _job_yaml(stats: r.JobStats) -> bytes:
 
 
 def _yaml(reply: r.Reply) -> bytes:
-    """A YAML mapping without the leading ``---`` (the proxy adds it, coolbeans-api.md 7.8)."""
+    """A YAML mapping without the leading ``---`` (the proxy adds it, as coolbeans' proxy does)."""
     lines = []
     for name in getattr(reply, "__dataclass_fields__", {}):
         value = getattr(reply, name)

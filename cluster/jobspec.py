@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_PIDS_MAX = 256  # joblet never wrote pids.max (reference §10.2); we always do.
+DEFAULT_PIDS_MAX = 256  # joblet never wrote pids.max, so a fork bomb had no bound; we always do.
 DEFAULT_TIMEOUT_S = 3600
 DEFAULT_WORKDIR = "/work"
 NETWORK_MODES = ("none", "host")

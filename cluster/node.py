@@ -11,7 +11,7 @@ thread. The node:
   clients at the leader's gRPC address;
 - changes membership one node at a time, and hands leadership over before removing itself.
 
-pysyncobj's sharp edges handled here (pysyncobj.md): ``password`` (the cluster secret) is
+pysyncobj's sharp edges handled here: ``password`` (the cluster secret) is
 always set, so every Raft message is authenticated before it is unpickled; ``bindAddress`` is
 the node's own Raft address, never 0.0.0.0; journal and dump file are both used; fsync follows
 ``--fsync`` (``cluster.durability``); latency uses ``appendEntriesUseBatch=False``;

@@ -11,8 +11,8 @@ pysyncobj calls back on its tick thread; the callback hands the result to the lo
 leader's journal holds the entry on disk (``JournalSync.when_durable``: the follower side
 already synced before acknowledging; the leader's sync started when the entry was appended, on
 its own thread, so the tick thread never waits for the disk). pysyncobj's fail reasons are
-split by what they mean for a retry (pysyncobj.md
-section 4): never applied -> ``NotApplied``; maybe applied -> ``Ambiguous``.
+split by what they mean for a retry: never applied (a full queue, no leader, not the leader,
+an entry replaced) -> ``NotApplied``; maybe applied -> ``Ambiguous``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ Result = tuple[int, bytes, int]  # (replicated.OK | REFUSED, payload, raft index
 class _Call:
     """One caller's requests: settled one by one as their entries commit (several entries when
     it is large), answered through one future once all are. One future per call, not per
-    request: each future's completion costs the loop a callback, and the leader spent 72-76 us
-    of CPU per put this way against 78-82 with a future per request (bench/proxy_cost.py)."""
+    request: each future's completion costs the loop a callback, which showed in the leader's CPU
+    per put (bench/proxy_cost.py)."""
 
     __slots__ = ("error", "future", "remaining", "results")
 

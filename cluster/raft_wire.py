@@ -6,22 +6,22 @@ zlib (level 3), then, with a cluster secret, Fernet (AES-CBC, HMAC-SHA256, base6
 three frames sit on every commit's critical path (the leader's append to each follower, the
 follower's acknowledgement), so their cost is latency, not only CPU (docs/benchmarks.md):
 
-- zlib: setting up a deflate stream costs about 25 us a message, and our messages are small
+- zlib: setting up a deflate stream costs more than the rest of a small frame's handling, and
+  our messages are small
   (a batch of encoded commands, an acknowledgement) on links where bandwidth is not the limit.
   Frames now go out uncompressed; the receiver still inflates a compressed one (a zlib stream
   starts with 0x78, a pickle of pysyncobj's protocol 2 with 0x80).
-- Fernet: 6 us to seal and 10 us to open a small frame, and a third larger on the wire.
-  ``AeadFrames`` seals with AES-256-GCM in one call (about 1 us each way) and keeps what
+- Fernet: several times slower to seal and open a small frame than one AES-GCM call, and a
+  third larger on the wire. ``AeadFrames`` seals with AES-256-GCM in one call and keeps what
   pysyncobj relies on: a frame that was forged or altered is refused before it is unpickled
   (``decrypt`` raises and pysyncobj drops the connection), and each frame carries the sender's
   timestamp, authenticated before pysyncobj reads it, for its check that timestamps never go
   back.
-- Pickle protocol 2 (pysyncobj's choice, for Python 2): it has no bytes type, so it writes
-  every bytes value as a latin-1 str and a call to ``_codecs.encode``. Each log entry is our
-  batch of encoded commands, as bytes, pickled once into the entry and again into each
-  append message. With a 1.3 kB entry, protocol 4 pickles a message in 0.5 us instead of
-  3.2 and unpickles it in 0.8 instead of 2.6, 33% smaller; over a put's path that was 5% of
-  its CPU (docs/benchmarks.md). Every Python 3 reads both protocols, so journals, dump files
+- Pickle protocol 2 (pysyncobj's choice, for Python 2): it has no bytes type, so it writes every
+  bytes value as a latin-1 str and a call to ``_codecs.encode``. Each log entry is our batch of
+  encoded commands, as bytes, pickled once into the entry and again into each append message.
+  Protocol 4 pickles and unpickles such a message several times faster and a third smaller
+  (docs/benchmarks.md has the figures). Every Python 3 reads both protocols, so journals, dump files
   and nodes that still write protocol 2 go on working.
 
 All three are installed for the whole process before any SyncObj is built (``install``).

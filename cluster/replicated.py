@@ -9,7 +9,8 @@ address, for leader hints).
 
 Rules:
 - ``apply_batch(entry, now_ms)`` is the only ``@replicated`` method, so adding commands never
-  renumbers pysyncobj's method ids (pysyncobj.md section 8.6). ``entry`` is an
+  renumbers pysyncobj's method ids (it numbers ``@replicated`` methods by their sorted names,
+  and a log written under other numbers would apply the wrong method). ``entry`` is an
   ``cluster.envelope`` batch of ``statemachine.codec`` bytes; ``now_ms`` is stamped by the leader.
 - The apply is deterministic: it reads no clock and no randomness; it evicts old request ids by
   the machine's (clamped) time and the ring by count, so every replica evicts the same ones.

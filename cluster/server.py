@@ -2,7 +2,8 @@
 
 ``run_node`` is what ``beanraft node`` calls. With ``join`` set, the node first asks the cluster
 for its members and to be added (``Cluster.Join``, forwarded to the leader), and only then starts
-Raft with those members as partners: pysyncobj's order (pysyncobj.md section 7). It serves the
+Raft with those members as partners (pysyncobj's order: a node must be a member before its
+Raft starts, or the others ignore it). It serves the
 standard gRPC health service: ``SERVING`` while this node knows a leader and has a quorum (any
 node serves any call, by forwarding), ``NOT_SERVING`` otherwise.
 """

@@ -8,7 +8,7 @@ election the service waits up to ``LEADER_WAIT_S`` for a leader before answering
 Reads are linearizable: every command, reads included (peek, stats, list), is a log entry, and
 its reply is computed when the entry is applied, after every entry committed before it. A
 deposed or partitioned leader cannot commit, so it cannot answer from stale state (pysyncobj has
-no ReadIndex or lease read; pysyncobj.md section 5). Only ``Cluster.Status`` reads local state.
+no ReadIndex or lease read). Only ``Cluster.Status`` reads local state.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ once at start: ``/sys/fs/cgroup`` being cgroup2fs means v2.
 
 Rules:
 - Fail closed: a limit that cannot be written raises CgroupError and the job does not run.
-- pids.max is always written (joblet never did, reference §10.2).
+- pids.max is always written (joblet never did: a fork bomb had no bound).
 - I/O limits go to every real block device (joblet hard-coded 8:0, §10.3).
 - A worker directory whose worker is gone is swept at start: its processes are killed, then
   the directories are removed leaf first.

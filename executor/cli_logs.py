@@ -1,10 +1,10 @@
 """``beanraft logs JOB_ID [-f]``: show a job's stdout and stderr logs on this worker host, and
 with -f follow them until the job is no longer running here.
 
-The logs are append-only files, so following is reading from the last offset: nothing is
-replayed twice and nothing written in between is missed (joblet's replay gap, reference §10.9).
-Following waits on inotify events for the log directory (a write, or the state file going
-away), not on a polling sleep; a 1 s poll timeout is only a safety net.
+The logs are append-only files, so following is reading from the last offset: nothing is replayed
+twice and nothing written in between is missed (joblet's follow could miss output written between
+its replay and the live stream). Following waits on inotify events for the log directory (a write,
+or the state file going away), not on a polling sleep; a 1 s poll timeout is only a safety net.
 
 A job's output is whatever the job wrote, so on a terminal control characters are shown
 escaped (``\x1b``), never interpreted: a job must not be able to move the cursor, rewrite the

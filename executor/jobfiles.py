@@ -14,7 +14,7 @@
     job-<id>.stop           a stop intent written by `beanraft stop`, so the worker records the
                             attempt as stopped rather than as killed by a signal
 
-stdout and stderr stay separate files (joblet merged them into one pipe, reference §10.13).
+stdout and stderr stay separate files (joblet merged them into one pipe).
 
 Retention (`sweep`): per job, output is bounded by limits.log_mb per attempt per stream; per
 host, the worker removes whole finished jobs older than its retention period, then the oldest

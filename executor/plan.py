@@ -240,7 +240,7 @@ def cgroup_limits(spec: JobSpec, memory_mb: int | None = None) -> CgroupLimits:
 
 def job_env(spec: JobSpec, job_id: int) -> tuple[tuple[str, str], ...]:
     """The job's environment: a fixed base, then the spec's variables. Nothing of the worker's
-    environment is consulted (joblet leaked the server's whole environment, reference §10.1)."""
+    environment is consulted (joblet leaked the server's whole environment into jobs)."""
     env = {
         "PATH": BASE_PATH,
         "HOME": spec.workdir,

@@ -311,7 +311,8 @@ def classify(
     lines: list[str], launcher_status: int, oom: bool, timed_out: bool, stopped: bool
 ) -> RunResult:
     """Pure: the status lines and flags in, the outcome out. A recorded stop or timeout wins
-    over "killed by SIGKILL" (joblet's race, reference §10.6); an OOM kill is told apart."""
+    over "killed by SIGKILL" (joblet reported a stopped job as killed by SIGKILL: a race); an OOM
+    kill is told apart."""
     errors = [line[6:] for line in lines if line.startswith("error ")]
     statuses = [int(line.split()[1]) for line in lines if line.startswith("status ")]
     exit_code: int | None = None

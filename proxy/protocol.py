@@ -6,7 +6,7 @@ complete event (a parsed command, or an error the server must reply with) or ``N
 Replies are rendered by ``proxy.render``. Nothing here touches a socket, a clock or the queue.
 
 The parser reproduces beanstalkd 1.12's ``prot.c`` byte for byte, including its quirks
-(reference: beanstalkd-protocol.md sections 2 and 3, and each checked against the binary):
+(beanstalkd 1.12's protocol.txt, each rule checked against the binary):
 
 - A command line lives in a 224-byte buffer. Its end is found by ``scan_line_end``: the FIRST
   ``\\r`` in the buffer, which must be followed by ``\\n``. A full buffer without a line end is

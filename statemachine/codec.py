@@ -346,7 +346,7 @@ def _checker(hint: Any) -> _Check:
 # Reserved, Deleted), alone or as the reply of an Outcome without wake-ups. For those, the
 # functions below write and read the very bytes of the generic code above with one loop over
 # the fields' kinds, known per class, instead of a dispatch and a type check per field. Decoding
-# takes a third to two thirds less time (a put 5.3 -> 3.3 us), encoding an outcome a quarter to
+# takes a third to two thirds less time, encoding an outcome a quarter to
 # a half less; encoding a command gains little. They take only well-formed values of exactly
 # those shapes. Anything else, malformed or merely unusual, goes to the generic code, which
 # decides and says why; so they return only what it would return (tests/cluster/test_codec.py

@@ -1,10 +1,10 @@
 """beanstalkd's limits as named constants, and the checks of values against them.
 
-Theory of operation: beanstalkd's parser refuses out-of-range values with ``BAD_FORMAT``
-(beanstalkd-protocol.md section 2). The proxy parses the wire form, but the machine is also
-reached through gRPC, so it checks every value again and answers ``InvalidArgument`` with a
-message that says which value was wrong and what is allowed. A check returns the message, or
-None when the value is fine; it never raises.
+Theory of operation: beanstalkd's parser refuses out-of-range values with ``BAD_FORMAT`` (beanstalkd
+1.12's protocol.txt and its source). The proxy parses the wire form, but the machine is also reached
+through gRPC, so it checks every value again and answers ``InvalidArgument`` with a message that
+says which value was wrong and what is allowed. A check returns the message, or None when the value
+is fine; it never raises.
 
 Units are milliseconds: the protocol's uint32 seconds become ``(2**32 - 1) * 1000`` ms.
 """

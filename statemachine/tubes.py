@@ -1,6 +1,6 @@
 """Tubes: each holds a ready heap, a delayed heap and a buried FIFO, plus its counters.
 
-Theory of operation (beanstalkd-protocol.md 5.2): a tube orders its ready jobs by (priority,
+Theory of operation (as beanstalkd 1.12): a tube orders its ready jobs by (priority,
 id), its delayed jobs by (ready time, id), and its buried jobs oldest-buried first. Reserved
 jobs live with their holder; the tube only counts them.
 

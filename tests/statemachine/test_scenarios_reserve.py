@@ -1,4 +1,4 @@
-"""Scenarios: reserving, waiting, matching, TTR and DEADLINE_SOON (beanstalkd-protocol.md 8)."""
+"""Scenarios: reserving, waiting, matching, TTR and DEADLINE_SOON (as beanstalkd 1.12)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Scenarios: snapshot and restore keep everything, byte for byte.
 
-coolbeans lost the next job id and the delayed schedule on restore and dropped watch lists
-(coolbeans-api.md 9.2, 9.3, 9.15 #16); each of those has a scenario here that restores in the
+coolbeans lost the next job id and the delayed schedule on restore and dropped watch lists;
+each of those has a scenario here that restores in the
 middle and checks that the restored machine carries on exactly as the original.
 """
 

@@ -1,4 +1,4 @@
-"""Scenarios: stats, stats-tube and stats-job report true values (beanstalkd-protocol.md 10)."""
+"""Scenarios: stats, stats-tube and stats-job report true values (as beanstalkd 1.12)."""
 
 from __future__ import annotations
 

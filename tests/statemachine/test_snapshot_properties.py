@@ -1,10 +1,9 @@
 """Snapshot properties: a restored machine is the same machine, byte for byte and in behaviour.
 
-coolbeans lost the next job id and the delayed schedule on restore (reference/coolbeans-api.md,
-known defects). These tests restore after random histories (hypothesis) and after histories
-built to leave one kind of state behind each (a waiting reserve, a paused tube, a lease, the
-idempotency window, ...), then require that the restored machine answers the next commands
-exactly as the original does.
+coolbeans lost the next job id and the delayed schedule on restore (among its known defects). These
+tests restore after random histories (hypothesis) and after histories built to leave one kind of
+state behind each (a waiting reserve, a paused tube, a lease, the idempotency window, ...), then
+require that the restored machine answers the next commands exactly as the original does.
 """
 
 from __future__ import annotations
