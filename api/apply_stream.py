@@ -13,18 +13,23 @@ import grpc
 
 from api import jsm_pb2, jsm_pb2_grpc
 from api.metadata import LEADER_HINT_KEY
+from jobqueue.errors import QueueError
 
 STATUS = {status.value[0]: status for status in grpc.StatusCode}
+UNKNOWN_OUTCOME = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class CallFailed(Exception):
-    """One call failed with a gRPC status: its own (an ApplyStream answer) or its stream's."""
+class CallFailed(QueueError):
+    """One call failed with a gRPC status: its own (an ApplyStream answer) or its stream's.
+    UNAVAILABLE and DEADLINE_EXCEEDED leave the outcome unknown (retry with the same request
+    ids); any other status is the node's final answer."""
 
     def __init__(self, code: grpc.StatusCode, details: str, leader_hint: str = "") -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
         self.leader_hint = leader_hint
+        self.retryable = self.maybe_applied = code in UNKNOWN_OUTCOME
 
     @classmethod
     def of(cls, error: grpc.aio.AioRpcError) -> CallFailed:

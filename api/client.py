@@ -36,6 +36,7 @@ import structlog
 
 from api import jsm_pb2, jsm_pb2_grpc
 from api.apply_stream import STATUS, ApplyStream, CallFailed
+from jobqueue.errors import BeanraftError
 from jobqueue.interface import QueueUnavailable, WakeupHandler, request_id_for
 from statemachine import codec
 from statemachine.commands import Command
@@ -301,7 +302,7 @@ class RemoteQueue:
         self._channels.clear()
 
 
-class StreamStalled(Exception):
+class StreamStalled(BeanraftError):
     """A wake-up stream that is open but no longer keeps up (see the module docstring)."""
 
 

@@ -26,6 +26,7 @@ from google.protobuf.json_format import MessageToDict
 
 from api import joblet_pb2, joblet_pb2_grpc
 from api.client import open_channel
+from jobqueue.errors import BeanraftError
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0
@@ -36,7 +37,7 @@ MAX_RECEIVE_BYTES = 64 << 20
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class JobApiError(Exception):
+class JobApiError(BeanraftError):
     """A refused call: ``code`` is the gRPC status, the message is the server's."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:

@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from jobqueue.errors import BeanraftError
+
 log = structlog.get_logger(__name__)
 
 # admin: everything; node: a cluster member (everything, it forwards and joins);
@@ -49,7 +51,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BACKDATE = datetime.timedelta(minutes=5)
 
 
-class TlsError(Exception):
+class TlsError(BeanraftError):
     """A certificate file is missing, unreadable or wrong; the message says which and what to do."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from jobqueue.errors import BeanraftError
+
 _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 20
 
@@ -42,7 +44,7 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class ChildDied(Exception):
+class ChildDied(BeanraftError):
     """A child exited when it should be running; the message says which, how, and its output."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from api import tls
 from beanraft.children import ChildSpec
+from jobqueue.errors import BeanraftError
 
 STATE_FILE = "up.json"
 STATE_VERSION = 1
@@ -25,7 +26,7 @@ LOOPBACK = "127.0.0.1"
 CLIENT_CERTS = ("proxy", "admin", "worker", "viewer")
 
 
-class UpError(Exception):
+class UpError(BeanraftError):
     """``beanraft up`` cannot go on; the message says what to do."""
 
 

@@ -18,8 +18,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobqueue.errors import BeanraftError
 
-class ClientConfigError(Exception):
+
+class ClientConfigError(BeanraftError):
     """No cluster is named anywhere, or the client file is unreadable; says what to do."""
 
 

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from cluster.journal import fsync_dir
+from jobqueue.errors import BeanraftError
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +62,7 @@ NOT_SERIALIZING, SERIALIZING, SUCCESS, FAILED = 0, 1, 2, 3
 Entry = tuple[bytes, int, int]
 
 
-class DamagedDump(Exception):
+class DamagedDump(BeanraftError):
     """A dump file that fails its checksum or format: its state must not be used."""
 
 

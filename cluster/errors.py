@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from jobqueue.errors import QueueError
 from statemachine import codec
 from statemachine import replies as r
 
 
-class ClusterError(Exception):
-    """Base class of the node's own errors."""
+class ClusterError(QueueError):
+    """Base class of the node's own errors (``retryable`` and ``maybe_applied``: see
+    ``jobqueue.errors``)."""
 
 
 @dataclass
@@ -31,6 +33,7 @@ class NotLeader(ClusterError):
     node_id: str
     leader_id: str = ""
     leader_grpc_addr: str = ""
+    retryable = True  # at the leader, or here once one is elected
 
     def __str__(self) -> str:
         if self.leader_grpc_addr:
@@ -44,9 +47,14 @@ class NotLeader(ClusterError):
 class NotApplied(ClusterError):
     """The command was certainly not applied (queue full, entry discarded): safe to retry."""
 
+    retryable = True
+
 
 class Ambiguous(ClusterError):
     """The command may or may not have been applied: retry with the same request id."""
+
+    retryable = True
+    maybe_applied = True
 
 
 class MembershipRefused(ClusterError):

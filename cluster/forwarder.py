@@ -25,6 +25,7 @@ from api import jsm_pb2, jsm_pb2_grpc
 from api.apply_stream import STATUS, ApplyStream, CallFailed
 from cluster.errors import ClusterError
 
+UNKNOWN_OUTCOME = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 MAX_CALLS_IN_FLIGHT = 2  # as RemoteQueue: few calls out, so what queues meanwhile travels together
 MAX_BATCH = 256
 CALL_TIMEOUT_S = 4.5  # a little over the leader's own 4 s proposal timeout
@@ -38,6 +39,11 @@ class Forwarded(ClusterError):
     code: grpc.StatusCode
     details: str
     leader_hint: str = ""
+
+    def __post_init__(self) -> None:
+        # A call that broke or timed out may have been applied; any other status is the
+        # leader's answer, final.
+        self.retryable = self.maybe_applied = self.code in UNKNOWN_OUTCOME
 
     def __str__(self) -> str:
         return self.details

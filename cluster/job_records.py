@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from cluster.jobspec import JobSpec
+from jobqueue.errors import BeanraftError
 from statemachine.machine import JobStateMachine
 from statemachine.records import JobRecord, JobSummary, RecordView, derive
 
@@ -43,7 +44,7 @@ def summary_of(spec: JobSpec) -> JobSummary:
     )
 
 
-class RecordUnavailable(Exception):
+class RecordUnavailable(BeanraftError):
     """The job was in the middle of a move for longer than a read waits (never, in practice)."""
 
 

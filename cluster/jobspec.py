@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobqueue.errors import BeanraftError
+
 DEFAULT_PIDS_MAX = 256  # joblet never wrote pids.max, so a fork bomb had no bound; we always do.
 DEFAULT_TIMEOUT_S = 3600
 DEFAULT_WORKDIR = "/work"
@@ -63,7 +65,7 @@ MAX_BODY_BYTES = 1 << 20
 _RETRY_KEYS = {"max_retries", "backoff_s"}
 
 
-class SpecError(ValueError):
+class SpecError(BeanraftError, ValueError):
     """The body is not a valid job spec; the message says which field and why."""
 
 

@@ -45,6 +45,8 @@ from typing import Any
 
 import structlog
 
+from jobqueue.errors import BeanraftError
+
 log = structlog.get_logger(__name__)
 
 MAGIC = b"BRAFTLOG"
@@ -66,7 +68,7 @@ _MAX_VOTE_BYTES = META_SLOT_BYTES - _META.size - 4
 Entry = tuple[bytes, int, int]  # (command, index, term), as pysyncobj keeps them
 
 
-class DiskFull(OSError):
+class DiskFull(BeanraftError, OSError):
     """The disk has no room for the log to grow: nothing was written."""
 
     def __init__(self, path: str, needed: int) -> None:
@@ -77,7 +79,7 @@ class DiskFull(OSError):
         )
 
 
-class DamagedJournal(Exception):
+class DamagedJournal(BeanraftError):
     """The log on disk cannot be trusted: a record before the tail, or the meta, is damaged."""
 
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import grpc
 import structlog
 
-from cluster.errors import Ambiguous, ClusterError, NotApplied, NotLeader
-from cluster.forwarder import Forwarded
+from cluster.errors import ClusterError
 from cluster.service import QueueService
 from jobqueue.interface import QueueUnavailable, WakeupHandler, request_id_for
 from statemachine import codec
@@ -44,7 +42,9 @@ class NodeQueue:
                 outcome, _ = await self.service.apply(command, request_id)
                 return outcome.reply
             except ClusterError as exc:
-                if not _retryable(exc):
+                # Retried with the same request id: an election, a broken forward, an outcome
+                # not known (the error says; jobqueue.errors).
+                if not exc.retryable:
                     raise QueueUnavailable(f"the cluster refused the command: {exc}") from None
                 if loop.time() >= give_up:
                     raise QueueUnavailable(
@@ -69,10 +69,3 @@ class NodeQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-
-
-def _retryable(exc: ClusterError) -> bool:
-    """An election, a forward that broke, an outcome not known: retry (same request id)."""
-    if isinstance(exc, Forwarded):
-        return exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    return isinstance(exc, NotLeader | NotApplied | Ambiguous)

@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from jobqueue.errors import BeanraftError
+
 _PICKLE_PROTO = 0x80  # the first byte of any pickle of protocol 2 or later
 PICKLE_PROTOCOL = 4  # Python 3.4 and later read it
 _VERSION = b"\x01"
@@ -50,7 +52,7 @@ _SALT = b"beanraft raft transport v1"
 KDF_ITERATIONS = 100_000  # once per process start, as pysyncobj's own key derivation
 
 
-class FrameRefused(ValueError):
+class FrameRefused(BeanraftError, ValueError):
     """A frame that is not an intact ``AeadFrames`` frame under this cluster's secret."""
 
 

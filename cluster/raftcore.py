@@ -81,6 +81,7 @@ from pysyncobj.transport import TCPTransport
 from cluster import raft_wire
 from cluster.dumpfile import DumpStore
 from cluster.journal import DiskFull, Journal
+from jobqueue.errors import BeanraftError
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +119,7 @@ _VERIFIED = {
 }
 
 
-class UnsupportedPysyncobj(RuntimeError):
+class UnsupportedPysyncobj(BeanraftError, RuntimeError):
     """The installed pysyncobj is not the one beanraft's Raft changes were made for."""
 
 

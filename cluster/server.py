@@ -28,6 +28,7 @@ from cluster.grpc_jsm import JobStateMachineServicer
 from cluster.metrics import NodeMetrics
 from cluster.node import NodeConfig, RaftNode
 from cluster.service import QueueService
+from jobqueue.errors import BeanraftError
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,7 @@ HEALTH_SERVICES = (
 )
 
 
-class AddressInUse(Exception):
+class AddressInUse(BeanraftError):
     """An address this node must listen on cannot be bound exclusively; says who to ask."""
 
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from executor.plan import CgroupLimits
+from jobqueue.errors import BeanraftError
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "cpuset", "freezer")
@@ -33,7 +34,7 @@ _IGNORED_BLOCK_PREFIXES = ("loop", "ram", "zram", "nbd", "sr", "fd")
 _CGROUP2_MAGIC_NAME = "cgroup2"
 
 
-class CgroupError(RuntimeError):
+class CgroupError(BeanraftError, RuntimeError):
     """A cgroup could not be created, limited or joined; the message says which file."""
 
 

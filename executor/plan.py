@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cluster.jobspec import JobSpec
+from jobqueue.errors import BeanraftError
 
 CPU_PERIOD_US = 100_000
 NOBODY_UID = 65534
@@ -140,7 +141,7 @@ class Plan:
     seccomp: bool
 
 
-class PlanError(ValueError):
+class PlanError(BeanraftError, ValueError):
     """The spec asks for something this worker's policy does not allow."""
 
 

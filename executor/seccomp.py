@@ -97,6 +97,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executor import linux
+from jobqueue.errors import BeanraftError
 
 DENIED_SYSCALLS: tuple[str, ...] = (
     # kernel modules, kexec, reboot, swap
@@ -254,7 +255,7 @@ BPF_MAXINSNS = 4096  # the kernel's limit on one classic BPF program
 _SOCK_FILTER_BYTES = 8
 
 
-class SeccompError(RuntimeError):
+class SeccompError(BeanraftError, RuntimeError):
     """The filter cannot be built: libseccomp or pyseccomp is missing or failed."""
 
 

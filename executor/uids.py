@@ -19,13 +19,15 @@ import fcntl
 import os
 from dataclasses import dataclass
 
+from jobqueue.errors import BeanraftError
+
 DEFAULT_LOCK_DIR = "/run/beanraft/uids"
 # systemd's UIDS-GIDS.md leaves 1879048192-2147483647 unassigned (above the container ranges,
 # below the values that tools reading uids as signed 32-bit numbers get wrong).
 DEFAULT_UID_RANGE = (1_900_000_000, 1_900_009_999)
 
 
-class UidRangeExhausted(RuntimeError):
+class UidRangeExhausted(BeanraftError, RuntimeError):
     """Every uid of the range is held by a running worker slot."""
 
 

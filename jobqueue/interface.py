@@ -16,15 +16,13 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from jobqueue.errors import QueueUnavailable
 from statemachine.commands import Command
 from statemachine.replies import Reply, Wakeup
 
+__all__ = ["JobQueue", "QueueUnavailable", "WakeupHandler", "request_id_for"]
+
 WakeupHandler = Callable[[Wakeup], None]
-
-
-class QueueUnavailable(Exception):
-    """The queue could not apply a command now (no leader, no node reachable). The command
-    may or may not have been applied; retry with the same request id."""
 
 
 class JobQueue(Protocol):
