@@ -14,10 +14,11 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from cluster.forwarder import Forwarded
-from cluster.grpc_jsm import guarded
+from cluster.grpc_jsm import AnyCtx, Ctx, guarded
 from cluster.service import QueueService
 
 log = structlog.get_logger(__name__)
@@ -39,7 +40,11 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         self.service = service
         self.node = service.node
 
-    async def Join(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Join(
+        self,
+        request: cluster_pb2.JoinRequest,
+        context: Ctx[cluster_pb2.JoinRequest, empty_pb2.Empty],
+    ) -> empty_pb2.Empty:
         if not request.node_id or not request.addr:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and addr are required")
         for field, value in (("addr", request.addr), ("grpc_addr", request.grpc_addr)):
@@ -78,7 +83,11 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 )
         return ""
 
-    async def Leave(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Leave(
+        self,
+        request: cluster_pb2.LeaveRequest,
+        context: Ctx[cluster_pb2.LeaveRequest, empty_pb2.Empty],
+    ) -> empty_pb2.Empty:
         raft_addr = self._raft_addr_of(request.node_id)
         if not raft_addr:
             await context.abort(
@@ -105,7 +114,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         # dropped) or was never recorded can still be named by its Raft address.
         return node_id if node_id in self.node.member_addrs() else ""
 
-    async def _forward(self, context: Any, method: str, request: Any) -> None:
+    async def _forward(self, context: AnyCtx, method: str, request: Message) -> None:
         _, leader_grpc = self.node.leader_info()
         if not leader_grpc:
             raise self.node.not_leader()
@@ -115,15 +124,25 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         except grpc.aio.AioRpcError as exc:
             raise Forwarded(exc.code(), exc.details() or "", leader_grpc) from None
 
-    async def IsNodeLeader(self, request: Any, context: Any) -> Any:
+    async def IsNodeLeader(
+        self,
+        request: empty_pb2.Empty,
+        context: Ctx[empty_pb2.Empty, cluster_pb2.IsNodeLeaderResponse],
+    ) -> cluster_pb2.IsNodeLeaderResponse:
         return cluster_pb2.IsNodeLeaderResponse(is_leader=self.node.is_leader())
 
-    async def Snapshot(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Snapshot(
+        self, request: empty_pb2.Empty, context: Ctx[empty_pb2.Empty, empty_pb2.Empty]
+    ) -> empty_pb2.Empty:
         self.node.syncobj.forceLogCompaction()
         log.info("log compaction forced", node_id=self.node.config.node_id)
         return empty_pb2.Empty()
 
-    async def StreamSnapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def StreamSnapshot(
+        self,
+        request: empty_pb2.Empty,
+        context: Ctx[empty_pb2.Empty, cluster_pb2.SnapshotChunk],
+    ) -> AsyncIterator[cluster_pb2.SnapshotChunk]:
         data, index = await guarded(context, self.node.machine_snapshot())
         log.info("snapshot streamed", applied_index=index, size_bytes=len(data))
         for offset in range(0, max(len(data), 1), CHUNK_BYTES):
@@ -133,7 +152,9 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 chunk.total_size = len(data)
             yield chunk
 
-    async def Status(self, request: Any, context: Any) -> cluster_pb2.ClusterStatus:
+    async def Status(
+        self, request: empty_pb2.Empty, context: Ctx[empty_pb2.Empty, cluster_pb2.ClusterStatus]
+    ) -> cluster_pb2.ClusterStatus:
         raw = await guarded(context, self.node.on_tick_thread(self.node.syncobj.getStatus))
         return cluster_status(self.node, raw)
 

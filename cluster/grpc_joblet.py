@@ -21,7 +21,7 @@ import structlog
 
 from api import joblet_pb2, joblet_pb2_grpc, workerlogs_pb2, workerlogs_pb2_grpc
 from cluster import errors
-from cluster.grpc_jsm import guarded
+from cluster.grpc_jsm import AnyCtx, Ctx, guarded
 from cluster.job_records import list_now, off_loop, summary_of, view_now
 from cluster.jobspec import JobSpec, SpecError, spec_from_dict
 from cluster.service import QueueService
@@ -155,7 +155,11 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
     def _machine(self) -> Any:
         return self.node.state.machine  # read through the node: a snapshot install replaces it
 
-    async def RunJob(self, request: Any, context: Any) -> joblet_pb2.RunJobRes:
+    async def RunJob(
+        self,
+        request: joblet_pb2.RunJobReq,
+        context: Ctx[joblet_pb2.RunJobReq, joblet_pb2.RunJobRes],
+    ) -> joblet_pb2.RunJobRes:
         try:
             spec, body = spec_body(request)
         except SpecError as exc:
@@ -179,11 +183,19 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
         log.info("job submitted", job_id=reply.job_id, command=request.command, tube=put.tube)
         return joblet_pb2.RunJobRes(**job_fields(view), details=details(view))
 
-    async def GetJobStatus(self, request: Any, context: Any) -> joblet_pb2.GetJobStatusRes:
+    async def GetJobStatus(
+        self,
+        request: joblet_pb2.GetJobStatusReq,
+        context: Ctx[joblet_pb2.GetJobStatusReq, joblet_pb2.GetJobStatusRes],
+    ) -> joblet_pb2.GetJobStatusRes:
         view = await self._view(context, await self._id(context, request.id))
         return joblet_pb2.GetJobStatusRes(**job_fields(view), details=details(view))
 
-    async def StopJob(self, request: Any, context: Any) -> joblet_pb2.StopJobRes:
+    async def StopJob(
+        self,
+        request: joblet_pb2.StopJobReq,
+        context: Ctx[joblet_pb2.StopJobReq, joblet_pb2.StopJobRes],
+    ) -> joblet_pb2.StopJobRes:
         job_id = await self._id(context, request.id)
         outcome, index = await guarded(context, self.service.apply(c.StopJob(job_id)))
         reply = outcome.reply
@@ -205,11 +217,19 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
             exitCode=fields["exitCode"],
         )
 
-    async def ListJobs(self, request: Any, context: Any) -> joblet_pb2.Jobs:
+    async def ListJobs(
+        self,
+        request: joblet_pb2.EmptyRequest,
+        context: Ctx[joblet_pb2.EmptyRequest, joblet_pb2.Jobs],
+    ) -> joblet_pb2.Jobs:
         views, _ = await self._list(frozenset(), 0, 0)
         return joblet_pb2.Jobs(jobs=[joblet_pb2.Job(**job_fields(v)) for v in views])
 
-    async def ListJobsPage(self, request: Any, context: Any) -> joblet_pb2.Jobs:
+    async def ListJobsPage(
+        self,
+        request: joblet_pb2.ListJobsReq,
+        context: Ctx[joblet_pb2.ListJobsReq, joblet_pb2.Jobs],
+    ) -> joblet_pb2.Jobs:
         statuses = frozenset(s.upper() for s in request.statuses)
         unknown = sorted(statuses - set(STATUSES))
         if unknown:
@@ -231,7 +251,11 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
         jobs = [joblet_pb2.Job(**job_fields(v), details=details(v)) for v in views]
         return joblet_pb2.Jobs(jobs=jobs, next_page_token=str(next_after) if next_after else "")
 
-    async def GetJobLogs(self, request: Any, context: Any) -> AsyncIterator[joblet_pb2.DataChunk]:
+    async def GetJobLogs(
+        self,
+        request: joblet_pb2.GetJobLogsReq,
+        context: Ctx[joblet_pb2.GetJobLogsReq, joblet_pb2.DataChunk],
+    ) -> AsyncIterator[joblet_pb2.DataChunk]:
         job_id = await self._id(context, request.id)
         if request.stream not in ("", "stdout", "stderr") or request.offset < 0:
             await context.abort(
@@ -261,8 +285,8 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
             await asyncio.sleep(LOGS_POLL_S)  # not started yet, or waiting for a retry
 
     async def _read_worker(
-        self, context: Any, view: RecordView, offset: int, follow: bool, stream: str
-    ) -> AsyncIterator[Any]:
+        self, context: AnyCtx, view: RecordView, offset: int, follow: bool, stream: str
+    ) -> AsyncIterator[joblet_pb2.DataChunk]:
         """The job's output from the worker that ran its latest attempt."""
         record = view.record
         channel = self.service.channel(record.log_address)
@@ -284,14 +308,14 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
 
     # --- helpers --------------------------------------------------------------------------
 
-    async def _id(self, context: Any, text: str) -> int:
+    async def _id(self, context: AnyCtx, text: str) -> int:
         try:
             return _job_id(text)
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         raise AssertionError("unreachable")
 
-    async def _view(self, context: Any, job_id: int) -> RecordView:
+    async def _view(self, context: AnyCtx, job_id: int) -> RecordView:
         view = view_now(self._machine, job_id)
         if view is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"job not found: {job_id}")
@@ -304,7 +328,7 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
         machine = self._machine
         return await off_loop(lambda: list_now(machine, statuses, after_id, limit))
 
-    async def _await_final(self, context: Any, job_id: int) -> RecordView:
+    async def _await_final(self, context: AnyCtx, job_id: int) -> RecordView:
         """The job's record once its status is final, or as it is after ``STOP_WAIT_S``."""
         deadline = self.node.loop.time() + STOP_WAIT_S
         while True:
@@ -313,7 +337,7 @@ class JobletServicer(joblet_pb2_grpc.JobletServiceServicer):
                 return view
             await asyncio.sleep(STOP_POLL_S)
 
-    async def _abort_for(self, context: Any, reply: r.Reply) -> None:
+    async def _abort_for(self, context: AnyCtx, reply: r.Reply) -> None:
         if isinstance(reply, r.JobTooBig):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 import structlog
@@ -65,12 +65,21 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T
     raise AssertionError("unreachable")  # abort raises
 
 
+# A servicer method's context, typed by the method's request and response (the generated
+# stubs say which), so a wrong field or a wrong answer type is a type error.
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+Ctx: TypeAlias = grpc.aio.ServicerContext[_Request, _Response]
+# For helpers that serve several methods: the context of any of them.
+AnyCtx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
 class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
     def __init__(self, service: QueueService) -> None:
         self.service = service
 
     async def _reply(
-        self, context: Any, commands: list[c.Command], request_id: str = ""
+        self, context: AnyCtx, commands: list[c.Command], request_id: str = ""
     ) -> r.Reply:
         """Apply commands in order; return the last reply, or abort on a failure reply."""
         reply: r.Reply = r.Ok()
@@ -85,7 +94,11 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
 
     # --- beanraft extensions ------------------------------------------------------------
 
-    async def Apply(self, request: Any, context: Any) -> jsm_pb2.ApplyResponse:
+    async def Apply(
+        self,
+        request: jsm_pb2.ApplyRequest,
+        context: Ctx[jsm_pb2.ApplyRequest, jsm_pb2.ApplyResponse],
+    ) -> jsm_pb2.ApplyResponse:
         if request.batch:
             results = await guarded(context, self.service.apply_batch(list(request.batch)))
             self._hint_leader(context)
@@ -100,7 +113,9 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
     # returns None (the generated stubs only know the generator form): each answer goes out
     # the moment its call is done, without a queue and a task switch in between.
     async def ApplyStream(  # type: ignore[override]
-        self, requests: AsyncIterator[Any], context: Any
+        self,
+        requests: AsyncIterator[jsm_pb2.ApplyStreamRequest],
+        context: Ctx[jsm_pb2.ApplyStreamRequest, jsm_pb2.ApplyStreamResponse],
     ) -> None:
         """Apply's calls over one stream: each call runs as soon as it arrives (so calls
         that arrive together share a log entry) and is answered when done, in any order. A
@@ -109,7 +124,7 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
         calls: set[asyncio.Task[None]] = set()
         writing = asyncio.Lock()  # gRPC allows one write at a time on a stream
 
-        async def answer(request: Any) -> None:
+        async def answer(request: jsm_pb2.ApplyStreamRequest) -> None:
             response = await self._stream_call(request)
             async with writing:
                 # The caller may be gone; its calls' outcomes stay in the request-id window.
@@ -127,7 +142,9 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
             for task in list(calls):
                 task.cancel()
 
-    async def _stream_call(self, request: Any) -> jsm_pb2.ApplyStreamResponse:
+    async def _stream_call(
+        self, request: jsm_pb2.ApplyStreamRequest
+    ) -> jsm_pb2.ApplyStreamResponse:
         answer = jsm_pb2.ApplyStreamResponse(call_id=request.call_id)
         try:
             answer.results.extend(await self.service.apply_batch(list(request.batch)))
@@ -147,12 +164,16 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
             return ""
         return self.service.node.leader_info()[1]
 
-    def _hint_leader(self, context: Any) -> None:
+    def _hint_leader(self, context: AnyCtx) -> None:
         hint = self._leader_hint()
         if hint:
             context.set_trailing_metadata(((LEADER_HINT_KEY, hint),))
 
-    async def StreamWakeups(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def StreamWakeups(
+        self,
+        request: jsm_pb2.WakeupStreamRequest,
+        context: Ctx[jsm_pb2.WakeupStreamRequest, jsm_pb2.WakeupEvent],
+    ) -> AsyncIterator[jsm_pb2.WakeupEvent]:
         if not request.proxy_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
         node = self.service.node
@@ -174,7 +195,9 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
 
     # --- coolbeans-compatible methods ---------------------------------------------------
 
-    async def Put(self, request: Any, context: Any) -> jsm_pb2.PutResponse:
+    async def Put(
+        self, request: jsm_pb2.PutRequest, context: Ctx[jsm_pb2.PutRequest, jsm_pb2.PutResponse]
+    ) -> jsm_pb2.PutResponse:
         put = c.Put(
             tube=request.tube_name or "default",
             priority=request.priority,
@@ -187,7 +210,11 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
         assert isinstance(reply, r.Inserted), reply
         return jsm_pb2.PutResponse(job_id=reply.job_id)
 
-    async def Reserve(self, request: Any, context: Any) -> jsm_pb2.ReserveResponse:
+    async def Reserve(
+        self,
+        request: jsm_pb2.ReserveRequest,
+        context: Ctx[jsm_pb2.ReserveRequest, jsm_pb2.ReserveResponse],
+    ) -> jsm_pb2.ReserveResponse:
         await _require_owner(request, context)
         current = await self._reply(
             context, [*_session(request), c.ListTubesWatched(request.client_id)]
@@ -203,7 +230,11 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
         reply = await self._reply(context, [reserve])
         return jsm_pb2.ReserveResponse(reservation=_reservation(request, reply))
 
-    async def StreamReserveUpdates(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def StreamReserveUpdates(
+        self,
+        request: jsm_pb2.ReserveUpdateRequest,
+        context: Ctx[jsm_pb2.ReserveUpdateRequest, jsm_pb2.ReserveResponse],
+    ) -> AsyncIterator[jsm_pb2.ReserveResponse]:
         if not request.proxy_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy_id is required")
         # Resumable by sequence number on any node (every replica numbers wake-ups the same),
@@ -222,7 +253,11 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
                 reservation = _wakeup_reservation(wakeup)
                 yield jsm_pb2.ReserveResponse(reservation=reservation, seq=event.seq)
 
-    async def CheckClientState(self, request: Any, context: Any) -> Any:
+    async def CheckClientState(
+        self,
+        request: jsm_pb2.CheckClientStateRequest,
+        context: Ctx[jsm_pb2.CheckClientStateRequest, jsm_pb2.CheckClientStateResponse],
+    ) -> jsm_pb2.CheckClientStateResponse:
         command = c.CheckClients(request.proxy_id, tuple(request.client_ids))
         reply = await self._reply(context, [command])
         assert isinstance(reply, r.ClientStates), reply
@@ -233,51 +268,77 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
             missing_client_ids=reply.missing,
         )
 
-    async def Delete(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Delete(
+        self, request: jsm_pb2.DeleteRequest, context: Ctx[jsm_pb2.DeleteRequest, empty_pb2.Empty]
+    ) -> empty_pb2.Empty:
         return await self._owned(request, context, c.Delete(request.client_id, request.job_id))
 
-    async def Release(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Release(
+        self, request: jsm_pb2.ReleaseRequest, context: Ctx[jsm_pb2.ReleaseRequest, empty_pb2.Empty]
+    ) -> empty_pb2.Empty:
         command = c.Release(
             request.client_id, request.job_id, request.priority, request.delay * 1000
         )
         return await self._owned(request, context, command)
 
-    async def Touch(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Touch(
+        self, request: jsm_pb2.TouchRequest, context: Ctx[jsm_pb2.TouchRequest, empty_pb2.Empty]
+    ) -> empty_pb2.Empty:
         return await self._owned(request, context, c.Touch(request.client_id, request.job_id))
 
-    async def Bury(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Bury(
+        self, request: jsm_pb2.BuryRequest, context: Ctx[jsm_pb2.BuryRequest, empty_pb2.Empty]
+    ) -> empty_pb2.Empty:
         command = c.Bury(request.client_id, request.job_id, request.priority)
         return await self._owned(request, context, command)
 
-    async def _owned(self, request: Any, context: Any, command: c.Command) -> empty_pb2.Empty:
+    async def _owned(
+        self, request: _FromClient, context: AnyCtx, command: c.Command
+    ) -> empty_pb2.Empty:
         await _require_owner(request, context)
         await self._reply(context, [*_session(request), command])
         return empty_pb2.Empty()
 
-    async def Kick(self, request: Any, context: Any) -> empty_pb2.Empty:
+    async def Kick(
+        self, request: jsm_pb2.KickRequest, context: Ctx[jsm_pb2.KickRequest, empty_pb2.Empty]
+    ) -> empty_pb2.Empty:
         await self._reply(context, [c.KickJob(request.job_id)])
         return empty_pb2.Empty()
 
-    async def KickN(self, request: Any, context: Any) -> jsm_pb2.KickNResponse:
+    async def KickN(
+        self,
+        request: jsm_pb2.KickNRequest,
+        context: Ctx[jsm_pb2.KickNRequest, jsm_pb2.KickNResponse],
+    ) -> jsm_pb2.KickNResponse:
         reply = await self._reply(context, [c.Kick(request.tube_name or "default", request.bound)])
         assert isinstance(reply, r.Kicked), reply
         return jsm_pb2.KickNResponse(jobs_kicked=reply.count)
 
-    async def GetJob(self, request: Any, context: Any) -> jsm_pb2.GetJobResponse:
+    async def GetJob(
+        self,
+        request: jsm_pb2.GetJobRequest,
+        context: Ctx[jsm_pb2.GetJobRequest, jsm_pb2.GetJobResponse],
+    ) -> jsm_pb2.GetJobResponse:
         return jsm_pb2.GetJobResponse(job=await self._found(context, c.Peek(request.job_id)))
 
-    async def PeekReady(self, request: Any, context: Any) -> jsm_pb2.PeekResponse:
+    async def PeekReady(
+        self, request: jsm_pb2.PeekRequest, context: Ctx[jsm_pb2.PeekRequest, jsm_pb2.PeekResponse]
+    ) -> jsm_pb2.PeekResponse:
         return jsm_pb2.PeekResponse(job=await self._found(context, c.PeekReady(request.tube_name)))
 
-    async def PeekDelayed(self, request: Any, context: Any) -> jsm_pb2.PeekResponse:
+    async def PeekDelayed(
+        self, request: jsm_pb2.PeekRequest, context: Ctx[jsm_pb2.PeekRequest, jsm_pb2.PeekResponse]
+    ) -> jsm_pb2.PeekResponse:
         command = c.PeekDelayed(request.tube_name)
         return jsm_pb2.PeekResponse(job=await self._found(context, command))
 
-    async def PeekBuried(self, request: Any, context: Any) -> jsm_pb2.PeekResponse:
+    async def PeekBuried(
+        self, request: jsm_pb2.PeekRequest, context: Ctx[jsm_pb2.PeekRequest, jsm_pb2.PeekResponse]
+    ) -> jsm_pb2.PeekResponse:
         command = c.PeekBuried(request.tube_name)
         return jsm_pb2.PeekResponse(job=await self._found(context, command))
 
-    async def _found(self, context: Any, command: c.Command) -> job_pb2.JobProto:
+    async def _found(self, context: AnyCtx, command: c.Command) -> job_pb2.JobProto:
         """The job a peek found, with what coolbeans fills in: priority, delay, ttr, tube,
         state, creation time and the counters (from a stats-job read right after it, which
         no client's ``cmd-stats-job`` counts)."""
@@ -300,26 +361,57 @@ class JobStateMachineServicer(jsm_pb2_grpc.JobStateMachineServicer):
             job.kick_count = stats.kicks
         return job
 
-    async def GetStatsJobYaml(self, request: Any, context: Any) -> Any:
+    async def GetStatsJobYaml(
+        self,
+        request: jsm_pb2.GetStatsJobYamlRequest,
+        context: Ctx[jsm_pb2.GetStatsJobYamlRequest, jsm_pb2.GetStatsJobYamlResponse],
+    ) -> jsm_pb2.GetStatsJobYamlResponse:
         reply = await self._reply(context, [c.StatsJob(request.job_id)])
         assert isinstance(reply, r.JobStats), reply
         return jsm_pb2.GetStatsJobYamlResponse(stats_yaml=_job_yaml(reply))
 
-    async def GetStatsTubeYaml(self, request: Any, context: Any) -> Any:
+    async def GetStatsTubeYaml(
+        self,
+        request: jsm_pb2.GetStatsTubeYamlRequest,
+        context: Ctx[jsm_pb2.GetStatsTubeYamlRequest, jsm_pb2.GetStatsTubeYamlResponse],
+    ) -> jsm_pb2.GetStatsTubeYamlResponse:
         reply = await self._reply(context, [c.StatsTube(request.tube_name)])
         return jsm_pb2.GetStatsTubeYamlResponse(stats_yaml=_yaml(reply))
 
-    async def GetStatsYaml(self, request: Any, context: Any) -> Any:
+    async def GetStatsYaml(
+        self, request: empty_pb2.Empty, context: Ctx[empty_pb2.Empty, jsm_pb2.GetStatsYamlResponse]
+    ) -> jsm_pb2.GetStatsYamlResponse:
         reply = await self._reply(context, [c.Stats()])
         return jsm_pb2.GetStatsYamlResponse(stats_yaml=_yaml(reply))
 
-    async def ListTubes(self, request: Any, context: Any) -> jsm_pb2.ListTubesResponse:
+    async def ListTubes(
+        self, request: empty_pb2.Empty, context: Ctx[empty_pb2.Empty, jsm_pb2.ListTubesResponse]
+    ) -> jsm_pb2.ListTubesResponse:
         reply = await self._reply(context, [c.ListTubes()])
         assert isinstance(reply, r.TubeList), reply
         return jsm_pb2.ListTubesResponse(tubes=reply.tubes)
 
 
-async def _require_owner(request: Any, context: Any) -> None:
+class _FromClient(Protocol):
+    """A request made for one client of one proxy (Delete, Release, Touch, Bury, Reserve)."""
+
+    @property
+    def proxy_id(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+
+
+class _Watching(_FromClient, Protocol):
+    @property
+    def watched_tubes(self) -> Sequence[str]: ...
+
+
+class _Reserving(_FromClient, Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+
+async def _require_owner(request: _FromClient, context: AnyCtx) -> None:
     if not request.proxy_id or not request.client_id:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -327,11 +419,11 @@ async def _require_owner(request: Any, context: Any) -> None:
         )
 
 
-def _session(request: Any) -> list[c.Command]:
+def _session(request: _FromClient) -> list[c.Command]:
     return [c.Connect(request.client_id, request.proxy_id)]
 
 
-def _watch_exactly(request: Any, current: tuple[str, ...]) -> list[c.Command]:
+def _watch_exactly(request: _Watching, current: tuple[str, ...]) -> list[c.Command]:
     """Commands that turn the client's watch list ``current`` into ``watched_tubes``: watch
     the new tubes first, then ignore the others (so the list is never empty)."""
     wanted = list(dict.fromkeys(request.watched_tubes)) or ["default"]
@@ -340,7 +432,7 @@ def _watch_exactly(request: Any, current: tuple[str, ...]) -> list[c.Command]:
     return commands
 
 
-def _reservation(request: Any, reply: r.Reply) -> jsm_pb2.Reservation:
+def _reservation(request: _Reserving, reply: r.Reply) -> jsm_pb2.Reservation:
     status = _WAIT_STATUS.get(type(reply), jsm_pb2.Error)
     reservation = jsm_pb2.Reservation(
         request_id=request.request_id,
