@@ -8,7 +8,7 @@ to a follower that is too far behind for the log. ``DumpStore`` takes the place 
 - Format: ``magic | version | length of the Raft part | Raft part | length of the state |
   state (zlib level 1) | crc32 of everything before``. The Raft part is the last applied entry,
   the one before it and the members, in explicit bytes (no pickle); the state is
-  ``ReplicatedState.to_bytes()``.
+  ``ClusterState.to_bytes()``.
 - Writing: a forked child (copy-on-write, so the node keeps serving) serialises, writes
   ``<dump>.tmp``, syncs it, renames it over the dump and syncs the directory, then exits; the
   tick thread polls it. gRPC's own fork handlers are what made a quarter of the children abort
@@ -71,7 +71,7 @@ class Dump:
     last: Entry  # the last entry the state includes
     prev: Entry  # the entry before it (pysyncobj keeps both at the head of the log)
     members: list[str]  # the Raft addresses of every member, this node's included
-    state: bytes  # ReplicatedState.to_bytes()
+    state: bytes  # ClusterState.to_bytes()
 
 
 def encode_dump(dump: Dump) -> bytes:

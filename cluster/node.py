@@ -40,7 +40,7 @@ from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
 from cluster.journal import Journal
 from cluster.proposer import Proposer, Result
-from cluster.replicated import MachineConsumer, ReplicatedState
+from cluster.replicated import ClusterState, MachineConsumer
 from cluster.wakeups import WakeupHub
 from statemachine import codec
 from statemachine import commands as c
@@ -285,7 +285,7 @@ class RaftNode:
     # --- Leadership -----------------------------------------------------------------------
 
     @property
-    def state(self) -> ReplicatedState:
+    def state(self) -> ClusterState:
         return self.consumer.state
 
     def is_leader(self) -> bool:

@@ -1,7 +1,8 @@
 """The pysyncobj adapter: one replicated entry point around the job state machine.
 
-Theory of operation. Everything replicated lives in one ``ReplicatedState`` held by a
-``MachineConsumer`` (a pysyncobj consumer): the job state machine, the recent request ids with
+Theory of operation. Everything replicated lives in one ``ClusterState``, pure as the machine
+is (``ClusterState.apply`` reads no clock, does no I/O and logs nothing), held by a
+``MachineConsumer``, the thin pysyncobj adapter: the job state machine, the recent request ids with
 their outcomes (so a retry after an ambiguous outcome is answered, not applied twice), a bounded
 ring of recent wake-ups numbered by a replicated sequence (so a proxy's wake-up stream can resume
 on any node after a leader change), and the member directory (Raft address -> node id and gRPC
@@ -16,7 +17,7 @@ Rules:
   the machine's (clamped) time and the ring by count, so every replica evicts the same ones.
 - A state machine exception is a bug: the process exits rather than apply a half-done entry;
   the other replicas carry on or fail the same way.
-- A dump (``cluster.dumpfile``) holds ``ReplicatedState.to_bytes()``: the machine's own
+- A dump (``cluster.dumpfile``) holds ``ClusterState.to_bytes()``: the machine's own
   versioned snapshot bytes plus plain data; no live object, lock or thread is ever pickled.
 """
 
@@ -26,7 +27,7 @@ import os
 import pickle
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from pysyncobj import SyncObjConsumer, replicated
@@ -72,7 +73,7 @@ class Wakeups:
             self.size_bytes -= len(self.ring.popleft()[2])
 
 
-class ReplicatedState:
+class ClusterState:
     """Everything the Raft log builds, and nothing else."""
 
     def __init__(
@@ -108,7 +109,7 @@ class ReplicatedState:
         return pickle.dumps(plain, protocol=5)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ReplicatedState:
+    def from_bytes(cls, data: bytes) -> ClusterState:
         plain = pickle.loads(data)  # our own dump file or a snapshot from an authenticated peer
         if plain.get("version") != 1:
             raise ValueError(f"unknown replicated state version {plain.get('version')}")
@@ -120,6 +121,79 @@ class ReplicatedState:
             plain["max_now_ms"],
             plain.get("incarnations", {}),
         )
+
+    # --- applying: pure (no clock, no I/O, no logging), the same on every replica ---------------
+
+    def apply(self, requests: list[envelope.Request], now_ms: int) -> Applied:
+        """Apply one log entry's requests, in order, at the leader's ``now_ms`` (clamped: time
+        never runs backwards here). Raises only on a bug in the machine."""
+        self.max_now_ms = max(self.max_now_ms, now_ms)
+        applied = Applied([])
+        for request in requests:
+            applied.results.append(self._apply_one(request, now_ms, applied))
+        self._forget_old_requests()
+        self.next_deadline_ms = self.machine.next_deadline_ms()
+        return applied
+
+    def _apply_one(self, request: envelope.Request, now_ms: int, applied: Applied) -> Result:
+        if request.kind == envelope.MEMBER:
+            node_id, grpc_addr, raft_addr, incarnation = envelope.decode_member(request.payload)
+            self.members[raft_addr] = (node_id, grpc_addr)
+            if incarnation:
+                self.incarnations[raft_addr] = incarnation
+            return (OK, b"")
+        if request.kind == envelope.FORGET:
+            raft_addr, removed = envelope.decode_forget(request.payload)
+            self.members.pop(raft_addr, None)
+            self.incarnations.pop(raft_addr, None)
+            applied.forgotten.append((raft_addr, removed))
+            return (OK, b"")
+        remembered = self.requests.get(request.request_id) if request.request_id else None
+        if remembered is not None:
+            return (OK, remembered[1])  # a retry: the first outcome, nothing applied again
+        command = request.decoded
+        if command is None:
+            try:
+                command = codec.decode_command(request.payload)
+            except codec.CodecError as exc:
+                return (REFUSED, str(exc).encode())
+        outcome = self.machine.apply(command, now_ms)
+        encoded = codec.encode_outcome(outcome)
+        for wakeup in outcome.wakeups:
+            self.wakeups.append(wakeup.proxy_id, codec.encode_wakeup(wakeup))
+        if request.request_id:
+            self.requests[request.request_id] = (self.max_now_ms, encoded)
+            self.requests_bytes += len(encoded)
+        return (OK, encoded)
+
+    def _forget_old_requests(self) -> None:
+        """Evict request ids past the window, oldest first, and beyond the count and byte
+        bounds: by the replicated (clamped) time and in apply order, so every replica evicts
+        the same ones."""
+        requests = self.requests
+        horizon_ms = self.max_now_ms - REQUEST_WINDOW_MS
+        while requests:
+            first_id, (seen_ms, outcome) = next(iter(requests.items()))
+            if (
+                seen_ms >= horizon_ms
+                and len(requests) <= REQUEST_WINDOW_MAX
+                and self.requests_bytes <= REQUEST_WINDOW_MAX_BYTES
+            ):
+                break
+            del requests[first_id]
+            self.requests_bytes -= len(outcome)
+
+
+Result = tuple[int, bytes]  # (OK, outcome bytes) or (REFUSED, why)
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one entry did: each request's result, and the members it removed (Raft address,
+    the incarnation removed or None for any), which the node checks against itself."""
+
+    results: list[Result]
+    forgotten: list[tuple[str, str | None]] = field(default_factory=list)
 
 
 def _wakeups(ring: list[tuple[int, str, bytes]], last_seq: int) -> Wakeups:
@@ -149,11 +223,11 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         machine = (
             JobStateMachine.restore(seed_snapshot) if seed_snapshot else JobStateMachine(config)
         )
-        self.state = ReplicatedState(machine)
+        self.state = ClusterState(machine)
 
     def restore(self, state_bytes: bytes) -> None:
         """Replace the state with a dump's (on the tick thread, between two applies)."""
-        self.state = ReplicatedState.from_bytes(state_bytes)
+        self.state = ClusterState.from_bytes(state_bytes)
         log.info("snapshot loaded", wakeup_seq=self.state.wakeups.last_seq)
         _quietly(self.on_applied)
 
@@ -172,56 +246,20 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         self._decoded.clear()
 
     @replicated  # type: ignore[untyped-decorator]
-    def apply_batch(self, entry: bytes, now_ms: int) -> list[tuple[int, bytes]]:
-        """Apply one log entry: every request in it, in order, at the leader's ``now_ms``."""
+    def apply_batch(self, entry: bytes, now_ms: int) -> list[Result]:
+        """Apply one log entry (pysyncobj's one replicated method): ``ClusterState.apply``,
+        plus what is this node's own business (the memo, leaving, waking streams)."""
         try:
-            state = self.state
-            state.max_now_ms = max(state.max_now_ms, now_ms)
-            requests = self._decoded.pop(entry, None)
-            if requests is None:
-                requests = _requests(entry)
-            results = [self._apply_one(state, request, now_ms) for request in requests]
-            _forget_old_requests(state)
-            state.next_deadline_ms = state.machine.next_deadline_ms()
+            requests = self._decoded.pop(entry, None) or _requests(entry)
+            applied = self.state.apply(requests, now_ms)
         except Exception:
             log.critical("state machine failed applying an entry: exiting", exc_info=True)
             os._exit(70)  # a bug: do not go on with a half-applied entry
-        _quietly(self.on_applied)
-        return results
-
-    def _apply_one(
-        self, state: ReplicatedState, request: envelope.Request, now_ms: int
-    ) -> tuple[int, bytes]:
-        if request.kind == envelope.MEMBER:
-            node_id, grpc_addr, raft_addr, incarnation = envelope.decode_member(request.payload)
-            state.members[raft_addr] = (node_id, grpc_addr)
-            if incarnation:
-                state.incarnations[raft_addr] = incarnation
-            return (OK, b"")
-        if request.kind == envelope.FORGET:
-            raft_addr, removed = envelope.decode_forget(request.payload)
-            state.members.pop(raft_addr, None)
-            state.incarnations.pop(raft_addr, None)
-            if raft_addr == self.self_raft_addr and removed in (None, self.incarnation):
+        for raft_addr, incarnation in applied.forgotten:
+            if raft_addr == self.self_raft_addr and incarnation in (None, self.incarnation):
                 self.removed = True  # local: this very node stops its Raft (cluster.node)
-            return (OK, b"")
-        remembered = state.requests.get(request.request_id) if request.request_id else None
-        if remembered is not None:
-            return (OK, remembered[1])  # a retry: the first outcome, nothing applied again
-        command = request.decoded
-        if command is None:
-            try:
-                command = codec.decode_command(request.payload)
-            except codec.CodecError as exc:
-                return (REFUSED, str(exc).encode())
-        outcome = state.machine.apply(command, now_ms)
-        encoded = codec.encode_outcome(outcome)
-        for wakeup in outcome.wakeups:
-            state.wakeups.append(wakeup.proxy_id, codec.encode_wakeup(wakeup))
-        if request.request_id:
-            state.requests[request.request_id] = (state.max_now_ms, encoded)
-            state.requests_bytes += len(encoded)
-        return (OK, encoded)
+        _quietly(self.on_applied)
+        return applied.results
 
 
 def _requests(entry: bytes) -> list[envelope.Request]:
@@ -232,21 +270,6 @@ def _requests(entry: bytes) -> list[envelope.Request]:
         # worth crashing every replica for. Every replica skips the entry the same way.
         log.error("skipping a malformed log entry", error=str(exc))
         return []
-
-
-def _forget_old_requests(state: ReplicatedState) -> None:
-    requests = state.requests
-    horizon_ms = state.max_now_ms - REQUEST_WINDOW_MS
-    while requests:
-        first_id, (seen_ms, outcome) = next(iter(requests.items()))
-        if (
-            seen_ms >= horizon_ms
-            and len(requests) <= REQUEST_WINDOW_MAX
-            and state.requests_bytes <= REQUEST_WINDOW_MAX_BYTES
-        ):
-            break
-        del requests[first_id]
-        state.requests_bytes -= len(outcome)
 
 
 def _quietly(hook: Callable[[], None]) -> None:

@@ -20,7 +20,7 @@ from statemachine import replies as r
 
 
 class _OldState:
-    """Pickles as the old code pickled ReplicatedState: _state_from_bytes(its bytes)."""
+    """Pickles as the old code pickled ClusterState: _state_from_bytes(its bytes)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
