@@ -35,6 +35,7 @@ from pysyncobj import SyncObjConsumer, replicated
 from cluster import envelope
 from statemachine import codec
 from statemachine.machine import JobStateMachine, MachineConfig
+from statemachine.replies import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -157,8 +158,12 @@ class ClusterState:
                 command = codec.decode_command(request.payload)
             except codec.CodecError as exc:
                 return (REFUSED, str(exc).encode())
+        # The outcome's two parts have one consumer each: the reply goes back to the caller
+        # (and into the request window, for its retries); the wake-ups go only to the ring,
+        # from which each proxy's stream delivers its own. A caller never gets wake-ups in its
+        # reply (it would have to discard them: jobqueue.interface's rule).
         outcome = self.machine.apply(command, now_ms)
-        encoded = codec.encode_outcome(outcome)
+        encoded = codec.encode_outcome(Outcome(outcome.reply))
         for wakeup in outcome.wakeups:
             self.wakeups.append(wakeup.proxy_id, codec.encode_wakeup(wakeup))
         if request.request_id:

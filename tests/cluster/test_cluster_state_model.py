@@ -20,6 +20,7 @@ from cluster.replicated import OK, REQUEST_WINDOW_MS, ClusterState
 from statemachine import codec
 from statemachine import commands as c
 from statemachine.machine import JobStateMachine, MachineConfig
+from statemachine.replies import Outcome
 
 CLIENTS = ("a", "b")
 ADDRS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
@@ -114,7 +115,7 @@ class Model:
             return first[1]
         outcome = self.machine.apply(command, now_ms)  # type: ignore[arg-type]
         self.wakeups += len(outcome.wakeups)
-        encoded = codec.encode_outcome(outcome)
+        encoded = codec.encode_outcome(Outcome(outcome.reply))  # the caller's part only
         self.window[str(request_id)] = (self.now_ms, encoded)
         return encoded
 
