@@ -34,6 +34,7 @@ from cluster.errors import Ambiguous, NotApplied
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_REQUESTS = 2048
+EXPIRY_SWEEP_S = 0.25  # how late a call's timeout may fire (its timeout is seconds)
 MAX_BATCH_BYTES = 1 << 20
 _NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL: "the leader's proposal queue is full",
@@ -109,6 +110,11 @@ class Proposer:
         self._on_commit = on_commit or (lambda seconds: None)
         self._remember = remember or (lambda entry, requests: None)  # remember_decoded
         self._pending: deque[_Pending] = deque()
+        # Calls in the order they came, with their deadlines (all the same timeout, so in
+        # deadline order too): one sweep every EXPIRY_SWEEP_S expires the late ones. A timer
+        # per call cost the loop a heap push, a pop and a cancel on every put.
+        self._expiring: deque[tuple[float, _Call]] = deque()
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._inflight = 0
         self._inflight_batches: dict[int, list[_Pending]] = {}  # by id(): what abandon fails
         self._flush_scheduled = False
@@ -125,12 +131,24 @@ class Proposer:
         call = _Call(self._loop, len(requests))
         self._pending.extend((request, call, i) for i, request in enumerate(requests))
         self._schedule_flush()
-        timer = self._loop.call_later(self._timeout_s, call.expire, self._timeout_s)
+        self._expiring.append((self._loop.time() + self._timeout_s, call))
+        if self._sweep_timer is None:
+            self._sweep_timer = self._loop.call_later(EXPIRY_SWEEP_S, self._sweep)
         try:
             return await call.future
         finally:
-            timer.cancel()
             call.future.cancel()  # no-op when done; _take_batch skips what is still unsent
+
+    def _sweep(self) -> None:
+        """Expire the calls past their deadline; forget the answered ones at the front."""
+        self._sweep_timer = None
+        now = self._loop.time()
+        expiring = self._expiring
+        while expiring and (expiring[0][0] <= now or expiring[0][1].future.done()):
+            _, call = expiring.popleft()
+            call.expire(self._timeout_s)  # no-op when answered
+        if expiring:
+            self._sweep_timer = self._loop.call_later(EXPIRY_SWEEP_S, self._sweep)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

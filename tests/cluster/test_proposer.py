@@ -188,3 +188,21 @@ def test_a_cancelled_caller_is_not_proposed_and_does_not_disturb_the_others() ->
         assert gone.cancelled()
 
     asyncio.run(scenario())
+
+
+def test_a_leader_that_steps_down_answers_its_calls_in_flight_at_once_as_maybe_applied() -> None:
+    async def scenario() -> None:
+        raft = _FakeRaft()
+        proposer = _proposer(raft, max_inflight=1, timeout_s=30)
+        call = asyncio.ensure_future(proposer.submit_many(_requests("a")))
+        await _proposed(raft, 1)
+        proposer.abandon_inflight()  # the node stopped leading (raftcore rule 8)
+        with pytest.raises(Ambiguous, match="stopped being the leader"):
+            await asyncio.wait_for(call, 1)  # at once, not after the 30 s timeout
+        raft.commit(0)  # pysyncobj learns the entry's fate later: the slot frees, nothing breaks
+        again = asyncio.ensure_future(proposer.submit_many(_requests("b")))
+        await _proposed(raft, 2)
+        raft.commit(1)
+        assert await again == [(OK, b"outcome of b", 2)]
+
+    asyncio.run(scenario())
