@@ -12,6 +12,7 @@ wake-up caused by another proxy's command and one caused by our own arrive the s
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -43,8 +44,16 @@ class JobQueue(Protocol):
 def request_id_for(command: Command) -> str:
     """The idempotency key of one apply: the command's own request id when it has one (Put,
     Reserve, RunJob), so that a caller that retries after QueueUnavailable is deduplicated too;
-    else a fresh one, kept across the queue's own retries of that apply."""
+    else a fresh one, kept across the queue's own retries of that apply: this process's random
+    prefix and a counter (unique as a uuid4, without a getrandom call per command)."""
     own = getattr(command, "request_id", "")
     if own:
         return f"{type(command).__name__}:{own}"
-    return uuid.uuid4().hex
+    return f"{_PROCESS_PREFIX}-{next(_FRESH)}"
+
+
+# Fresh request ids: 64 random bits per process (drawn when it imports this module), then a
+# count. A forked child shares its parent's and would repeat its ids; none applies commands
+# (the node's dump child, a worker's job processes).
+_PROCESS_PREFIX = uuid.uuid4().hex[:16]
+_FRESH = itertools.count(1)
