@@ -19,137 +19,119 @@ def _run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def test_puts_replicate_to_every_node_with_increasing_ids(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            outcomes = await asyncio.gather(
-                *(cluster.apply(c.Put("default", 1, 0, 60_000, b"job%d" % i)) for i in range(50))
-            )
-            ids = sorted(o.reply.job_id for o in outcomes)  # type: ignore[union-attr]
-            assert ids == list(range(1, 51))
-            await cluster.assert_converged()
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
+async def test_puts_replicate_to_every_node_with_increasing_ids(tmp_path: Path) -> None:
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        outcomes = await asyncio.gather(
+            *(cluster.apply(c.Put("default", 1, 0, 60_000, b"job%d" % i)) for i in range(50))
+        )
+        ids = sorted(o.reply.job_id for o in outcomes)  # type: ignore[union-attr]
+        assert ids == list(range(1, 51))
+        await cluster.assert_converged()
+    finally:
+        await cluster.stop_all()
 
 
-def test_a_retried_request_id_returns_the_first_outcome_and_applies_nothing_twice(
+async def test_a_retried_request_id_returns_the_first_outcome_and_applies_nothing_twice(
     tmp_path: Path,
 ) -> None:
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            first = await cluster.apply(c.Put("default", 1, 0, 60_000, b"a"), request_id="rq-1")
-            again = await cluster.apply(c.Put("default", 1, 0, 60_000, b"a"), request_id="rq-1")
-            assert first == again == r.Outcome(r.Inserted(1))
-            stats = await cluster.apply(c.Stats())
-            assert isinstance(stats.reply, r.ServerStats)
-            assert stats.reply.current_jobs_ready == 1
-            await cluster.assert_converged()
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        first = await cluster.apply(c.Put("default", 1, 0, 60_000, b"a"), request_id="rq-1")
+        again = await cluster.apply(c.Put("default", 1, 0, 60_000, b"a"), request_id="rq-1")
+        assert first == again == r.Outcome(r.Inserted(1))
+        stats = await cluster.apply(c.Stats())
+        assert isinstance(stats.reply, r.ServerStats)
+        assert stats.reply.current_jobs_ready == 1
+        await cluster.assert_converged()
+    finally:
+        await cluster.stop_all()
 
 
-def test_an_idle_cluster_writes_nothing_and_ticks_only_when_a_deadline_is_due(
+async def test_an_idle_cluster_writes_nothing_and_ticks_only_when_a_deadline_is_due(
     tmp_path: Path,
 ) -> None:
-    async def scenario() -> None:
-        clock = FakeClock()
-        cluster = InProcessCluster(tmp_path, clock=clock)
-        await cluster.start_all()
-        try:
-            await cluster.apply(c.Put("default", 1, 5_000, 60_000, b"later"))
-            leader = await cluster.wait_for_leader()
-            index = cluster.last_index
-            await asyncio.sleep(1.0)  # the delay is not due: no Tick may be proposed
-            assert leader.syncobj.raftLastApplied == index
-            clock.advance(5_000)
-            for _ in range(100):
-                if leader.state.next_deadline_ms is None:
-                    break
-                await asyncio.sleep(0.05)
-            assert leader.syncobj.raftLastApplied == index + 1  # exactly one Tick
-            peek = await cluster.apply(c.PeekReady("default"))
-            assert peek.reply == r.Found(1, b"later")
-            await cluster.assert_converged()
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
+    clock = FakeClock()
+    cluster = InProcessCluster(tmp_path, clock=clock)
+    await cluster.start_all()
+    try:
+        await cluster.apply(c.Put("default", 1, 5_000, 60_000, b"later"))
+        leader = await cluster.wait_for_leader()
+        index = cluster.last_index
+        await asyncio.sleep(1.0)  # the delay is not due: no Tick may be proposed
+        assert leader.syncobj.raftLastApplied == index
+        clock.advance(5_000)
+        for _ in range(100):
+            if leader.state.next_deadline_ms is None:
+                break
+            await asyncio.sleep(0.05)
+        assert leader.syncobj.raftLastApplied == index + 1  # exactly one Tick
+        peek = await cluster.apply(c.PeekReady("default"))
+        assert peek.reply == r.Found(1, b"later")
+        await cluster.assert_converged()
+    finally:
+        await cluster.stop_all()
 
 
-def test_wakeups_are_numbered_identically_on_every_replica(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            await cluster.apply(c.Connect("w1", "p1"))
-            waiting = await cluster.apply(c.Reserve("w1", None, "rsv-1"))
-            assert waiting.reply == r.Waiting()
-            put = await cluster.apply(c.Put("default", 1, 0, 60_000, b"x"))
-            # The put's caller gets its reply only; the wake-up goes to the ring, numbered.
-            assert put.wakeups == ()
-            await cluster.assert_converged()
-            rings = {tuple(n.state.wakeups.ring) for n in cluster.nodes.values()}
-            assert len(rings) == 1
-            ((seq, proxy, data),) = rings.pop()
-            assert (seq, proxy) == (1, "p1")
-            assert codec.decode_wakeup(data) == r.Wakeup("w1", "p1", "rsv-1", r.Reserved(1, b"x"))
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
+async def test_wakeups_are_numbered_identically_on_every_replica(tmp_path: Path) -> None:
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        await cluster.apply(c.Connect("w1", "p1"))
+        waiting = await cluster.apply(c.Reserve("w1", None, "rsv-1"))
+        assert waiting.reply == r.Waiting()
+        put = await cluster.apply(c.Put("default", 1, 0, 60_000, b"x"))
+        # The put's caller gets its reply only; the wake-up goes to the ring, numbered.
+        assert put.wakeups == ()
+        await cluster.assert_converged()
+        rings = {tuple(n.state.wakeups.ring) for n in cluster.nodes.values()}
+        assert len(rings) == 1
+        ((seq, proxy, data),) = rings.pop()
+        assert (seq, proxy) == (1, "p1")
+        assert codec.decode_wakeup(data) == r.Wakeup("w1", "p1", "rsv-1", r.Reserved(1, b"x"))
+    finally:
+        await cluster.stop_all()
 
 
-def test_a_malformed_command_in_a_batch_is_refused_without_harming_its_neighbours(
+async def test_a_malformed_command_in_a_batch_is_refused_without_harming_its_neighbours(
     tmp_path: Path,
 ) -> None:
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        leader = await cluster.wait_for_leader()
+        good = codec.encode_command(c.Put("default", 1, 0, 60_000, b"ok"))
+        results = await leader.submit(
+            [
+                envelope.Request(envelope.COMMAND, "", b"\x01garbage"),
+                envelope.Request(envelope.COMMAND, "", good),
+            ]
+        )
+        assert results[0][0] == 1 and b"unknown value tag" in results[0][1]
+        assert codec.decode_outcome(results[1][1]).reply == r.Inserted(1)
+        await cluster.assert_converged()
+    finally:
+        await cluster.stop_all()
+
+
+async def test_a_restarted_node_comes_back_with_its_state_from_journal_and_dump(
+    tmp_path: Path,
+) -> None:
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        for i in range(20):
+            await cluster.apply(c.Put("default", 1, 0, 60_000, b"%d" % i))
+        before = await cluster.assert_converged()
+        await cluster.stop_all()
         await cluster.start_all()
-        try:
-            leader = await cluster.wait_for_leader()
-            good = codec.encode_command(c.Put("default", 1, 0, 60_000, b"ok"))
-            results = await leader.submit(
-                [
-                    envelope.Request(envelope.COMMAND, "", b"\x01garbage"),
-                    envelope.Request(envelope.COMMAND, "", good),
-                ]
-            )
-            assert results[0][0] == 1 and b"unknown value tag" in results[0][1]
-            assert codec.decode_outcome(results[1][1]).reply == r.Inserted(1)
-            await cluster.assert_converged()
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
-
-
-def test_a_restarted_node_comes_back_with_its_state_from_journal_and_dump(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            for i in range(20):
-                await cluster.apply(c.Put("default", 1, 0, 60_000, b"%d" % i))
-            before = await cluster.assert_converged()
-            await cluster.stop_all()
-            await cluster.start_all()
-            after = await cluster.assert_converged()
-            assert after == before
-            assert (await cluster.apply(c.Put("default", 1, 0, 60_000, b"n"))).reply == r.Inserted(
-                21
-            )
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
+        after = await cluster.assert_converged()
+        assert after == before
+        assert (await cluster.apply(c.Put("default", 1, 0, 60_000, b"n"))).reply == r.Inserted(21)
+    finally:
+        await cluster.stop_all()
 
 
 def test_the_wakeup_ring_evicts_oldest_first_when_it_holds_too_many_bytes() -> None:

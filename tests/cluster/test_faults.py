@@ -47,103 +47,94 @@ async def _bodies(queue: RemoteQueue, max_id: int) -> list[bytes]:
     return bodies
 
 
-def test_killing_the_leader_during_puts_loses_no_acknowledged_put_and_applies_none_twice(
+async def test_killing_the_leader_during_puts_loses_no_acknowledged_put_and_applies_none_twice(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        leader = await cluster.wait_for_leader()
-        queue = cluster.queue()
-        acknowledged: dict[bytes, int] = {}
-        failed: list[bytes] = []
-        stop = asyncio.Event()
+    leader = await cluster.wait_for_leader()
+    queue = cluster.queue()
+    acknowledged: dict[bytes, int] = {}
+    failed: list[bytes] = []
+    stop = asyncio.Event()
 
-        async def producer(worker: int) -> None:
-            n = 0
-            while not stop.is_set():
-                body = b"w%d-%d" % (worker, n)
-                n += 1
-                try:
-                    reply = await queue.apply(_put(body))
-                except QueueUnavailable:  # the outcome is unknown: it may or may not be there
-                    failed.append(body)
-                    continue
-                assert isinstance(reply, r.Inserted), reply  # anything else fails the test
-                acknowledged[body] = reply.job_id
+    async def producer(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            body = b"w%d-%d" % (worker, n)
+            n += 1
+            try:
+                reply = await queue.apply(_put(body))
+            except QueueUnavailable:  # the outcome is unknown: it may or may not be there
+                failed.append(body)
+                continue
+            assert isinstance(reply, r.Inserted), reply  # anything else fails the test
+            acknowledged[body] = reply.job_id
 
-        producers = [asyncio.create_task(producer(w)) for w in range(8)]
-        await asyncio.sleep(1.5)
-        leader.kill()
-        await asyncio.sleep(3.0)
-        stop.set()
-        await asyncio.gather(*producers)
-        assert len(acknowledged) > 50
-        stats = await queue.apply(c.Stats())
-        assert isinstance(stats, r.ServerStats)
-        bodies = await _bodies(queue, stats.total_jobs)
-        assert len(bodies) == len(set(bodies)), "a put was applied twice"
-        assert set(acknowledged) <= set(bodies), "an acknowledged put was lost"
-        assert stats.current_jobs_ready == len(bodies)
-        leader.restart()
-        await cluster.assert_converged()
-        await queue.close()
-
-    asyncio.run(scenario())
+    producers = [asyncio.create_task(producer(w)) for w in range(8)]
+    await asyncio.sleep(1.5)
+    leader.kill()
+    await asyncio.sleep(3.0)
+    stop.set()
+    await asyncio.gather(*producers)
+    assert len(acknowledged) > 50
+    stats = await queue.apply(c.Stats())
+    assert isinstance(stats, r.ServerStats)
+    bodies = await _bodies(queue, stats.total_jobs)
+    assert len(bodies) == len(set(bodies)), "a put was applied twice"
+    assert set(acknowledged) <= set(bodies), "an acknowledged put was lost"
+    assert stats.current_jobs_ready == len(bodies)
+    leader.restart()
+    await cluster.assert_converged()
+    await queue.close()
 
 
-def test_killing_every_node_at_once_and_restarting_brings_the_state_back(
+async def test_killing_every_node_at_once_and_restarting_brings_the_state_back(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        await cluster.wait_for_leader()
-        queue = cluster.queue()
-        for i in range(30):
-            assert await queue.apply(_put(b"job-%d" % i)) == r.Inserted(i + 1)
-        await queue.apply(c.Delete("", 3))
-        before = await cluster.assert_converged()
-        await queue.close()
-        for node in cluster.nodes:
-            node.kill()
-        for node in cluster.nodes:
-            node.restart()
-        await cluster.wait_for_leader()
-        assert await cluster.assert_converged() == before
-        queue = cluster.queue()
-        assert await queue.apply(_put(b"after")) == r.Inserted(31)
-        await queue.close()
-        await cluster.assert_converged()
-
-    asyncio.run(scenario())
+    await cluster.wait_for_leader()
+    queue = cluster.queue()
+    for i in range(30):
+        assert await queue.apply(_put(b"job-%d" % i)) == r.Inserted(i + 1)
+    await queue.apply(c.Delete("", 3))
+    before = await cluster.assert_converged()
+    await queue.close()
+    for node in cluster.nodes:
+        node.kill()
+    for node in cluster.nodes:
+        node.restart()
+    await cluster.wait_for_leader()
+    assert await cluster.assert_converged() == before
+    queue = cluster.queue()
+    assert await queue.apply(_put(b"after")) == r.Inserted(31)
+    await queue.close()
+    await cluster.assert_converged()
 
 
-def test_a_fourth_node_joins_and_catches_up_then_the_leader_leaves(
+async def test_a_fourth_node_joins_and_catches_up_then_the_leader_leaves(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        await cluster.wait_for_leader()
-        queue = cluster.queue()
-        for i in range(20):
-            await queue.apply(_put(b"early-%d" % i))
-        await _compact_logs(cluster)  # so the new node must catch up from a snapshot
-        fourth = cluster.add_node_slot()
-        fourth.extra = ["--join", cluster.nodes[0].grpc_addr]
-        cluster.start(fourth, peers=[])
-        await _wait_members(cluster, 4)
-        await queue.apply(_put(b"with-four"))
-        await cluster.assert_converged()
-        assert "snapshot loaded" in fourth.log_path.read_text()
+    await cluster.wait_for_leader()
+    queue = cluster.queue()
+    for i in range(20):
+        await queue.apply(_put(b"early-%d" % i))
+    await _compact_logs(cluster)  # so the new node must catch up from a snapshot
+    fourth = cluster.add_node_slot()
+    fourth.extra = ["--join", cluster.nodes[0].grpc_addr]
+    cluster.start(fourth, peers=[])
+    await _wait_members(cluster, 4)
+    await queue.apply(_put(b"with-four"))
+    await cluster.assert_converged()
+    assert "snapshot loaded" in fourth.log_path.read_text()
 
-        leader = await cluster.wait_for_leader()
-        _admin(cluster, "leave", "--node-id", leader.node_id)
-        assert leader.proc is not None
-        await asyncio.to_thread(leader.proc.wait, 30)  # a removed node stops by itself
-        assert "removed from the cluster" in leader.log_path.read_text()
-        leader.proc = None
-        await _wait_members(cluster, 3)
-        assert isinstance(await queue.apply(_put(b"after-leave")), r.Inserted)
-        await cluster.assert_converged()
-        await queue.close()
-
-    asyncio.run(scenario())
+    leader = await cluster.wait_for_leader()
+    _admin(cluster, "leave", "--node-id", leader.node_id)
+    assert leader.proc is not None
+    await asyncio.to_thread(leader.proc.wait, 30)  # a removed node stops by itself
+    assert "removed from the cluster" in leader.log_path.read_text()
+    leader.proc = None
+    await _wait_members(cluster, 3)
+    assert isinstance(await queue.apply(_put(b"after-leave")), r.Inserted)
+    await cluster.assert_converged()
+    await queue.close()
 
 
 async def _compact_logs(cluster: ProcessCluster) -> None:
@@ -178,117 +169,105 @@ def _admin(cluster: ProcessCluster, *args: str) -> str:
     return result.stdout
 
 
-def test_a_snapshot_restores_into_a_new_cluster_with_the_same_jobs_and_numbering(
+async def test_a_snapshot_restores_into_a_new_cluster_with_the_same_jobs_and_numbering(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
-    async def scenario() -> None:
-        await cluster.wait_for_leader()
-        queue = cluster.queue()
-        for i in range(10):
-            await queue.apply(c.Put("emails", i, 0, 60_000, b"mail-%d" % i))
-        await queue.apply(c.Put("later", 5, 3_600_000, 60_000, b"delayed"))
-        await queue.apply(c.Delete("", 10))
-        await queue.apply(c.Delete("", 11))  # the highest ids are gone: numbering must go on
-        original = await cluster.assert_converged()
-        out = tmp_path / "backup.snap"
-        _admin(cluster, "snapshot", "--out", str(out))
-        assert out.read_bytes() == original
+    await cluster.wait_for_leader()
+    queue = cluster.queue()
+    for i in range(10):
+        await queue.apply(c.Put("emails", i, 0, 60_000, b"mail-%d" % i))
+    await queue.apply(c.Put("later", 5, 3_600_000, 60_000, b"delayed"))
+    await queue.apply(c.Delete("", 10))
+    await queue.apply(c.Delete("", 11))  # the highest ids are gone: numbering must go on
+    original = await cluster.assert_converged()
+    out = tmp_path / "backup.snap"
+    _admin(cluster, "snapshot", "--out", str(out))
+    assert out.read_bytes() == original
+    await queue.close()
+
+    restored = ProcessCluster(tmp_path / "restored")
+    dirs = [a for n in restored.nodes for a in ("--data-dir", str(n.data_dir))]
+    result = subprocess.run(
+        [sys.executable, "-m", "beanraft", "cluster", "restore", str(out), *dirs],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    restored.start_all()
+    try:
+        await restored.wait_for_leader()
+        assert await restored.assert_converged() == original
+        queue = restored.queue()
+        assert await queue.apply(_put(b"next")) == r.Inserted(12)
+        assert await queue.apply(c.Peek(3)) == r.Found(3, b"mail-2")
+        await restored.assert_converged()
         await queue.close()
-
-        restored = ProcessCluster(tmp_path / "restored")
-        dirs = [a for n in restored.nodes for a in ("--data-dir", str(n.data_dir))]
-        result = subprocess.run(
-            [sys.executable, "-m", "beanraft", "cluster", "restore", str(out), *dirs],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
-        restored.start_all()
-        try:
-            await restored.wait_for_leader()
-            assert await restored.assert_converged() == original
-            queue = restored.queue()
-            assert await queue.apply(_put(b"next")) == r.Inserted(12)
-            assert await queue.apply(c.Peek(3)) == r.Found(3, b"mail-2")
-            await restored.assert_converged()
-            await queue.close()
-        finally:
-            restored.stop_all()
-
-    asyncio.run(scenario())
+    finally:
+        restored.stop_all()
 
 
-def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(
+async def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        leader = await cluster.wait_for_leader()
-        proxy = cluster.queue()
-        wakeups: list[r.Wakeup] = []
-        proxy.subscribe("proxy-1", wakeups.append)
-        await proxy.apply(c.Connect("worker-1", "proxy-1"))
-        assert await proxy.apply(c.Reserve("worker-1", None, "rsv-1")) == r.Waiting()
-        leader.kill()
-        producer = cluster.queue()
-        assert await producer.apply(_put(b"work")) == r.Inserted(1)
-        for _ in range(100):
-            if wakeups:
-                break
-            await asyncio.sleep(0.1)
-        assert wakeups == [r.Wakeup("worker-1", "proxy-1", "rsv-1", r.Reserved(1, b"work"))]
-        await proxy.close()
-        await producer.close()
-        leader.restart()
-        await cluster.assert_converged()
-
-    asyncio.run(scenario())
+    leader = await cluster.wait_for_leader()
+    proxy = cluster.queue()
+    wakeups: list[r.Wakeup] = []
+    proxy.subscribe("proxy-1", wakeups.append)
+    await proxy.apply(c.Connect("worker-1", "proxy-1"))
+    assert await proxy.apply(c.Reserve("worker-1", None, "rsv-1")) == r.Waiting()
+    leader.kill()
+    producer = cluster.queue()
+    assert await producer.apply(_put(b"work")) == r.Inserted(1)
+    for _ in range(100):
+        if wakeups:
+            break
+        await asyncio.sleep(0.1)
+    assert wakeups == [r.Wakeup("worker-1", "proxy-1", "rsv-1", r.Reserved(1, b"work"))]
+    await proxy.close()
+    await producer.close()
+    leader.restart()
+    await cluster.assert_converged()
 
 
-def test_a_node_added_with_cluster_join_and_started_with_peers_catches_up(
+async def test_a_node_added_with_cluster_join_and_started_with_peers_catches_up(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        await cluster.wait_for_leader()
-        queue = cluster.queue()
-        await queue.apply(_put(b"before-join"))
-        fourth = cluster.add_node_slot()
-        out = _admin(
-            cluster, "join", "--node-id", "4", "--raft-addr", fourth.raft_addr,
-            "--grpc-addr", fourth.grpc_addr,
-        )  # fmt: skip
-        assert "is a member" in out
-        cluster.start(fourth)  # --peers: every other member
-        await _wait_members(cluster, 4)
-        await queue.apply(_put(b"after-join"))
-        await cluster.assert_converged()
-        await queue.close()
-
-    asyncio.run(scenario())
+    await cluster.wait_for_leader()
+    queue = cluster.queue()
+    await queue.apply(_put(b"before-join"))
+    fourth = cluster.add_node_slot()
+    out = _admin(
+        cluster, "join", "--node-id", "4", "--raft-addr", fourth.raft_addr,
+        "--grpc-addr", fourth.grpc_addr,
+    )  # fmt: skip
+    assert "is a member" in out
+    cluster.start(fourth)  # --peers: every other member
+    await _wait_members(cluster, 4)
+    await queue.apply(_put(b"after-join"))
+    await cluster.assert_converged()
+    await queue.close()
 
 
-def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower_without_divergence(
+async def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower_without_divergence(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        old = await cluster.wait_for_leader()
-        queue = cluster.queue()
-        await queue.apply(_put(b"before-pause"))
-        old.pause()  # a leader that stops answering, as in a long GC pause or a partition
-        try:
-            for i in range(20):
-                assert isinstance(await queue.apply(_put(b"during-%d" % i)), r.Inserted)
-            new = await cluster.wait_for_leader()
-            assert new is not old
-        finally:
-            old.resume()
-        assert isinstance(await queue.apply(_put(b"after-resume")), r.Inserted)
-        await cluster.assert_converged()
-        stats = await queue.apply(c.Stats())
-        assert isinstance(stats, r.ServerStats) and stats.current_jobs_ready == 22
-        await queue.close()
-
-    asyncio.run(scenario())
+    old = await cluster.wait_for_leader()
+    queue = cluster.queue()
+    await queue.apply(_put(b"before-pause"))
+    old.pause()  # a leader that stops answering, as in a long GC pause or a partition
+    try:
+        for i in range(20):
+            assert isinstance(await queue.apply(_put(b"during-%d" % i)), r.Inserted)
+        new = await cluster.wait_for_leader()
+        assert new is not old
+    finally:
+        old.resume()
+    assert isinstance(await queue.apply(_put(b"after-resume")), r.Inserted)
+    await cluster.assert_converged()
+    stats = await queue.apply(c.Stats())
+    assert isinstance(stats, r.ServerStats) and stats.current_jobs_ready == 22
+    await queue.close()
 
 
 def test_a_node_left_and_replaced_at_the_same_address_with_join_stays_and_catches_up(

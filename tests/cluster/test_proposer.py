@@ -76,35 +76,29 @@ async def _proposed(raft: _FakeRaft, count: int) -> None:
         await asyncio.wait_for(raft.proposed.wait(), 5)
 
 
-def test_requests_that_arrive_together_share_one_entry_and_each_caller_gets_its_own() -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft)
-        first = asyncio.ensure_future(proposer.submit_many(_requests("a", "b")))
-        second = asyncio.ensure_future(proposer.submit(_requests("c")[0]))
-        await _proposed(raft, 1)
-        assert [r.request_id for r in raft.proposals[0][0]] == ["a", "b", "c"]
-        raft.commit(0)
-        assert await first == [(OK, b"outcome of a", 1), (OK, b"outcome of b", 1)]
-        assert await second == (OK, b"outcome of c", 1)
-
-    asyncio.run(scenario())
+async def test_requests_that_arrive_together_share_one_entry_and_each_caller_gets_its_own() -> None:
+    raft = _FakeRaft()
+    proposer = _proposer(raft)
+    first = asyncio.ensure_future(proposer.submit_many(_requests("a", "b")))
+    second = asyncio.ensure_future(proposer.submit(_requests("c")[0]))
+    await _proposed(raft, 1)
+    assert [r.request_id for r in raft.proposals[0][0]] == ["a", "b", "c"]
+    raft.commit(0)
+    assert await first == [(OK, b"outcome of a", 1), (OK, b"outcome of b", 1)]
+    assert await second == (OK, b"outcome of c", 1)
 
 
-def test_a_call_larger_than_one_entry_gets_every_result_in_order() -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft, max_inflight=1)
-        ids = [f"r{i}" for i in range(5000)]  # MAX_BATCH_REQUESTS is 2048
-        call = asyncio.ensure_future(proposer.submit_many(_requests(*ids)))
-        for n in range(3):
-            await _proposed(raft, n + 1)
-            raft.commit(n)
-        results = await call
-        assert [payload for _, payload, _ in results] == [f"outcome of {i}".encode() for i in ids]
-        assert [index for _, _, index in results] == [1] * 2048 + [2] * 2048 + [3] * 904
-
-    asyncio.run(scenario())
+async def test_a_call_larger_than_one_entry_gets_every_result_in_order() -> None:
+    raft = _FakeRaft()
+    proposer = _proposer(raft, max_inflight=1)
+    ids = [f"r{i}" for i in range(5000)]  # MAX_BATCH_REQUESTS is 2048
+    call = asyncio.ensure_future(proposer.submit_many(_requests(*ids)))
+    for n in range(3):
+        await _proposed(raft, n + 1)
+        raft.commit(n)
+    results = await call
+    assert [payload for _, payload, _ in results] == [f"outcome of {i}".encode() for i in ids]
+    assert [index for _, _, index in results] == [1] * 2048 + [2] * 2048 + [3] * 904
 
 
 @pytest.mark.parametrize(
@@ -116,93 +110,78 @@ def test_a_call_larger_than_one_entry_gets_every_result_in_order() -> None:
         (FAIL_REASON.LEADER_CHANGED, Ambiguous),
     ],
 )
-def test_a_failed_entry_fails_every_caller_in_it_as_a_retry_needs(
+async def test_a_failed_entry_fails_every_caller_in_it_as_a_retry_needs(
     reason: int, error: type[Exception]
 ) -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft)
-        calls = [asyncio.ensure_future(proposer.submit_many(_requests(r))) for r in "xy"]
-        await _proposed(raft, 1)
-        raft.fail(0, reason)
-        for call in calls:
-            with pytest.raises(error):
-                await call
-
-    asyncio.run(scenario())
-
-
-def test_a_call_with_one_part_failed_fails_once_every_part_is_settled() -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft, max_inflight=1)
-        call = asyncio.ensure_future(proposer.submit_many(_requests(*map(str, range(3000)))))
-        await _proposed(raft, 1)
-        raft.fail(0, FAIL_REASON.NOT_LEADER)
-        await _proposed(raft, 2)  # the rest still goes out: it was pending, not failed
-        assert not call.done()
-        raft.commit(1)
-        with pytest.raises(NotApplied):
+    raft = _FakeRaft()
+    proposer = _proposer(raft)
+    calls = [asyncio.ensure_future(proposer.submit_many(_requests(r))) for r in "xy"]
+    await _proposed(raft, 1)
+    raft.fail(0, reason)
+    for call in calls:
+        with pytest.raises(error):
             await call
 
-    asyncio.run(scenario())
+
+async def test_a_call_with_one_part_failed_fails_once_every_part_is_settled() -> None:
+    raft = _FakeRaft()
+    proposer = _proposer(raft, max_inflight=1)
+    call = asyncio.ensure_future(proposer.submit_many(_requests(*map(str, range(3000)))))
+    await _proposed(raft, 1)
+    raft.fail(0, FAIL_REASON.NOT_LEADER)
+    await _proposed(raft, 2)  # the rest still goes out: it was pending, not failed
+    assert not call.done()
+    raft.commit(1)
+    with pytest.raises(NotApplied):
+        await call
 
 
-def test_no_outcome_in_time_is_ambiguous_and_the_unsent_rest_is_never_proposed() -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft, max_inflight=1, timeout_s=0.2)
-        first = asyncio.ensure_future(proposer.submit_many(_requests("a")))
-        await _proposed(raft, 1)
-        late = asyncio.ensure_future(proposer.submit_many(_requests("b")))  # waits for a slot
-        with pytest.raises(Ambiguous, match="retry with the same request id"):
-            await first
-        with pytest.raises(Ambiguous):
-            await late
-        raft.commit(0)  # the slot frees; "b" was given up, so nothing more is proposed
-        fresh = asyncio.ensure_future(proposer.submit_many(_requests("c")))
-        await _proposed(raft, 2)
-        assert [r.request_id for r in raft.proposals[1][0]] == ["c"]
-        raft.commit(1)
-        assert await fresh == [(OK, b"outcome of c", 2)]
-
-    asyncio.run(scenario())
-
-
-def test_a_cancelled_caller_is_not_proposed_and_does_not_disturb_the_others() -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft, max_inflight=1)
-        first = asyncio.ensure_future(proposer.submit_many(_requests("a")))
-        await _proposed(raft, 1)
-        gone = asyncio.ensure_future(proposer.submit_many(_requests("b")))
-        kept = asyncio.ensure_future(proposer.submit_many(_requests("c")))
-        await asyncio.sleep(0)
-        gone.cancel()
-        raft.commit(0)
+async def test_no_outcome_in_time_is_ambiguous_and_the_unsent_rest_is_never_proposed() -> None:
+    raft = _FakeRaft()
+    proposer = _proposer(raft, max_inflight=1, timeout_s=0.2)
+    first = asyncio.ensure_future(proposer.submit_many(_requests("a")))
+    await _proposed(raft, 1)
+    late = asyncio.ensure_future(proposer.submit_many(_requests("b")))  # waits for a slot
+    with pytest.raises(Ambiguous, match="retry with the same request id"):
         await first
-        await _proposed(raft, 2)
-        assert [r.request_id for r in raft.proposals[1][0]] == ["c"]
-        raft.commit(1)
-        assert await kept == [(OK, b"outcome of c", 2)]
-        assert gone.cancelled()
+    with pytest.raises(Ambiguous):
+        await late
+    raft.commit(0)  # the slot frees; "b" was given up, so nothing more is proposed
+    fresh = asyncio.ensure_future(proposer.submit_many(_requests("c")))
+    await _proposed(raft, 2)
+    assert [r.request_id for r in raft.proposals[1][0]] == ["c"]
+    raft.commit(1)
+    assert await fresh == [(OK, b"outcome of c", 2)]
 
-    asyncio.run(scenario())
+
+async def test_a_cancelled_caller_is_not_proposed_and_does_not_disturb_the_others() -> None:
+    raft = _FakeRaft()
+    proposer = _proposer(raft, max_inflight=1)
+    first = asyncio.ensure_future(proposer.submit_many(_requests("a")))
+    await _proposed(raft, 1)
+    gone = asyncio.ensure_future(proposer.submit_many(_requests("b")))
+    kept = asyncio.ensure_future(proposer.submit_many(_requests("c")))
+    await asyncio.sleep(0)
+    gone.cancel()
+    raft.commit(0)
+    await first
+    await _proposed(raft, 2)
+    assert [r.request_id for r in raft.proposals[1][0]] == ["c"]
+    raft.commit(1)
+    assert await kept == [(OK, b"outcome of c", 2)]
+    assert gone.cancelled()
 
 
-def test_a_leader_that_steps_down_answers_its_calls_in_flight_at_once_as_maybe_applied() -> None:
-    async def scenario() -> None:
-        raft = _FakeRaft()
-        proposer = _proposer(raft, max_inflight=1, timeout_s=30)
-        call = asyncio.ensure_future(proposer.submit_many(_requests("a")))
-        await _proposed(raft, 1)
-        proposer.abandon_inflight()  # the node stopped leading (raftcore rule 8)
-        with pytest.raises(Ambiguous, match="stopped being the leader"):
-            await asyncio.wait_for(call, 1)  # at once, not after the 30 s timeout
-        raft.commit(0)  # pysyncobj learns the entry's fate later: the slot frees, nothing breaks
-        again = asyncio.ensure_future(proposer.submit_many(_requests("b")))
-        await _proposed(raft, 2)
-        raft.commit(1)
-        assert await again == [(OK, b"outcome of b", 2)]
-
-    asyncio.run(scenario())
+async def test_a_deposed_leader_answers_its_calls_in_flight_at_once_as_maybe_applied() -> None:
+    raft = _FakeRaft()
+    proposer = _proposer(raft, max_inflight=1, timeout_s=30)
+    call = asyncio.ensure_future(proposer.submit_many(_requests("a")))
+    await _proposed(raft, 1)
+    proposer.abandon_inflight()  # the node stopped leading (raftcore rule 8)
+    with pytest.raises(Ambiguous, match="stopped being the leader"):
+        await asyncio.wait_for(call, 1)  # at once, not after the 30 s timeout
+    raft.commit(0)  # pysyncobj learns the entry's fate later: the slot frees, nothing breaks
+    again = asyncio.ensure_future(proposer.submit_many(_requests("b")))
+    await _proposed(raft, 2)
+    raft.commit(1)
+    assert await again == [(OK, b"outcome of b", 2)]

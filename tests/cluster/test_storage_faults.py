@@ -60,55 +60,49 @@ def _zero_last_record(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_tear_last_record, _zero_last_record])
-def test_a_follower_whose_last_journal_record_was_torn_is_cut_back_and_catches_up(
+async def test_a_follower_whose_last_journal_record_was_torn_is_cut_back_and_catches_up(
     cluster: ProcessCluster, damage: object
 ) -> None:
-    async def scenario() -> None:
-        cluster.start_all()
-        queue = cluster.queue()
-        await _put_many(queue, "before", 20)
-        follower = await _follower(cluster)
-        await cluster.assert_converged()
-        follower.kill()  # type: ignore[attr-defined]
-        damage(follower.data_dir / "raft.log")  # type: ignore[attr-defined, operator]
-        await _put_many(queue, "while-down", 5)
-        follower.restart()  # type: ignore[attr-defined]
-        await _put_many(queue, "after", 5)
-        snapshot = await cluster.assert_converged()
-        assert b"after-4" in snapshot and b"before-0" in snapshot
-        assert follower.running  # type: ignore[attr-defined]
-        await queue.close()
-
-    asyncio.run(scenario())
+    cluster.start_all()
+    queue = cluster.queue()
+    await _put_many(queue, "before", 20)
+    follower = await _follower(cluster)
+    await cluster.assert_converged()
+    follower.kill()  # type: ignore[attr-defined]
+    damage(follower.data_dir / "raft.log")  # type: ignore[attr-defined, operator]
+    await _put_many(queue, "while-down", 5)
+    follower.restart()  # type: ignore[attr-defined]
+    await _put_many(queue, "after", 5)
+    snapshot = await cluster.assert_converged()
+    assert b"after-4" in snapshot and b"before-0" in snapshot
+    assert follower.running  # type: ignore[attr-defined]
+    await queue.close()
 
 
-def test_a_node_whose_journal_is_damaged_inside_refuses_to_start_and_the_rest_serve(
+async def test_a_node_whose_journal_is_damaged_inside_refuses_to_start_and_the_rest_serve(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        cluster.start_all()
-        queue = cluster.queue()
-        await _put_many(queue, "job", 20)
-        follower = await _follower(cluster)
-        await cluster.assert_converged()
-        follower.kill()  # type: ignore[attr-defined]
-        journal = follower.data_dir / "raft.log"  # type: ignore[attr-defined]
-        offset = _record_offsets(journal)[5] + 40
-        with open(journal, "r+b") as f:
-            f.seek(offset)
-            byte = f.read(1)
-            f.seek(offset)
-            f.write(bytes([byte[0] ^ 0x20]))
-        follower.restart()  # type: ignore[attr-defined]
-        proc = follower.proc  # type: ignore[attr-defined]
-        assert await asyncio.to_thread(proc.wait, 30) == EXIT_DAMAGED
-        follower.proc = None  # type: ignore[attr-defined]
-        text = follower.log_path.read_text()  # type: ignore[attr-defined]
-        assert "refusing to start" in text and "is followed by valid records" in text
-        await _put_many(queue, "two-nodes", 3)  # the other two still form a majority
-        await queue.close()
-
-    asyncio.run(scenario())
+    cluster.start_all()
+    queue = cluster.queue()
+    await _put_many(queue, "job", 20)
+    follower = await _follower(cluster)
+    await cluster.assert_converged()
+    follower.kill()  # type: ignore[attr-defined]
+    journal = follower.data_dir / "raft.log"  # type: ignore[attr-defined]
+    offset = _record_offsets(journal)[5] + 40
+    with open(journal, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x20]))
+    follower.restart()  # type: ignore[attr-defined]
+    proc = follower.proc  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(proc.wait, 30) == EXIT_DAMAGED
+    follower.proc = None  # type: ignore[attr-defined]
+    text = follower.log_path.read_text()  # type: ignore[attr-defined]
+    assert "refusing to start" in text and "is followed by valid records" in text
+    await _put_many(queue, "two-nodes", 3)  # the other two still form a majority
+    await queue.close()
 
 
 def test_a_node_whose_dump_is_damaged_refuses_to_start(cluster: ProcessCluster) -> None:

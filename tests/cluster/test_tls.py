@@ -44,57 +44,45 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
         cluster.stop_all()
 
 
-def test_the_clusters_own_certificates_replicate_and_forward_writes(
+async def test_the_clusters_own_certificates_replicate_and_forward_writes(
     cluster: ProcessCluster,
 ) -> None:
-    async def scenario() -> None:
-        queue = cluster.queue()
-        assert isinstance(await queue.apply(c.Put("default", 1, 0, 60_000, b"tls")), r.Inserted)
-        await queue.close()
-        await cluster.assert_converged()
-
-    asyncio.run(scenario())
+    queue = cluster.queue()
+    assert isinstance(await queue.apply(c.Put("default", 1, 0, 60_000, b"tls")), r.Inserted)
+    await queue.close()
+    await cluster.assert_converged()
 
 
 def _put_request() -> jsm_pb2.PutRequest:
     return jsm_pb2.PutRequest(tube_name="default", ttr=10, body=b"x", body_size=1)
 
 
-def test_a_certificate_from_another_ca_is_refused(cluster: ProcessCluster) -> None:
-    async def scenario() -> None:
-        foreign = cluster.root / "foreign"
-        async with open_channel(cluster.nodes[0].grpc_addr, foreign, "admin") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
-        assert raised.value.code() in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.UNAUTHENTICATED,
-        )
-        await cluster.assert_converged()
-
-    asyncio.run(scenario())
+async def test_a_certificate_from_another_ca_is_refused(cluster: ProcessCluster) -> None:
+    foreign = cluster.root / "foreign"
+    async with open_channel(cluster.nodes[0].grpc_addr, foreign, "admin") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
+    assert raised.value.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    await cluster.assert_converged()
 
 
-def test_a_plaintext_client_is_refused(cluster: ProcessCluster) -> None:
-    async def scenario() -> None:
-        async with grpc.aio.insecure_channel(cluster.nodes[0].grpc_addr) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        await cluster.assert_converged()
-
-    asyncio.run(scenario())
+async def test_a_plaintext_client_is_refused(cluster: ProcessCluster) -> None:
+    async with grpc.aio.insecure_channel(cluster.nodes[0].grpc_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    await cluster.assert_converged()
 
 
-def test_a_viewer_certificate_may_not_put(cluster: ProcessCluster) -> None:
-    async def scenario() -> None:
-        tls_dir = cluster.tls_dir
-        assert tls_dir is not None
-        async with open_channel(cluster.nodes[1].grpc_addr, tls_dir, "viewer") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
-        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "viewer" in (raised.value.details() or "")
-        await cluster.assert_converged()
-
-    asyncio.run(scenario())
+async def test_a_viewer_certificate_may_not_put(cluster: ProcessCluster) -> None:
+    tls_dir = cluster.tls_dir
+    assert tls_dir is not None
+    async with open_channel(cluster.nodes[1].grpc_addr, tls_dir, "viewer") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jsm_pb2_grpc.JobStateMachineStub(channel).Put(_put_request(), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "viewer" in (raised.value.details() or "")
+    await cluster.assert_converged()

@@ -18,47 +18,38 @@ async def _take(hub: WakeupHub, proxy_id: str, after_seq: int, count: int) -> li
     return events
 
 
-def test_a_resumed_stream_gets_exactly_the_missed_wakeups_of_its_proxy() -> None:
-    async def scenario() -> None:
-        ring = Wakeups(deque(), 0)
-        for proxy, body in [("a", b"1"), ("b", b"2"), ("a", b"3"), ("a", b"4")]:
-            ring.append(proxy, body)
-        hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
-        events = await _take(hub, "a", 1, 3)
-        assert events[0] == StreamEvent(1, b"")  # attached, resuming after 1
-        assert [(e.seq, e.wakeup) for e in events[1:]] == [(3, b"3"), (4, b"4")]
-
-    asyncio.run(scenario())
+async def test_a_resumed_stream_gets_exactly_the_missed_wakeups_of_its_proxy() -> None:
+    ring = Wakeups(deque(), 0)
+    for proxy, body in [("a", b"1"), ("b", b"2"), ("a", b"3"), ("a", b"4")]:
+        ring.append(proxy, body)
+    hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
+    events = await _take(hub, "a", 1, 3)
+    assert events[0] == StreamEvent(1, b"")  # attached, resuming after 1
+    assert [(e.seq, e.wakeup) for e in events[1:]] == [(3, b"3"), (4, b"4")]
 
 
-def test_a_stream_resuming_before_the_ring_start_gets_a_gap_then_what_is_left() -> None:
-    async def scenario() -> None:
-        ring = Wakeups(deque(), 0)
-        for body in (b"1", b"2", b"3"):
-            ring.append("a", body)
-        for _ in range(2):  # wake-ups 1 and 2 were evicted (the ring is bounded)
-            ring.size_bytes -= len(ring.ring.popleft()[2])
-        hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
-        attached, gap, third = await _take(hub, "a", 1, 3)
-        assert attached == StreamEvent(1, b"")
-        assert gap == StreamEvent(2, b"", gap=True)  # wake-up 2 is gone: recover clients
-        assert third == StreamEvent(3, b"3")
-
-    asyncio.run(scenario())
+async def test_a_stream_resuming_before_the_ring_start_gets_a_gap_then_what_is_left() -> None:
+    ring = Wakeups(deque(), 0)
+    for body in (b"1", b"2", b"3"):
+        ring.append("a", body)
+    for _ in range(2):  # wake-ups 1 and 2 were evicted (the ring is bounded)
+        ring.size_bytes -= len(ring.ring.popleft()[2])
+    hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
+    attached, gap, third = await _take(hub, "a", 1, 3)
+    assert attached == StreamEvent(1, b"")
+    assert gap == StreamEvent(2, b"", gap=True)  # wake-up 2 is gone: recover clients
+    assert third == StreamEvent(3, b"3")
 
 
-def test_new_wakeups_reach_a_waiting_stream_when_the_apply_thread_notifies() -> None:
-    async def scenario() -> None:
-        ring = Wakeups(deque(), 0)
-        hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
-        task = asyncio.create_task(_take(hub, "a", 0, 2))
-        await asyncio.sleep(0.05)
-        ring.append("a", b"late")
-        await asyncio.to_thread(hub.notify)  # as pysyncobj's tick thread does
-        events = await asyncio.wait_for(task, 2)
-        assert events[1] == StreamEvent(1, b"late")
-
-    asyncio.run(scenario())
+async def test_new_wakeups_reach_a_waiting_stream_when_the_apply_thread_notifies() -> None:
+    ring = Wakeups(deque(), 0)
+    hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
+    task = asyncio.create_task(_take(hub, "a", 0, 2))
+    await asyncio.sleep(0.05)
+    ring.append("a", b"late")
+    await asyncio.to_thread(hub.notify)  # as pysyncobj's tick thread does
+    events = await asyncio.wait_for(task, 2)
+    assert events[1] == StreamEvent(1, b"late")
 
 
 def test_a_stream_sends_heartbeats_while_only_other_proxies_get_wakeups(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -29,19 +29,16 @@ def test_a_waiting_reserve_is_woken_when_a_delayed_job_ripens_not_on_a_poll():
     assert 0.29 <= woken[0][0] < 2
 
 
-def test_an_idle_queue_arms_no_timer():
-    async def scenario() -> None:
-        queue = LocalQueue()
-        await queue.apply(sm.Connect("p-1", "p"))
-        assert queue.machine.next_deadline_ms() is None
-        assert queue._timer is None
-        await queue.apply(sm.Put("default", 0, 60_000, 60_000, b"x", "p-1", "put-1"))
-        assert queue._timer is not None
-        await queue.apply(sm.Delete("p-1", 1))
-        assert queue._timer is None
-        await queue.close()
-
-    asyncio.run(scenario())
+async def test_an_idle_queue_arms_no_timer() -> None:
+    queue = LocalQueue()
+    await queue.apply(sm.Connect("p-1", "p"))
+    assert queue.machine.next_deadline_ms() is None
+    assert queue._timer is None
+    await queue.apply(sm.Put("default", 0, 60_000, 60_000, b"x", "p-1", "put-1"))
+    assert queue._timer is not None
+    await queue.apply(sm.Delete("p-1", 1))
+    assert queue._timer is None
+    await queue.close()
 
 
 def test_a_reserve_with_timeout_times_out_through_the_timer():

@@ -62,43 +62,34 @@ async def _session(ctx: ProxyContext) -> Session:
     return session
 
 
-def test_a_dropped_session_is_rebuilt_with_its_tube_and_watches_then_the_command_runs():
-    async def scenario() -> None:
-        queue = LocalQueue(clock=FakeClock())
-        ctx = _context(queue)
-        s = await _session(ctx)
-        assert await s.handle(e.Use("jobs")) == b"USING jobs\r\n"
-        assert await s.handle(e.Watch("jobs")) == b"WATCHING 2\r\n"
-        assert await s.handle(e.Ignore("default")) == b"WATCHING 1\r\n"
-        await queue.apply(sm.DropProxy("proxy1"))  # what a lease expiry does
-        assert await s.handle(e.Put(0, 0, 60, b"x")) == b"INSERTED 1\r\n"
-        assert await s.handle(e.ListTubesWatched()) == render.tube_list(("jobs",))
-        assert await s.handle(e.ListTubeUsed()) == b"USING jobs\r\n"
-        assert await s.handle(e.Reserve(0, True)) == b"RESERVED 1 1\r\nx\r\n"
-
-    asyncio.run(scenario())
+async def test_a_dropped_session_is_rebuilt_with_tube_and_watches_then_the_command_runs() -> None:
+    queue = LocalQueue(clock=FakeClock())
+    ctx = _context(queue)
+    s = await _session(ctx)
+    assert await s.handle(e.Use("jobs")) == b"USING jobs\r\n"
+    assert await s.handle(e.Watch("jobs")) == b"WATCHING 2\r\n"
+    assert await s.handle(e.Ignore("default")) == b"WATCHING 1\r\n"
+    await queue.apply(sm.DropProxy("proxy1"))  # what a lease expiry does
+    assert await s.handle(e.Put(0, 0, 60, b"x")) == b"INSERTED 1\r\n"
+    assert await s.handle(e.ListTubesWatched()) == render.tube_list(("jobs",))
+    assert await s.handle(e.ListTubeUsed()) == b"USING jobs\r\n"
+    assert await s.handle(e.Reserve(0, True)) == b"RESERVED 1 1\r\nx\r\n"
 
 
-def test_an_unavailable_queue_is_retried_with_the_same_put_request_id():
-    async def scenario() -> None:
-        queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=3, flaky=(sm.Put,))
-        s = await _session(_context(queue))
-        assert await s.handle(e.Put(0, 0, 60, b"x")) == b"INSERTED 1\r\n"
-        puts = [c for c in queue.seen if isinstance(c, sm.Put)]
-        assert len(puts) == 4
-        assert len({p.request_id for p in puts}) == 1
-
-    asyncio.run(scenario())
+async def test_an_unavailable_queue_is_retried_with_the_same_put_request_id() -> None:
+    queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=3, flaky=(sm.Put,))
+    s = await _session(_context(queue))
+    assert await s.handle(e.Put(0, 0, 60, b"x")) == b"INSERTED 1\r\n"
+    puts = [c for c in queue.seen if isinstance(c, sm.Put)]
+    assert len(puts) == 4
+    assert len({p.request_id for p in puts}) == 1
 
 
-def test_a_queue_unavailable_for_too_long_gives_internal_error_and_the_session_goes_on():
-    async def scenario() -> None:
-        queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=1000, flaky=(sm.Peek,))
-        s = await _session(_context(queue, retry_for_s=0.2))
-        assert await s.handle(e.Peek(1)) == b"INTERNAL_ERROR\r\n"
-        assert await s.handle(e.ListTubeUsed()) == b"USING default\r\n"
-
-    asyncio.run(scenario())
+async def test_a_queue_unavailable_too_long_gives_internal_error_and_the_session_goes_on() -> None:
+    queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=1000, flaky=(sm.Peek,))
+    s = await _session(_context(queue, retry_for_s=0.2))
+    assert await s.handle(e.Peek(1)) == b"INTERNAL_ERROR\r\n"
+    assert await s.handle(e.ListTubeUsed()) == b"USING default\r\n"
 
 
 class EagerWakeQueue(LocalQueue):
@@ -111,75 +102,60 @@ class EagerWakeQueue(LocalQueue):
         return reply
 
 
-def test_a_wakeup_that_arrives_before_the_waiting_reply_is_not_lost():
-    async def scenario() -> None:
-        queue = EagerWakeQueue(clock=FakeClock())
-        ctx = _context(queue)
-        worker, producer = await _session(ctx), await _session(ctx)
-        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
-        await asyncio.sleep(0.01)  # the Reserve is applied; its Waiting reply is not back yet
-        assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
-        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
-
-    asyncio.run(scenario())
+async def test_a_wakeup_that_arrives_before_the_waiting_reply_is_not_lost() -> None:
+    queue = EagerWakeQueue(clock=FakeClock())
+    ctx = _context(queue)
+    worker, producer = await _session(ctx), await _session(ctx)
+    reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+    await asyncio.sleep(0.01)  # the Reserve is applied; its Waiting reply is not back yet
+    assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+    assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
 
 
-def test_a_wakeup_for_another_request_is_ignored():
-    async def scenario() -> None:
-        queue = LocalQueue(clock=FakeClock())
-        ctx = _context(queue)
-        s = await _session(ctx)
-        reserve = asyncio.create_task(s.handle(e.Reserve(None)))
-        await asyncio.sleep(0.01)
-        ctx.deliver(r.Wakeup(s.client_id, "proxy1", "stale-request", r.TimedOut()))
-        await asyncio.sleep(0.01)
-        assert not reserve.done()
-        s.peer_gone(half_closed=True)
-        assert await reserve == b"TIMED_OUT\r\n"
-
-    asyncio.run(scenario())
+async def test_a_wakeup_for_another_request_is_ignored() -> None:
+    queue = LocalQueue(clock=FakeClock())
+    ctx = _context(queue)
+    s = await _session(ctx)
+    reserve = asyncio.create_task(s.handle(e.Reserve(None)))
+    await asyncio.sleep(0.01)
+    ctx.deliver(r.Wakeup(s.client_id, "proxy1", "stale-request", r.TimedOut()))
+    await asyncio.sleep(0.01)
+    assert not reserve.done()
+    s.peer_gone(half_closed=True)
+    assert await reserve == b"TIMED_OUT\r\n"
 
 
-def test_drain_mode_refuses_puts_but_counts_them():
-    async def scenario() -> None:
-        queue = LocalQueue(clock=FakeClock())
-        ctx = _context(queue)
-        s = await _session(ctx)
-        ctx.draining = True
-        assert await s.handle(e.Put(0, 0, 60, b"x")) == b"DRAINING\r\n"
-        stats = await queue.apply(sm.Stats())
-        assert isinstance(stats, r.ServerStats)
-        assert (stats.cmd_put, stats.total_jobs) == (1, 0)
-
-    asyncio.run(scenario())
+async def test_drain_mode_refuses_puts_but_counts_them() -> None:
+    queue = LocalQueue(clock=FakeClock())
+    ctx = _context(queue)
+    s = await _session(ctx)
+    ctx.draining = True
+    assert await s.handle(e.Put(0, 0, 60, b"x")) == b"DRAINING\r\n"
+    stats = await queue.apply(sm.Stats())
+    assert isinstance(stats, r.ServerStats)
+    assert (stats.cmd_put, stats.total_jobs) == (1, 0)
 
 
 @pytest.mark.parametrize("job_id", [2**63, 2**64 - 1])
-def test_job_ids_beyond_int64_are_not_found_and_counted(job_id: int):
-    async def scenario() -> None:
-        queue = LocalQueue(clock=FakeClock())
-        s = await _session(_context(queue))
-        assert await s.handle(e.Peek(job_id)) == b"NOT_FOUND\r\n"
-        stats = await queue.apply(sm.Stats())
-        assert isinstance(stats, r.ServerStats)
-        assert stats.cmd_peek == 1
-
-    asyncio.run(scenario())
+async def test_job_ids_beyond_int64_are_not_found_and_counted(job_id: int) -> None:
+    queue = LocalQueue(clock=FakeClock())
+    s = await _session(_context(queue))
+    assert await s.handle(e.Peek(job_id)) == b"NOT_FOUND\r\n"
+    stats = await queue.apply(sm.Stats())
+    assert isinstance(stats, r.ServerStats)
+    assert stats.cmd_peek == 1
 
 
-def test_a_reserve_from_a_dropped_session_waits_under_a_new_request_id_and_is_woken():
-    async def scenario() -> None:
-        queue = LocalQueue(clock=FakeClock())
-        ctx = _context(queue)
-        worker, producer = await _session(ctx), await _session(ctx)
-        await queue.apply(sm.Disconnect(worker.client_id))
-        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
-        await asyncio.sleep(0.01)
-        assert not reserve.done()
-        assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
-        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
-
-    asyncio.run(scenario())
+async def test_a_reserve_from_a_dropped_session_waits_under_a_new_request_id_and_is_woken() -> None:
+    queue = LocalQueue(clock=FakeClock())
+    ctx = _context(queue)
+    worker, producer = await _session(ctx), await _session(ctx)
+    await queue.apply(sm.Disconnect(worker.client_id))
+    reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+    await asyncio.sleep(0.01)
+    assert not reserve.done()
+    assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+    assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
 
 
 class AmbiguousReserveQueue(LocalQueue):
@@ -195,23 +171,22 @@ class AmbiguousReserveQueue(LocalQueue):
 
 
 @pytest.mark.parametrize("put_before_retry", [True, False])
-def test_a_reserve_whose_reply_was_lost_is_settled_by_the_next_reserve(put_before_retry: bool):
-    async def scenario() -> None:
-        queue = AmbiguousReserveQueue(clock=FakeClock())
-        ctx = _context(queue, retry_for_s=0.1)
-        worker, producer = await _session(ctx), await _session(ctx)
-        assert await worker.handle(e.Reserve(None)) == b"INTERNAL_ERROR\r\n"
-        queue.lose_replies = False
-        if put_before_retry:  # the machine answers the lost wait while nobody listens
-            assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
-            assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 1\r\nw\r\n"
-            return
-        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
-        await asyncio.sleep(0.01)
+async def test_a_reserve_whose_reply_was_lost_is_settled_by_the_next_reserve(
+    put_before_retry: bool,
+) -> None:
+    queue = AmbiguousReserveQueue(clock=FakeClock())
+    ctx = _context(queue, retry_for_s=0.1)
+    worker, producer = await _session(ctx), await _session(ctx)
+    assert await worker.handle(e.Reserve(None)) == b"INTERNAL_ERROR\r\n"
+    queue.lose_replies = False
+    if put_before_retry:  # the machine answers the lost wait while nobody listens
         assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
-        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
-
-    asyncio.run(scenario())
+        assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 1\r\nw\r\n"
+        return
+    reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+    await asyncio.sleep(0.01)
+    assert await producer.handle(e.Put(0, 0, 60, b"w")) == b"INSERTED 1\r\n"
+    assert await asyncio.wait_for(reserve, 5) == b"RESERVED 1 1\r\nw\r\n"
 
 
 class GappyQueue(LocalQueue):
@@ -255,40 +230,34 @@ async def _gappy_server() -> tuple[GappyQueue, ProxyServer, Session, Session]:
     return queue, server, worker, producer
 
 
-def test_a_wakeup_lost_in_a_gap_is_recovered_by_reserving_again():
-    async def scenario() -> None:
-        queue, server, worker, producer = await _gappy_server()
-        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
-        await asyncio.sleep(0.01)
-        queue.holding = True
-        assert await producer.handle(e.Put(0, 0, 60, b"lost")) == b"INSERTED 1\r\n"
-        queue.held.clear()  # the stream never delivers it
-        queue.holding = False
-        queue.on_gap(server.proxy_id)
-        await asyncio.sleep(0.05)
-        assert not reserve.done()  # waiting again, under a new request id
-        assert await producer.handle(e.Put(0, 0, 60, b"next")) == b"INSERTED 2\r\n"
-        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 2 4\r\nnext\r\n"
-
-    asyncio.run(scenario())
+async def test_a_wakeup_lost_in_a_gap_is_recovered_by_reserving_again() -> None:
+    queue, server, worker, producer = await _gappy_server()
+    reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+    await asyncio.sleep(0.01)
+    queue.holding = True
+    assert await producer.handle(e.Put(0, 0, 60, b"lost")) == b"INSERTED 1\r\n"
+    queue.held.clear()  # the stream never delivers it
+    queue.holding = False
+    queue.on_gap(server.proxy_id)
+    await asyncio.sleep(0.05)
+    assert not reserve.done()  # waiting again, under a new request id
+    assert await producer.handle(e.Put(0, 0, 60, b"next")) == b"INSERTED 2\r\n"
+    assert await asyncio.wait_for(reserve, 5) == b"RESERVED 2 4\r\nnext\r\n"
 
 
-def test_a_late_answer_to_a_reserve_given_up_as_lost_goes_to_the_next_reserve():
-    async def scenario() -> None:
-        queue, server, worker, producer = await _gappy_server()
-        reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
-        await asyncio.sleep(0.01)
-        queue.holding = True
-        assert await producer.handle(e.Put(0, 0, 60, b"late")) == b"INSERTED 1\r\n"
-        queue.holding = False
-        queue.on_gap(server.proxy_id)
-        await asyncio.sleep(0.05)
-        queue.release_held()  # the answer shows up after all
-        assert await producer.handle(e.Put(0, 0, 60, b"next")) == b"INSERTED 2\r\n"
-        assert await asyncio.wait_for(reserve, 5) == b"RESERVED 2 4\r\nnext\r\n"
-        assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 4\r\nlate\r\n"
-
-    asyncio.run(scenario())
+async def test_a_late_answer_to_a_reserve_given_up_as_lost_goes_to_the_next_reserve() -> None:
+    queue, server, worker, producer = await _gappy_server()
+    reserve = asyncio.create_task(worker.handle(e.Reserve(None)))
+    await asyncio.sleep(0.01)
+    queue.holding = True
+    assert await producer.handle(e.Put(0, 0, 60, b"late")) == b"INSERTED 1\r\n"
+    queue.holding = False
+    queue.on_gap(server.proxy_id)
+    await asyncio.sleep(0.05)
+    queue.release_held()  # the answer shows up after all
+    assert await producer.handle(e.Put(0, 0, 60, b"next")) == b"INSERTED 2\r\n"
+    assert await asyncio.wait_for(reserve, 5) == b"RESERVED 2 4\r\nnext\r\n"
+    assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 4\r\nlate\r\n"
 
 
 def test_the_lease_is_renewed_only_while_the_proxy_has_connections_and_connect_renews_it():
