@@ -38,3 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     mode = "interpreted (BEANRAFT_PURE=1)" if native.prefer_sources_active() else native.status()
     return f"beanraft modules: {mode}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--rewrite-scripts",
+        action="store_true",
+        help="write the state machine's replies into tests/statemachine/scenarios/*.txt",
+    )

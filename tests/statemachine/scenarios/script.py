@@ -1,7 +1,7 @@
 """Scenario scripts: beanstalkd sessions written as text, run against the real machine.
 
 A script is a list of blocks separated by blank lines. A block is one command line, then
-optionally ``----`` and what must come back:
+``----`` and everything that must come back:
 
     # A reserved job whose TTR passes goes back to ready and can be reserved again.
     put ttr=10s body=a
@@ -15,9 +15,9 @@ optionally ``----`` and what must come back:
 - Lines starting with ``#`` are comments. ``at 5s`` sets the clock without applying anything;
   ``tick 5s`` sets it and applies a Tick. Durations are ``<n>s`` or ``<n>ms`` (or ``0``).
 - The first expected line is the reply (beanstalkd's words: ``RESERVED 1 a``, ``NOT_FOUND``,
-  ``TUBES default a``; stats replies are ``OK``). ``key: value`` lines must appear among the
-  stats reply's keys (a subset is enough). ``wakeup <client> <RESULT>`` lines must equal the
-  outcome's wake-ups exactly, in order; a block that lists none expects none.
+  ``TUBES default a``; stats replies are ``OK``, then every key as a ``key: value`` line), then
+  a ``wakeup <client> <RESULT>`` line for each of the outcome's wake-ups, in order. The whole
+  block is compared; ``pytest --rewrite-scripts`` writes the machine's own answers in.
 - Command arguments are positional or ``key=value`` (see ``COMMANDS``); ``admin`` as a client
   means "" (delete as an admin).
 """
