@@ -15,10 +15,6 @@ from statemachine import commands as c
 from statemachine import replies as r
 
 
-def _run(coro: object) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
-
-
 async def test_puts_replicate_to_every_node_with_increasing_ids(tmp_path: Path) -> None:
     cluster = InProcessCluster(tmp_path)
     await cluster.start_all()
@@ -147,24 +143,21 @@ def test_the_wakeup_ring_evicts_oldest_first_when_it_holds_too_many_bytes() -> N
     assert ring.first_seq() == ring.last_seq - len(ring.ring) + 1 > 1
 
 
-def test_the_raft_port_is_bound_to_the_given_address_only(tmp_path: Path) -> None:
+async def test_the_raft_port_is_bound_to_the_given_address_only(tmp_path: Path) -> None:
     import socket
 
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        try:
-            port = int(cluster.raft_addrs[0].rsplit(":", 1)[1])
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                pass  # the given address answers
-            # 127.0.0.2 is loopback too: a 0.0.0.0 bind (pysyncobj's default) would answer it.
-            with pytest.raises(OSError), socket.create_connection(("127.0.0.2", port), timeout=2):
-                pass
-            await cluster.assert_converged()
-        finally:
-            await cluster.stop_all()
-
-    _run(scenario())
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        port = int(cluster.raft_addrs[0].rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # the given address answers
+        # 127.0.0.2 is loopback too: a 0.0.0.0 bind (pysyncobj's default) would answer it.
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.2", port), timeout=2):
+            pass
+        await cluster.assert_converged()
+    finally:
+        await cluster.stop_all()
 
 
 def test_the_leader_applies_the_commands_it_checked_without_decoding_them_again(

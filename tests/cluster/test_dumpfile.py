@@ -156,42 +156,39 @@ def test_a_dump_damaged_on_the_way_is_dropped_and_the_old_one_kept(tmp_path: Pat
     assert read_dump(follower_path) == _DUMP
 
 
-def test_a_node_stopped_between_its_dump_and_its_log_cut_keeps_the_entries_after_the_dump(
+async def test_a_node_stopped_between_its_dump_and_its_log_cut_keeps_the_entries_after_the_dump(
     tmp_path: Path,
 ) -> None:
     """pysyncobj empties a log that does not start at the dump's head; a node stopped after
     writing a dump but before cutting its log holds the dump's entries further in, followed by
     entries it acknowledged. They must survive the restart."""
 
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        leader = await cluster.wait_for_leader()
-        i = next(i for i, n in cluster.nodes.items() if n is not leader)
-        follower = cluster.nodes[i]
-        for n in range(30):
-            await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
-        await cluster.assert_converged()
-        follower.journal.deleteEntriesTo = lambda entry_to: None  # stopped before the cut
-        follower.syncobj.forceLogCompaction()
-        for _ in range(200):
-            if follower.dumps.written:
-                break
-            await asyncio.sleep(0.05)
-        assert follower.dumps.written
-        for n in range(30, 40):
-            await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
-        await cluster.assert_converged()
-        last = follower.journal[-1][1]
-        await cluster.stop_all()
-        alone = cluster.start(i)  # alone: it can only read its own disk
-        await asyncio.sleep(1.0)
-        assert alone.journal[-1][1] == last
-        dump = read_dump(alone.config.dump_path)
-        assert dump is not None and alone.journal[0] == dump.prev
-        await cluster.stop_all()
-
-    asyncio.run(scenario())
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    leader = await cluster.wait_for_leader()
+    i = next(i for i, n in cluster.nodes.items() if n is not leader)
+    follower = cluster.nodes[i]
+    for n in range(30):
+        await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
+    await cluster.assert_converged()
+    follower.journal.deleteEntriesTo = lambda entry_to: None  # stopped before the cut
+    follower.syncobj.forceLogCompaction()
+    for _ in range(200):
+        if follower.dumps.written:
+            break
+        await asyncio.sleep(0.05)
+    assert follower.dumps.written
+    for n in range(30, 40):
+        await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
+    await cluster.assert_converged()
+    last = follower.journal[-1][1]
+    await cluster.stop_all()
+    alone = cluster.start(i)  # alone: it can only read its own disk
+    await asyncio.sleep(1.0)
+    assert alone.journal[-1][1] == last
+    dump = read_dump(alone.config.dump_path)
+    assert dump is not None and alone.journal[0] == dump.prev
+    await cluster.stop_all()
 
 
 def test_a_dump_child_dies_with_its_node_and_writes_nothing_after_it(tmp_path: Path) -> None:

@@ -270,33 +270,30 @@ async def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower_without_div
     await queue.close()
 
 
-def test_a_node_left_and_replaced_at_the_same_address_with_join_stays_and_catches_up(
+async def test_a_node_left_and_replaced_at_the_same_address_with_join_stays_and_catches_up(
     cluster: ProcessCluster,
 ) -> None:
     """The new node replays the old node's removal from the log; it names the old incarnation,
     so the new node carries on instead of stopping itself."""
 
-    async def scenario() -> None:
-        leader = await cluster.wait_for_leader()
-        queue = cluster.queue()
-        for i in range(10):
-            await queue.apply(_put(b"before-%d" % i))
-        leaving = next(n for n in cluster.nodes if n is not leader)
-        _admin(cluster, "leave", "--node-id", leaving.node_id)
-        assert leaving.proc is not None
-        await asyncio.to_thread(leaving.proc.wait, 30)  # the removed node stops by itself
-        leaving.proc = None
-        await _wait_members(cluster, 2)
-        shutil.rmtree(leaving.data_dir)  # a new machine at the same address
-        leaving.extra = ["--join", leader.grpc_addr]
-        cluster.start(leaving, peers=[])
-        await _wait_members(cluster, 3)
-        await queue.apply(_put(b"after"))
-        snapshot = await cluster.assert_converged()
-        assert b"after" in snapshot and b"before-9" in snapshot
-        await asyncio.sleep(1.0)  # it would have stopped by now if it obeyed the old removal
-        assert leaving.running, leaving.log_path.read_text()[-2000:]
-        assert "removed from the cluster" not in leaving.log_path.read_text().split("joined")[-1]
-        await queue.close()
-
-    asyncio.run(scenario())
+    leader = await cluster.wait_for_leader()
+    queue = cluster.queue()
+    for i in range(10):
+        await queue.apply(_put(b"before-%d" % i))
+    leaving = next(n for n in cluster.nodes if n is not leader)
+    _admin(cluster, "leave", "--node-id", leaving.node_id)
+    assert leaving.proc is not None
+    await asyncio.to_thread(leaving.proc.wait, 30)  # the removed node stops by itself
+    leaving.proc = None
+    await _wait_members(cluster, 2)
+    shutil.rmtree(leaving.data_dir)  # a new machine at the same address
+    leaving.extra = ["--join", leader.grpc_addr]
+    cluster.start(leaving, peers=[])
+    await _wait_members(cluster, 3)
+    await queue.apply(_put(b"after"))
+    snapshot = await cluster.assert_converged()
+    assert b"after" in snapshot and b"before-9" in snapshot
+    await asyncio.sleep(1.0)  # it would have stopped by now if it obeyed the old removal
+    assert leaving.running, leaving.log_path.read_text()[-2000:]
+    assert "removed from the cluster" not in leaving.log_path.read_text().split("joined")[-1]
+    await queue.close()

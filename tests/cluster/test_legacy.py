@@ -3,7 +3,6 @@ and raft.dump) comes back with its jobs: the node moves it to the current files 
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import pickle
 from pathlib import Path
@@ -51,32 +50,29 @@ def _write_old_data_dir(
         pickle.dump(old, f, protocol=4)
 
 
-def test_a_cluster_on_data_dirs_of_the_old_format_comes_back_with_every_job(
+async def test_a_cluster_on_data_dirs_of_the_old_format_comes_back_with_every_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cluster.replicated, "_state_from_bytes", bytes, raising=False)
 
-    async def scenario() -> None:
-        nodes = InProcessCluster(tmp_path)
-        await nodes.start_all()
-        for n in range(10):
-            await nodes.apply(c.Put("default", 1, 0, 600_000, b"old-%d" % n))
-        await nodes.assert_converged()
-        node = next(iter(nodes.nodes.values()))
-        applied = int(node.syncobj.raftLastApplied)
-        head = [e for e in node.journal if e[1] in (applied - 1, applied)]
-        state, term = node.state.to_bytes(), node.journal.getCurrentTerm()
-        await nodes.stop_all()
-        for i in range(3):
-            _write_old_data_dir(nodes.config(i).data_dir, head, state, term, nodes.raft_addrs)
-        await nodes.start_all()
-        assert (await nodes.apply(c.Peek(10))).reply == r.Found(10, b"old-9")
-        new = await nodes.apply(c.Put("default", 1, 0, 600_000, b"new"))
-        assert new.reply == r.Inserted(11)
-        await nodes.assert_converged()
-        data_dir = nodes.config(0).data_dir
-        assert (data_dir / "raft.journal.migrated").exists()
-        assert (data_dir / "raft.log").exists() and (data_dir / "state.dump").exists()
-        await nodes.stop_all()
-
-    asyncio.run(scenario())
+    nodes = InProcessCluster(tmp_path)
+    await nodes.start_all()
+    for n in range(10):
+        await nodes.apply(c.Put("default", 1, 0, 600_000, b"old-%d" % n))
+    await nodes.assert_converged()
+    node = next(iter(nodes.nodes.values()))
+    applied = int(node.syncobj.raftLastApplied)
+    head = [e for e in node.journal if e[1] in (applied - 1, applied)]
+    state, term = node.state.to_bytes(), node.journal.getCurrentTerm()
+    await nodes.stop_all()
+    for i in range(3):
+        _write_old_data_dir(nodes.config(i).data_dir, head, state, term, nodes.raft_addrs)
+    await nodes.start_all()
+    assert (await nodes.apply(c.Peek(10))).reply == r.Found(10, b"old-9")
+    new = await nodes.apply(c.Put("default", 1, 0, 600_000, b"new"))
+    assert new.reply == r.Inserted(11)
+    await nodes.assert_converged()
+    data_dir = nodes.config(0).data_dir
+    assert (data_dir / "raft.journal.migrated").exists()
+    assert (data_dir / "raft.log").exists() and (data_dir / "state.dump").exists()
+    await nodes.stop_all()

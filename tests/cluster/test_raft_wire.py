@@ -91,28 +91,25 @@ def test_pysyncobj_pickles_with_protocol_4_and_still_reads_what_protocol_2_wrote
     assert _Uncompressed.decompress(written) == written  # not taken for a zlib stream
 
 
-def test_a_node_with_another_secret_gets_nothing_from_the_cluster(tmp_path: Path) -> None:
+async def test_a_node_with_another_secret_gets_nothing_from_the_cluster(tmp_path: Path) -> None:
     """Real nodes on real sockets: two share the secret and commit; the third, with another
     secret, has every frame refused, so it never learns an entry or a leader."""
 
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        intruder = dataclasses.replace(cluster.config(2), secret="not the cluster's secret")
-        for i in (0, 1):
-            cluster.start(i)
-        outsider = RaftNode(intruder, asyncio.get_running_loop())
-        outsider.start()
-        empty_log_index = int(outsider.syncobj.raftLastApplied)  # pysyncobj's initial entry
-        try:
-            for i in range(5):
-                reply = (await cluster.apply(c.Put("t", 1, 0, 60_000, b"%d" % i))).reply
-                assert isinstance(reply, r.Inserted)
-            await asyncio.sleep(1.0)  # several heartbeats: the outsider would have them by now
-            assert int(outsider.syncobj.raftLastApplied) == empty_log_index
-            assert not outsider.leader_raft_addr()
-            assert cluster.last_index > empty_log_index + 5
-        finally:
-            await outsider.stop()
-            await cluster.stop_all()
-
-    asyncio.run(scenario())
+    cluster = InProcessCluster(tmp_path)
+    intruder = dataclasses.replace(cluster.config(2), secret="not the cluster's secret")
+    for i in (0, 1):
+        cluster.start(i)
+    outsider = RaftNode(intruder, asyncio.get_running_loop())
+    outsider.start()
+    empty_log_index = int(outsider.syncobj.raftLastApplied)  # pysyncobj's initial entry
+    try:
+        for i in range(5):
+            reply = (await cluster.apply(c.Put("t", 1, 0, 60_000, b"%d" % i))).reply
+            assert isinstance(reply, r.Inserted)
+        await asyncio.sleep(1.0)  # several heartbeats: the outsider would have them by now
+        assert int(outsider.syncobj.raftLastApplied) == empty_log_index
+        assert not outsider.leader_raft_addr()
+        assert cluster.last_index > empty_log_index + 5
+    finally:
+        await outsider.stop()
+        await cluster.stop_all()

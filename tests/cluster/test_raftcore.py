@@ -50,7 +50,7 @@ def test_every_overridden_pysyncobj_method_is_among_the_verified() -> None:
     assert overridden <= set(raftcore._VERIFIED), overridden - set(raftcore._VERIFIED)
 
 
-def test_a_returning_leader_never_applies_its_uncommitted_tail_while_it_receives_a_dump(
+async def test_a_returning_leader_never_applies_its_uncommitted_tail_while_it_receives_a_dump(
     tmp_path: Path,
 ) -> None:
     """A leader cut off from the others appends entries nobody else gets. Back, it is too far
@@ -59,53 +59,50 @@ def test_a_returning_leader_never_applies_its_uncommitted_tail_while_it_receives
     then vouched for it to the new leader, which counted it toward commits: acknowledged puts
     were lost in the fault harness)."""
 
-    async def scenario() -> None:
-        cluster = InProcessCluster(tmp_path)
-        await cluster.start_all()
-        old = await cluster.wait_for_leader()
-        old_i = next(i for i, n in cluster.nodes.items() if n is old)
-        for n in range(5):
-            await cluster.apply(c.Put("default", 1, 0, 60_000, b"committed-%d" % n))
-        await cluster.assert_converged()
-        for i in [i for i in cluster.nodes if i != old_i]:
-            await cluster.stop(i)
-        divergent = [
-            envelope.Request(
-                envelope.COMMAND, "", codec.encode_command(c.Put("d", 1, 0, 60_000, b"divergent"))
-            )
-        ]
-        pending = [asyncio.ensure_future(old.submit(divergent)) for _ in range(3)]
-        await asyncio.sleep(0.3)
-        await cluster.stop(old_i)
-        for task in pending:
-            task.cancel()
-        for i in range(3):
-            if i != old_i:
-                cluster.start(i)
-        new = await cluster.wait_for_leader()
-        for n in range(300):  # random bodies: a dump of several chunks
-            body = random.Random(n).randbytes(200)
-            await cluster.apply(c.Put("default", 1, 0, 60_000, body))
-        for node in cluster.nodes.values():
-            written = node.dumps.written
-            node.syncobj.forceLogCompaction()
-            for _ in range(200):
-                if node.dumps.written > written and node.journal[0][1] > 10:
-                    break
-                await asyncio.sleep(0.05)
-        new.dumps._chunk_bytes = 4096
-        seen: list[bool] = []
-        returned = cluster.start(old_i)
-        machine = returned.consumer
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    old = await cluster.wait_for_leader()
+    old_i = next(i for i, n in cluster.nodes.items() if n is old)
+    for n in range(5):
+        await cluster.apply(c.Put("default", 1, 0, 60_000, b"committed-%d" % n))
+    await cluster.assert_converged()
+    for i in [i for i in cluster.nodes if i != old_i]:
+        await cluster.stop(i)
+    divergent = [
+        envelope.Request(
+            envelope.COMMAND, "", codec.encode_command(c.Put("d", 1, 0, 60_000, b"divergent"))
+        )
+    ]
+    pending = [asyncio.ensure_future(old.submit(divergent)) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    await cluster.stop(old_i)
+    for task in pending:
+        task.cancel()
+    for i in range(3):
+        if i != old_i:
+            cluster.start(i)
+    new = await cluster.wait_for_leader()
+    for n in range(300):  # random bodies: a dump of several chunks
+        body = random.Random(n).randbytes(200)
+        await cluster.apply(c.Put("default", 1, 0, 60_000, body))
+    for node in cluster.nodes.values():
+        written = node.dumps.written
+        node.syncobj.forceLogCompaction()
+        for _ in range(200):
+            if node.dumps.written > written and node.journal[0][1] > 10:
+                break
+            await asyncio.sleep(0.05)
+    new.dumps._chunk_bytes = 4096
+    seen: list[bool] = []
+    returned = cluster.start(old_i)
+    machine = returned.consumer
 
-        def watch() -> None:
-            seen.append(b"divergent" in machine.state.machine.snapshot())
-            returned.hub.notify()
+    def watch() -> None:
+        seen.append(b"divergent" in machine.state.machine.snapshot())
+        returned.hub.notify()
 
-        machine.on_applied = watch
-        await cluster.assert_converged(timeout_s=30)
-        assert returned.syncobj.installs >= 1, "the returning node caught up without a dump"
-        assert not any(seen), "the returning node applied entries that were never committed"
-        await cluster.stop_all()
-
-    asyncio.run(scenario())
+    machine.on_applied = watch
+    await cluster.assert_converged(timeout_s=30)
+    assert returned.syncobj.installs >= 1, "the returning node caught up without a dump"
+    assert not any(seen), "the returning node applied entries that were never committed"
+    await cluster.stop_all()

@@ -105,51 +105,45 @@ async def test_a_node_whose_journal_is_damaged_inside_refuses_to_start_and_the_r
     await queue.close()
 
 
-def test_a_node_whose_dump_is_damaged_refuses_to_start(cluster: ProcessCluster) -> None:
+async def test_a_node_whose_dump_is_damaged_refuses_to_start(cluster: ProcessCluster) -> None:
     for node in cluster.nodes:
         node.extra = ["--compact-after-entries", "20"]
 
-    async def scenario() -> None:
-        cluster.start_all()
-        queue = cluster.queue()
-        await _put_many(queue, "job", 60)
-        follower = await _follower(cluster)
-        dump = follower.data_dir / "state.dump"  # type: ignore[attr-defined]
-        for _ in range(200):
-            if dump.exists():
-                break
-            await asyncio.sleep(0.05)
-        follower.kill()  # type: ignore[attr-defined]
-        data = bytearray(dump.read_bytes())
-        data[len(data) // 2] ^= 0x10
-        dump.write_bytes(bytes(data))
-        follower.restart()  # type: ignore[attr-defined]
-        proc = follower.proc  # type: ignore[attr-defined]
-        assert await asyncio.to_thread(proc.wait, 30) == EXIT_DAMAGED
-        follower.proc = None  # type: ignore[attr-defined]
-        assert "checksum does not match" in follower.log_path.read_text()  # type: ignore[attr-defined]
-        await queue.close()
-
-    asyncio.run(scenario())
+    cluster.start_all()
+    queue = cluster.queue()
+    await _put_many(queue, "job", 60)
+    follower = await _follower(cluster)
+    dump = follower.data_dir / "state.dump"  # type: ignore[attr-defined]
+    for _ in range(200):
+        if dump.exists():
+            break
+        await asyncio.sleep(0.05)
+    follower.kill()  # type: ignore[attr-defined]
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    dump.write_bytes(bytes(data))
+    follower.restart()  # type: ignore[attr-defined]
+    proc = follower.proc  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(proc.wait, 30) == EXIT_DAMAGED
+    follower.proc = None  # type: ignore[attr-defined]
+    assert "checksum does not match" in follower.log_path.read_text()  # type: ignore[attr-defined]
+    await queue.close()
 
 
-def test_every_log_compaction_under_grpc_load_succeeds(cluster: ProcessCluster) -> None:
+async def test_every_log_compaction_under_grpc_load_succeeds(cluster: ProcessCluster) -> None:
     for node in cluster.nodes:
         node.extra = ["--compact-after-entries", "40"]
 
-    async def scenario() -> None:
-        cluster.start_all()
-        queue = cluster.queue()
+    cluster.start_all()
+    queue = cluster.queue()
 
-        async def producer(worker: int) -> None:
-            await _put_many(queue, f"w{worker}", 150)
+    async def producer(worker: int) -> None:
+        await _put_many(queue, f"w{worker}", 150)
 
-        # 16 connections' worth of gRPC calls in flight while the nodes fork their dumps
-        await asyncio.gather(*(producer(w) for w in range(16)))
-        await cluster.assert_converged()
-        await queue.close()
-
-    asyncio.run(scenario())
+    # 16 connections' worth of gRPC calls in flight while the nodes fork their dumps
+    await asyncio.gather(*(producer(w) for w in range(16)))
+    await cluster.assert_converged()
+    await queue.close()
     for node in cluster.nodes:
         text = node.log_path.read_text()
         assert text.count("dump written") >= 3, f"node {node.node_id} wrote too few dumps"

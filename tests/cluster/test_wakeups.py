@@ -52,30 +52,27 @@ async def test_new_wakeups_reach_a_waiting_stream_when_the_apply_thread_notifies
     assert events[1] == StreamEvent(1, b"late")
 
 
-def test_a_stream_sends_heartbeats_while_only_other_proxies_get_wakeups(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_sends_heartbeats_while_only_other_proxies_get_wakeups(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # A busy cluster notifies streams constantly with wake-ups for other proxies; the
     # heartbeat must still go out, or the idle proxy decides its stream is dead.
     monkeypatch.setattr("cluster.wakeups.HEARTBEAT_S", 0.3)
 
-    async def scenario() -> None:
-        ring = Wakeups(deque(), 0)
-        hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
+    ring = Wakeups(deque(), 0)
+    hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
 
-        async def busy_other_proxy() -> None:
-            while True:
-                await asyncio.sleep(0.05)
-                ring.append("other", b"x")
-                hub.notify()
+    async def busy_other_proxy() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            ring.append("other", b"x")
+            hub.notify()
 
-        noise = asyncio.create_task(busy_other_proxy())
-        try:
-            events = await asyncio.wait_for(_take(hub, "quiet", 0, 3), 3)
-        finally:
-            noise.cancel()
-        assert all(e.wakeup == b"" and not e.gap for e in events)  # attached, then heartbeats
-        assert events[2].seq > events[1].seq >= events[0].seq  # each carries the cursor
-
-    asyncio.run(scenario())
+    noise = asyncio.create_task(busy_other_proxy())
+    try:
+        events = await asyncio.wait_for(_take(hub, "quiet", 0, 3), 3)
+    finally:
+        noise.cancel()
+    assert all(e.wakeup == b"" and not e.gap for e in events)  # attached, then heartbeats
+    assert events[2].seq > events[1].seq >= events[0].seq  # each carries the cursor
 
 
 def test_an_apply_that_adds_no_wakeup_does_not_wake_the_loop() -> None:

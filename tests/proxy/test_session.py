@@ -260,22 +260,19 @@ async def test_a_late_answer_to_a_reserve_given_up_as_lost_goes_to_the_next_rese
     assert await worker.handle(e.Reserve(None)) == b"RESERVED 1 4\r\nlate\r\n"
 
 
-def test_the_lease_is_renewed_only_while_the_proxy_has_connections_and_connect_renews_it():
+async def test_the_lease_is_renewed_only_while_the_proxy_has_connections_and_connect_renews_it():
     # An idle cluster writes nothing: a proxy without connections lets its lease lapse (there is
     # nothing to free), and its first new connection starts the lease in the Connect itself.
-    async def scenario() -> None:
-        queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=0, flaky=())
-        server = ProxyServer(queue, lease_ms=300)  # type: ignore[arg-type]
-        await server.start("127.0.0.1:0")
-        try:
-            await asyncio.sleep(0.45)  # more than one renewal period, no connection
-            assert [type(cmd) for cmd in queue.seen] == [sm.RenewLease]
-            session = Session(server.ctx, server.ctx.new_client_id())
-            await session.open()
-            assert queue.seen[-1] == sm.Connect(session.client_id, server.proxy_id, 300)
-            await asyncio.sleep(0.25)
-            assert sm.RenewLease(server.proxy_id, 300) in queue.seen[2:]
-        finally:
-            await server.stop()
-
-    asyncio.run(scenario())
+    queue = FlakyQueue(LocalQueue(clock=FakeClock()), failures=0, flaky=())
+    server = ProxyServer(queue, lease_ms=300)  # type: ignore[arg-type]
+    await server.start("127.0.0.1:0")
+    try:
+        await asyncio.sleep(0.45)  # more than one renewal period, no connection
+        assert [type(cmd) for cmd in queue.seen] == [sm.RenewLease]
+        session = Session(server.ctx, server.ctx.new_client_id())
+        await session.open()
+        assert queue.seen[-1] == sm.Connect(session.client_id, server.proxy_id, 300)
+        await asyncio.sleep(0.25)
+        assert sm.RenewLease(server.proxy_id, 300) in queue.seen[2:]
+    finally:
+        await server.stop()
