@@ -45,10 +45,11 @@ from statemachine.replies import Reply
 log = structlog.get_logger(__name__)
 
 # Per call: a commit takes milliseconds, an election under a second; a node that has not
-# answered in 2 s is paused or cut off, and the call is retried on the next one with the same
-# request ids. Well under a proxy's lease (10 s), so a stalled node never costs a lease
-# (ARCHITECTURE.md, "Liveness").
-CALL_TIMEOUT_S = 2.0
+# answered in 1.5 s is paused or cut off, and the call is retried on the next one with the same
+# request ids (a leader that only lost its quorum answers at once: raftcore rule 8). So a
+# paused leader costs its clients about 1.5 s, and a stalled node never costs a lease (10 s;
+# ARCHITECTURE.md, "Liveness").
+CALL_TIMEOUT_S = 1.5
 RETRY_FOR_S = 20.0
 STREAM_SILENCE_S = 2.0  # nodes send a heartbeat every 0.5 s
 STREAM_LAG_S = 1.5  # behind what this client saw applied for this long: the stream stalled

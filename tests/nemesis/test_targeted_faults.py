@@ -234,7 +234,7 @@ def test_a_wakeup_made_while_the_proxys_stream_moves_to_another_node_is_delivere
 def test_a_paused_leader_neither_drops_sessions_nor_hands_a_reserved_job_out_again(
     nemesis_cluster: NemesisCluster,
 ) -> None:
-    """Issue 13.4: the proxy's calls time out (2 s) long before its lease (10 s) would."""
+    """Issue 13.4: the proxy's calls time out (1.5 s) long before its lease (10 s) would."""
     cluster = nemesis_cluster
     first, second = cluster.proxies
     with client(first) as holder, client(second) as other:
