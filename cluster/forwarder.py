@@ -63,13 +63,20 @@ class Forwarder:
         self._in_flight: dict[str, int] = {}
         self._sends: set[asyncio.Task[None]] = set()
 
-    async def forward(self, leader: str, request: jsm_pb2.ApplyRequest) -> jsm_pb2.ApplyResult:
-        """``request``'s result as the leader applied it (its own code says if it was
-        refused); raises ``Forwarded`` when the call carrying it failed."""
-        future: asyncio.Future[jsm_pb2.ApplyResult] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(leader, []).append((request, future))
+    async def forward(
+        self, leader: str, requests: list[jsm_pb2.ApplyRequest]
+    ) -> list[jsm_pb2.ApplyResult]:
+        """Each request's result as the leader applied it (its own code says if it was
+        refused), in order; raises ``Forwarded`` when a call carrying one failed. Requests
+        given together travel together (a proxy's batch stays one log entry)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[jsm_pb2.ApplyResult]] = []
+        pending = self._pending.setdefault(leader, [])
+        for request in requests:
+            futures.append(loop.create_future())
+            pending.append((request, futures[-1]))
         self._send_pending(leader)
-        return await future
+        return list(await asyncio.gather(*futures))
 
     def _send_pending(self, leader: str) -> None:
         pending = self._pending.get(leader)

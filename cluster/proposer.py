@@ -115,8 +115,7 @@ class Proposer:
         # per call cost the loop a heap push, a pop and a cancel on every put.
         self._expiring: deque[tuple[float, _Call]] = deque()
         self._sweep_timer: asyncio.TimerHandle | None = None
-        self._inflight = 0
-        self._inflight_batches: dict[int, list[_Pending]] = {}  # by id(): what abandon fails
+        self._inflight_batches: dict[int, list[_Pending]] = {}  # by id(): proposed, unanswered
         self._flush_scheduled = False
 
     async def submit(self, request: envelope.Request) -> Result:
@@ -157,7 +156,7 @@ class Proposer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        while self._pending and self._inflight < self._max_inflight:
+        while self._pending and len(self._inflight_batches) < self._max_inflight:
             batch = self._take_batch()
             if batch:
                 self._send(batch)
@@ -177,7 +176,6 @@ class Proposer:
         entry = envelope.encode_batch(requests)
         self._remember(entry, requests)
         started = time.perf_counter()
-        self._inflight += 1
         self._inflight_batches[id(batch)] = batch
 
         def on_result(result: Any, error: int) -> None:  # runs on pysyncobj's tick thread
@@ -214,7 +212,6 @@ class Proposer:
         started: float,
         exc: BaseException | None = None,
     ) -> None:
-        self._inflight -= 1
         self._inflight_batches.pop(id(batch), None)
         if error == FAIL_REASON.SUCCESS:
             self._on_commit(time.perf_counter() - started)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from api import jsm_pb2, jsm_pb2_grpc
+from api import jsm_pb2
 from api.apply_stream import STATUS
-from api.metadata import LEADER_HINT_KEY
 from cluster import envelope
 from cluster.errors import Refused
 from cluster.forwarder import Forwarded, Forwarder
@@ -37,7 +35,6 @@ KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
-FORWARD_TIMEOUT_S = 4.5  # a little over the leader's own 4 s proposal timeout
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
@@ -72,7 +69,7 @@ class QueueService:
             return payload, index
         # Gathered with whatever else this follower forwards meanwhile (cluster.forwarder).
         message = jsm_pb2.ApplyRequest(command=command, request_id=request_id)
-        result = await self.forwarder.forward(leader_grpc, message)
+        (result,) = await self.forwarder.forward(leader_grpc, [message])
         if result.code == _INVALID:
             raise Refused(result.message)
         if result.code:
@@ -109,8 +106,7 @@ class QueueService:
         proposed with the commands already decoded."""
         leader_grpc = await self._route()
         if leader_grpc:
-            reply = await self._forward(leader_grpc, jsm_pb2.ApplyRequest(batch=batch))
-            return list(reply.results)
+            return await self.forwarder.forward(leader_grpc, batch)
         results = []
         for status, payload, index in await self.node.submit(requests):
             if status == REFUSED:
@@ -136,23 +132,6 @@ class QueueService:
             if loop.time() > give_up or self.node.syncobj.cut_off():
                 raise self.node.not_leader()
             await asyncio.sleep(0.02)
-
-    async def _forward(self, leader_grpc: str, request: jsm_pb2.ApplyRequest) -> Any:
-        stub = jsm_pb2_grpc.JobStateMachineStub(self.channel(leader_grpc))
-        try:
-            return await stub.Apply(request, timeout=FORWARD_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            hint = dict(exc.trailing_metadata() or ()).get(LEADER_HINT_KEY, "")
-            code = exc.code()
-            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-                code = grpc.StatusCode.UNAVAILABLE
-            details = exc.details() or ""
-            if code == grpc.StatusCode.UNAVAILABLE and "leader" not in details:
-                details = (
-                    f"forwarding to the leader at {leader_grpc} failed ({details}); the outcome "
-                    "is unknown: retry with the same request id"
-                )
-            raise Forwarded(code, details, str(hint)) from None
 
     def channel(self, target: str) -> grpc.aio.Channel:
         """A channel to another node (the leader) or a worker's log service, as this node.
