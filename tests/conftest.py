@@ -10,14 +10,26 @@ The hot pure modules may have native builds beside their sources (beanraft/nativ
 build older than a source would test old code, so the session refuses to start on one;
 ``BEANRAFT_PURE=1`` tests the interpreted sources instead (in this process: the nodes and
 proxies that tests start run whatever is built).
+
+tests/harness is the harness every test directory shares (ports, process start and stop, logs,
+waiting on conditions). It imports as ``harness`` because pytest's default "prepend" import
+mode puts this file's directory, tests/, first on sys.path before importing it (tests/ has no
+__init__.py), and every test run loads this conftest first. Its hooks, imported below, attach
+the tail of each log a failing test's processes wrote to that test's report.
 """
 
 import os
 import tempfile
 
 import pytest
+from harness.plugin import pytest_runtest_makereport, pytest_runtest_protocol
 
 from beanraft import native
+
+__all__ = ["pytest_runtest_makereport", "pytest_runtest_protocol"]
+
+# tests/harness/test_logs_on_failure.py runs an inner pytest session to see its report.
+pytest_plugins = ["pytester"]
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 # `beanraft up` records its cluster for the clients in the user's config directory: tests keep
