@@ -42,7 +42,6 @@ MODULES = (
     "statemachine.counters",
     "statemachine.events",
     "statemachine.heaps",
-    "statemachine.idempotency",
     "statemachine.invariants",
     "statemachine.jobs",
     "statemachine.limits",

@@ -319,7 +319,7 @@ class RaftNode:
         if not self.is_leader():
             raise self.not_leader()
         term = int(self.syncobj.raftCurrentTerm)
-        self.leader_time.start_term(term, self.state.max_now_ms)
+        self.leader_time.start_term(term, self.state.now_ms)
         self._check_stall()
         if self._leases_extended_term == term:
             return await self.proposer.submit_many(requests)
@@ -377,7 +377,7 @@ class RaftNode:
         deadline_ms = self.state.next_deadline_ms
         if deadline_ms is None:
             return 0.05
-        self.leader_time.start_term(int(self.syncobj.raftCurrentTerm), self.state.max_now_ms)
+        self.leader_time.start_term(int(self.syncobj.raftCurrentTerm), self.state.now_ms)
         wait_ms = deadline_ms - self.leader_time.now_ms()
         if wait_ms > 0:
             return min(0.05, max(0.002, wait_ms / 1000))

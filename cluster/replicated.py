@@ -14,7 +14,10 @@ Rules:
   and a log written under other numbers would apply the wrong method). ``entry`` is an
   ``cluster.envelope`` batch of ``statemachine.codec`` bytes; ``now_ms`` is stamped by the leader.
 - The apply is deterministic: it reads no clock and no randomness; it evicts old request ids by
-  the machine's (clamped) time and the ring by count, so every replica evicts the same ones.
+  the machine's time and the ring by count, so every replica evicts the same ones.
+- One window, one clamp: this is the only place a retry is answered (the machine keeps no
+  request window of its own), and the machine's time is the only clamped time (``now_ms``
+  here is the machine's: it never runs backwards, and a new leader continues from it).
 - A state machine exception is a bug: the process exits rather than apply a half-done entry;
   the other replicas carry on or fail the same way.
 - A dump (``cluster.dumpfile``) holds ``ClusterState.to_bytes()``: the machine's own
@@ -39,7 +42,10 @@ from statemachine.replies import Outcome
 
 log = structlog.get_logger(__name__)
 
-REQUEST_WINDOW_MS = 120_000  # how long a request id is remembered (the machine's own window)
+# How long a request id is remembered, in machine time. A client retries for 20 s at most
+# (api/client.py); every remembered outcome is in every dump, and at thousands of puts a second
+# ten minutes of them made dumps of tens of MB.
+REQUEST_WINDOW_MS = 120_000
 # Bounds, so memory stays bounded under load (outcomes and wake-ups may carry job bodies).
 # Evicting by count and bytes in apply order keeps every replica's tables identical.
 REQUEST_WINDOW_MAX = 200_000
@@ -83,7 +89,6 @@ class ClusterState:
         requests: OrderedDict[str, tuple[int, bytes]] | None = None,
         wakeups: Wakeups | None = None,
         members: dict[str, tuple[str, str]] | None = None,
-        max_now_ms: int = 0,
         incarnations: dict[str, str] | None = None,
     ) -> None:
         self.machine = machine
@@ -93,7 +98,6 @@ class ClusterState:
         self.members = members if members is not None else {}
         # Raft address -> the incarnation (a random id made with the data dir) last seen there
         self.incarnations = incarnations if incarnations is not None else {}
-        self.max_now_ms = max_now_ms
         self.next_deadline_ms = machine.next_deadline_ms()
 
     def to_bytes(self) -> bytes:
@@ -104,7 +108,6 @@ class ClusterState:
             "wakeups": list(self.wakeups.ring),
             "last_seq": self.wakeups.last_seq,
             "members": self.members,
-            "max_now_ms": self.max_now_ms,
             "incarnations": self.incarnations,
         }
         return pickle.dumps(plain, protocol=5)
@@ -119,16 +122,19 @@ class ClusterState:
             OrderedDict(plain["requests"]),
             _wakeups(plain["wakeups"], plain["last_seq"]),
             plain["members"],
-            plain["max_now_ms"],
             plain.get("incarnations", {}),
         )
 
     # --- applying: pure (no clock, no I/O, no logging), the same on every replica ---------------
 
+    @property
+    def now_ms(self) -> int:
+        """The replicated time: the machine's, which never runs backwards."""
+        return self.machine.now_ms
+
     def apply(self, requests: list[envelope.Request], now_ms: int) -> Applied:
-        """Apply one log entry's requests, in order, at the leader's ``now_ms`` (clamped: time
-        never runs backwards here). Raises only on a bug in the machine."""
-        self.max_now_ms = max(self.max_now_ms, now_ms)
+        """Apply one log entry's requests, in order, at the leader's ``now_ms`` (the machine
+        clamps it). Raises only on a bug in the machine."""
         applied = Applied([])
         for request in requests:
             applied.results.append(self._apply_one(request, now_ms, applied))
@@ -167,16 +173,16 @@ class ClusterState:
         for wakeup in outcome.wakeups:
             self.wakeups.append(wakeup.proxy_id, codec.encode_wakeup(wakeup))
         if request.request_id:
-            self.requests[request.request_id] = (self.max_now_ms, encoded)
+            self.requests[request.request_id] = (self.machine.now_ms, encoded)
             self.requests_bytes += len(encoded)
         return (OK, encoded)
 
     def _forget_old_requests(self) -> None:
         """Evict request ids past the window, oldest first, and beyond the count and byte
-        bounds: by the replicated (clamped) time and in apply order, so every replica evicts
-        the same ones."""
+        bounds: by the machine's time and in apply order, so every replica evicts the same
+        ones."""
         requests = self.requests
-        horizon_ms = self.max_now_ms - REQUEST_WINDOW_MS
+        horizon_ms = self.machine.now_ms - REQUEST_WINDOW_MS
         while requests:
             first_id, (seen_ms, outcome) = next(iter(requests.items()))
             if (

@@ -20,8 +20,8 @@ Module map (dependencies point down the list):
   deadline-soon) and ``next_event_ms``.
 - ``snapshot``: the versioned byte format; ``invariants``: ``check_state``.
 - ``state``: ``State`` and the transitions (job places, waits, matching, disconnect, tubes).
-- ``heaps``: lazy-deletion validity rules and compaction; ``idempotency``: the request-id
-  window; ``counters``: the cumulative counters.
+- ``heaps``: lazy-deletion validity rules and compaction; ``counters``: the cumulative
+  counters.
 - ``jobs``, ``tubes``, ``sessions``: ``Job``, ``Tube``, ``Client``.
 - ``limits``: beanstalkd's limits as named constants and value checks.
 - ``commands``, ``replies``: the contract; ``codec``: their wire encoding (the cluster's).

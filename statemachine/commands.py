@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from statemachine.records import AttemptResult, JobSummary
 
-# A request id makes put and reserve idempotent: the same id applied twice (a retry after an
-# ambiguous outcome on leader change) returns the first outcome. "" means "not idempotent".
+# A request id names a put, reserve or run: a reserve's wake-up carries it back, and the cluster's
+# request window (cluster/replicated.py) answers a retry under it with the first outcome, so
+# the machine never sees a retry. "" means none.
 NO_REQUEST_ID = ""
 
 

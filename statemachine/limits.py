@@ -28,10 +28,6 @@ DEFAULT_TUBE = "default"
 DEFAULT_MAX_JOB_SIZE = 65535
 # beanstalkd's -z accepts at most 1 GiB.
 MAX_JOB_SIZE_LIMIT = 1 << 30
-# How long a put or reserve request id is remembered (a retry after a leader change). A client
-# retries for 20 s at most (api/client.py); every remembered reply is in every snapshot, and at
-# thousands of puts a second ten minutes of them made dumps of tens of MB.
-IDEMPOTENCY_WINDOW_MS = 120_000
 # kick's bound is stored in 32 bits by beanstalkd.
 KICK_BOUND_MAX = 2**32 - 1
 

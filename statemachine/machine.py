@@ -7,10 +7,14 @@ holds the same state, byte for byte (``snapshot()``). An apply:
 1. clamps time: ``now = max(last now, now_ms)`` (a new leader's clock may be behind);
 2. processes every due event in time order (``statemachine.events``): lease expiries, TTR and
    delay expiries, pause ends, matching, reserve timeouts, deadline-soon;
-3. purges the idempotency window, answers a repeated put/reserve request id from it;
-4. dispatches the command (``ops_jobs``, ``ops_sessions``, ``ops_reads``); a command that makes
+3. dispatches the command (``ops_jobs``, ``ops_sessions``, ``ops_reads``); a command that makes
    a job ready matches waiting reservers before it returns;
-5. returns the reply and the ``Wakeup``s (waits answered by steps 2 and 4), as data.
+4. returns the reply and the ``Wakeup``s (waits answered by steps 2 and 3), as data.
+
+A retry is not this machine's business: the cluster remembers every replicated request's outcome
+by request id (``cluster/replicated.py``, the one request window) and answers a retry from it, so
+a command that reaches the machine is applied. Here a request id only names a reserve's wait, so
+its wake-up finds the reserve that asked.
 
 Rules this machine keeps:
 - It never reads a clock, draws a random number, does I/O, starts a thread or logs; it imports
@@ -31,7 +35,6 @@ from typing import Any
 
 from statemachine import commands as c
 from statemachine import ops_jobs, ops_reads, ops_records, ops_sessions
-from statemachine import replies as r
 from statemachine.events import advance, next_event_ms
 from statemachine.invariants import check_state
 from statemachine.jobs import MOVING
@@ -97,12 +100,6 @@ HANDLERS: dict[type, Handler] = {
     c.SetRecordRetention: ops_records.set_record_retention,
 }
 
-# Commands whose replies are remembered by request id (a retry returns the first reply).
-IDEMPOTENT = (c.Put, c.Reserve, c.RunJob)
-# Refusals that changed nothing at all are not remembered: a proxy whose session was dropped
-# (UnknownClient) reconnects and retries under the same request id, and must then be served.
-NOT_REMEMBERED = (r.UnknownClient, r.InvalidArgument)
-
 
 class JobStateMachine:
     """The replicated job queue. Deterministic: the same commands with the same timestamps give
@@ -132,17 +129,7 @@ class JobStateMachine:
             raise TypeError(f"not a state-machine command: {command!r}")
         if type(command) is not c.ExtendLeases:  # it acts before the time that passed
             advance(state, now_ms)
-        window = state.window
-        if window.entries:
-            window.purge(state.now_ms)
-        if isinstance(command, IDEMPOTENT) and command.request_id:
-            reply = window.lookup(command.request_id)
-            if reply is None:
-                reply = handler(state, command)
-                if not isinstance(reply, NOT_REMEMBERED):
-                    window.remember(command.request_id, state.now_ms, reply)
-        else:
-            reply = handler(state, command)
+        reply = handler(state, command)
         if state.wakeups:
             wakeups = tuple(state.wakeups)
             state.wakeups.clear()

@@ -5,9 +5,9 @@ hold), never an index: heaps are rebuilt on restore from the jobs' states and de
 machines in the same state write the same bytes however their heaps happen to be laid out.
 Everything is written in a defined order: tubes in list-tubes order, clients in connect order,
 leases by proxy id, jobs by id (the jobs dict is in id order because ids only grow), buried jobs
-in burial order, the idempotency window oldest first.
+in burial order.
 
-Layout (all integers little-endian), version 1:
+Layout (all integers little-endian), version 3:
   header      b"BRSM", u16 version
   scalars     u64 max_job_size, i64 now_ms, u64 next_job_id, u64 next_wait_seq
   counters    u64 x len(counters.FIELDS), in that order
@@ -21,11 +21,13 @@ Layout (all integers little-endian), version 1:
               u64 delay_ms, u64 ttr_ms, i64 created_ms, u8 state, i64 deadline_ms,
               i32 holder (client index, -1), u32 reserves, timeouts, releases, buries, kicks,
               u32 body size; then the bodies back to back
-  window      u32 n, then per entry: str request_id, i64 recorded_ms, reply (tag u8 + fields)
-  records     (version 2) u64 max_finished, i64 max_age_ms, u32 n, then per record by job id:
+  records     u64 max_finished, i64 max_age_ms, u32 n, then per record by job id:
               u32 size + the record in statemachine.codec's bytes; u32 k + u64[k] the finished
               records' job ids, oldest first
-Version 1 (no records) is still read: it restores with no records and the default retention.
+Versions 1 and 2 are still read. Both have, between jobs and records, the machine's old request
+window (u32 n, then per entry: str request_id, i64 recorded_ms, reply as tag u8 + fields), which
+is read and dropped: the cluster's request window answers retries now. Version 1 has no records
+section: it restores with no records and the default retention.
 A str is u32 length + UTF-8 bytes. Columns are packed with ``array`` so a million jobs take a
 few list passes instead of a million ``struct.pack`` calls.
 """
@@ -45,25 +47,13 @@ from statemachine.counters import FIELDS
 from statemachine.jobs import BURIED, DELAYED, KEY_SHIFT, READY, RESERVED, Job
 from statemachine.limits import URGENT_PRIORITY_LIMIT
 from statemachine.records import JobRecord, Records
-from statemachine.replies import (
-    AlreadyWaiting,
-    DeadlineSoon,
-    Inserted,
-    InvalidArgument,
-    JobTooBig,
-    Reply,
-    Reserved,
-    TimedOut,
-    UnknownClient,
-    Waiting,
-)
 from statemachine.sessions import Client
 from statemachine.state import State
 from statemachine.tubes import Tube
 
 MAGIC = b"BRSM"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _LITTLE = sys.byteorder == "little"
 _HEADER = struct.Struct("<4sH")
 _SCALARS = struct.Struct("<QqQQ")
@@ -122,11 +112,6 @@ def encode_state(state: State) -> bytes:
         _str(out, proxy_id)
         out.append(_I64.pack(state.leases[proxy_id]))
     _encode_jobs(out, state, client_index)
-    out.append(_U32.pack(len(state.window.entries)))
-    for request_id, (recorded_ms, reply) in state.window.entries.items():
-        _str(out, request_id)
-        out.append(_I64.pack(recorded_ms))
-        _encode_reply(out, reply)
     _encode_records(out, state.records)
     return b"".join(out)
 
@@ -207,33 +192,6 @@ def _encode_jobs(out: list[bytes], state: State, client_index: dict[str, int]) -
     out.append(b"".join(bodies))
 
 
-def _encode_reply(out: list[bytes], reply: Reply) -> None:
-    if isinstance(reply, Inserted):
-        out.append(_REPLY.pack(0, reply.job_id))
-    elif isinstance(reply, Reserved):
-        out.append(_REPLY.pack(1, reply.job_id))
-        out.append(_U32.pack(len(reply.body)))
-        out.append(reply.body)
-    elif isinstance(reply, InvalidArgument):
-        out.append(_REPLY.pack(6, 0))
-        _str(out, reply.message)
-    elif isinstance(reply, UnknownClient):
-        out.append(_REPLY.pack(7, 0))
-        _str(out, reply.client_id)
-    else:
-        out.append(_REPLY.pack(_PLAIN_TAGS[type(reply)], 0))
-
-
-_PLAIN_TAGS: dict[type, int] = {
-    Waiting: 2,
-    DeadlineSoon: 3,
-    TimedOut: 4,
-    JobTooBig: 5,
-    AlreadyWaiting: 8,
-}
-_PLAIN_REPLIES: dict[int, Reply] = {tag: kind() for kind, tag in _PLAIN_TAGS.items()}
-
-
 # --- decoding --------------------------------------------------------------------------------
 
 
@@ -308,10 +266,8 @@ def _decode_state(data: bytes) -> State:
         for job_id in ids:
             tube.buried[job_id] = state.jobs[job_id]
     _rebuild_waits(state, clients)
-    for _ in range(reader.u32()):
-        request_id = reader.text()
-        recorded_ms = reader.unpack(_I64)[0]
-        state.window.remember(request_id, recorded_ms, _decode_reply(reader))
+    if version < 3:
+        _skip_old_window(reader)
     if version >= 2:
         _decode_records(reader, state)
     if reader.offset != len(data):
@@ -424,17 +380,19 @@ def _rebuild_waits(state: State, clients: list[Client]) -> None:
     heapify(state.wait_heap)
 
 
-def _decode_reply(reader: _Reader) -> Reply:
-    tag, job_id = reader.unpack(_REPLY)
-    if tag == 0:
-        return Inserted(job_id)
-    if tag == 1:
-        return Reserved(job_id, bytes(reader.take(reader.u32())))
-    if tag == 6:
-        return InvalidArgument(reader.text())
-    if tag == 7:
-        return UnknownClient(reader.text())
-    reply = _PLAIN_REPLIES.get(tag)
-    if reply is None:
-        raise SnapshotError(f"unknown reply tag {tag} in the idempotency window")
-    return reply
+def _skip_old_window(reader: _Reader) -> None:
+    """Read past a version 1 or 2 snapshot's request window (see the layout)."""
+    for _ in range(reader.u32()):
+        reader.text()  # request id
+        reader.unpack(_I64)  # recorded_ms
+        tag = reader.unpack(_REPLY)[0]
+        if tag in _OLD_TAGS_WITH_BYTES:
+            reader.take(reader.u32())  # a reserved body, a message or a client id
+        elif tag not in _OLD_PLAIN_TAGS:
+            raise SnapshotError(f"unknown reply tag {tag} in an old snapshot's request window")
+
+
+# The old window's reply tags: 0 Inserted (job id only), 2 Waiting, 3 DeadlineSoon, 4 TimedOut,
+# 5 JobTooBig, 8 AlreadyWaiting; 1 Reserved, 6 InvalidArgument, 7 UnknownClient (+ u32 size, bytes).
+_OLD_PLAIN_TAGS = frozenset((0, 2, 3, 4, 5, 8))
+_OLD_TAGS_WITH_BYTES = frozenset((1, 6, 7))

@@ -1,7 +1,7 @@
 """The machine's state and the transitions every command and event is built from.
 
 Theory of operation: ``State`` holds everything that is replicated (jobs, tubes, clients,
-leases, waits, counters, the idempotency window) plus indexes derived from it (heaps). Command
+leases, waits, counters, records) plus indexes derived from it (heaps). Command
 handlers (``ops_*``) and the event loop (``events``) change it only through the transitions
 here, which keep every count and index in step:
 
@@ -37,7 +37,6 @@ from statemachine.heaps import (
     ttr_valid,
     wait_valid,
 )
-from statemachine.idempotency import IdempotencyWindow
 from statemachine.jobs import BURIED, DELAYED, ID_MASK, KEY_SHIFT, MOVING, READY, RESERVED, Job
 from statemachine.limits import DEFAULT_MAX_JOB_SIZE, DEFAULT_TUBE, URGENT_PRIORITY_LIMIT
 from statemachine.records import Records
@@ -71,7 +70,6 @@ class State:
         self.delayed_total = 0  # live entries of delay_heap, for compaction
         self.reserved_total = 0  # live entries of ttr_heap, for compaction
         self.counters = Counters()
-        self.window = IdempotencyWindow()
         self.wakeups: list[Wakeup] = []
         self.dirty: dict[str, Tube] = {}
         self.records = Records()  # the job API's records (statemachine.records)

@@ -159,10 +159,21 @@ async def test_a_reserve_from_a_dropped_session_waits_under_a_new_request_id_and
 
 
 class AmbiguousReserveQueue(LocalQueue):
-    """Applies every Reserve but loses the reply (the outcome of a call cut by a failover)."""
+    """Applies every Reserve but loses the reply (the outcome of a call cut by a failover), and
+    answers a retry under the same request id with the first reply, as a cluster's request
+    window does (cluster/replicated.py; the machine keeps none)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.answered: dict[str, r.Reply] = {}
 
     async def apply(self, command: sm.Command) -> r.Reply:
-        reply = self.apply_now(command)
+        request_id = getattr(command, "request_id", "")
+        reply = self.answered.get(request_id) if request_id else None
+        if reply is None:
+            reply = self.apply_now(command)
+            if request_id:
+                self.answered[request_id] = reply
         if isinstance(command, sm.Reserve) and self.lose_replies:
             raise QueueUnavailable("reply lost")
         return reply

@@ -3,7 +3,7 @@ docstrings state, which are beanstalkd 1.12's.
 
 Theory of operation: this is the executable form of the semantics, written to be obviously
 right rather than fast. Jobs live in one flat list and carry their state as a field; tubes,
-clients and the idempotency window are lists too; every query is a linear scan and every
+and clients are lists too; every query is a linear scan and every
 "best" is a ``min`` over a list comprehension. There are no heaps, no indexes and no caches,
 so there is nothing to keep in step: a job cannot be in two places because it has exactly one
 ``state`` field.
@@ -31,7 +31,6 @@ TTR_MS_MIN = 1000
 RESERVE_TIMEOUT_MS_MAX = (2**31 - 1) * 1000
 URGENT_PRIORITY = 1024
 SAFETY_MARGIN_MS = 1000
-IDEMPOTENCY_WINDOW_MS = 120_000
 TUBE_NAME_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-+/;.$_()"
 )
@@ -146,7 +145,6 @@ class ReferenceModel:
         self.total_connections = 0
         self.wait_seq = 0
         self.buried_seq = 0
-        self.remembered: list[tuple[int, str, r.Reply]] = []  # (recorded_ms, request id, reply)
         self.wakeups: list[r.Wakeup] = []
 
     # --- lookups ---------------------------------------------------------------------------
@@ -429,26 +427,8 @@ class ReferenceModel:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def remembered_reply(self, request_id: str) -> r.Reply | None:
-        if request_id == c.NO_REQUEST_ID:
-            return None
-        for recorded_ms, rid, reply in self.remembered:
-            if rid == request_id and self.now_ms < recorded_ms + IDEMPOTENCY_WINDOW_MS:
-                return reply
-        return None
-
-    def remember(self, request_id: str, reply: r.Reply) -> r.Reply:
-        # Refusals that changed nothing are not remembered (a reconnected session retries).
-        forgettable = isinstance(reply, (r.UnknownClient, r.InvalidArgument))
-        if request_id != c.NO_REQUEST_ID and not forgettable:
-            self.remembered.append((self.now_ms, request_id, reply))
-        return reply
-
     def do_Put(self, cmd: c.Put) -> r.Reply:
-        previous = self.remembered_reply(cmd.request_id)
-        if previous is not None:
-            return previous
-        return self.remember(cmd.request_id, self.put(cmd))
+        return self.put(cmd)
 
     def put(self, cmd: c.Put) -> r.Reply:
         error = tube_name_error(cmd.tube)
@@ -498,10 +478,7 @@ class ReferenceModel:
         return r.Ok()
 
     def do_Reserve(self, cmd: c.Reserve) -> r.Reply:
-        previous = self.remembered_reply(cmd.request_id)
-        if previous is not None:
-            return previous
-        return self.remember(cmd.request_id, self.reserve(cmd))
+        return self.reserve(cmd)
 
     def reserve(self, cmd: c.Reserve) -> r.Reply:
         cl = self.client(cmd.client_id)

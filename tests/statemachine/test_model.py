@@ -1,8 +1,9 @@
 """The real JobStateMachine against the reference model, on random command sequences.
 
 A hypothesis RuleBasedStateMachine drives both with the same commands: a few clients on two
-proxies, three tubes, priorities and delays around beanstalkd's edges, retried idempotent
-requests, time passing in small and large steps and clocks going backwards (a new leader's clock
+proxies, three tubes, priorities and delays around beanstalkd's edges, named requests (a
+reserve's wake-up carries its request id; retries are the cluster's: test_cluster_state_model),
+time passing in small and large steps and clocks going backwards (a new leader's clock
 may be behind). After every step the outcomes (reply and wake-ups) must be equal, both sides'
 invariants must hold, ``next_deadline_ms()`` must agree, and the queue seen through ``stats`` and
 ``stats-job`` must be the same. One rule snapshots the real machine and continues on the
@@ -136,7 +137,6 @@ class MachineAgainstModel(RuleBasedStateMachine):
         self.model = ReferenceModel(max_job_size=MAX_JOB_SIZE)
         self.clock_ms = 1_000_000
         self.request_seq = 0
-        self.idempotent: list[c.Put | c.Reserve] = []
         self.log: list[tuple[int, c.Command]] = []
 
     # --- the step every rule takes ----------------------------------------------------------
@@ -153,7 +153,7 @@ class MachineAgainstModel(RuleBasedStateMachine):
         return expected
 
     def request_id(self, data: st.DataObject) -> str:
-        if not data.draw(st.booleans(), label="idempotent"):
+        if not data.draw(st.booleans(), label="named"):
             return c.NO_REQUEST_ID
         self.request_seq += 1
         return f"req-{self.request_seq}"
@@ -276,8 +276,6 @@ class MachineAgainstModel(RuleBasedStateMachine):
         client = "" if data.draw(st.booleans(), label="anonymous") else self.client(data)
         command = c.Put(tube, priority, delay_ms, ttr_ms, body, client, self.request_id(data))
         self.apply(command)
-        if command.request_id:
-            self.idempotent.append(command)
 
     @rule(tube=tubes, priority=priorities, ttr_ms=st.sampled_from(TTRS_MS))
     def put_ready_job(self, tube: str, priority: int, ttr_ms: int) -> None:
@@ -308,17 +306,10 @@ class MachineAgainstModel(RuleBasedStateMachine):
         with_timeout = timeout_ms is not None and data.draw(st.booleans(), label="with_timeout")
         command = c.Reserve(self.client(data), timeout_ms, self.request_id(data), with_timeout)
         self.apply(command)
-        if command.request_id:
-            self.idempotent.append(command)
 
     @rule(timeout_ms=st.sampled_from(TIMEOUTS_MS), data=st.data())
     def reserve_again(self, timeout_ms: int | None, data: st.DataObject) -> None:
         self.reserve(timeout_ms, data)
-
-    @precondition(lambda self: self.idempotent)
-    @rule(data=st.data())
-    def retry_an_idempotent_request(self, data: st.DataObject) -> None:
-        self.apply(data.draw(st.sampled_from(self.idempotent[-8:]), label="retry"))
 
     @rule(data=st.data())
     def reserve_job(self, data: st.DataObject) -> None:

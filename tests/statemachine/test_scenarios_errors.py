@@ -1,4 +1,7 @@
-"""Scenarios: illegal commands get a typed reply and change nothing; idempotent retries.
+"""Scenarios: illegal commands get a typed reply and change nothing.
+
+Retries under a request id are answered by the cluster's request window, not here
+(tests/cluster/test_request_window.py).
 
 Every value beanstalkd's parser would refuse with BAD_FORMAT is refused here too, with an
 InvalidArgument whose message names the value, because the machine is also reached by gRPC.
@@ -12,7 +15,6 @@ from scenarios.driver import Driver
 
 from statemachine import commands as c
 from statemachine import replies as r
-from statemachine.limits import IDEMPOTENCY_WINDOW_MS
 
 BAD_NAMES = [
     ("", "1 to 200 bytes"),
@@ -123,56 +125,3 @@ def test_a_refused_command_changes_nothing_but_its_counter(q: Driver, command: c
 def test_an_object_that_is_not_a_command_is_a_type_error(q: Driver) -> None:
     with pytest.raises(TypeError, match="not a state-machine command"):
         q.machine.apply("put", 0)  # type: ignore[arg-type]
-
-
-def test_a_repeated_put_request_returns_the_first_reply_and_adds_no_job(q: Driver) -> None:
-    assert q.put(body=b"a", request_id="r1") == r.Inserted(1)
-    stats_before = q.stats()
-    assert q.put(body=b"a", request_id="r1") == r.Inserted(1)
-    stats_after = q.stats()
-    assert stats_after.total_jobs == 1
-    assert stats_after.cmd_put == stats_before.cmd_put
-    assert q.put(body=b"b", request_id="r2") == r.Inserted(2)
-
-
-def test_a_request_id_is_forgotten_after_the_window(q: Driver) -> None:
-    q.put(request_id="r1")
-    q.at(IDEMPOTENCY_WINDOW_MS - 1)
-    assert q.put(request_id="r1") == r.Inserted(1)
-    q.at(IDEMPOTENCY_WINDOW_MS)
-    assert q.put(request_id="r1") == r.Inserted(2)
-
-
-def test_a_repeated_reserve_request_returns_the_same_job_and_reserves_nothing_more(
-    q: Driver,
-) -> None:
-    q.connect("c1")
-    q.put_ids(2)
-    assert q.reserve("c1", request_id="q1") == r.Reserved(1, b"x")
-    assert q.reserve("c1", request_id="q1") == r.Reserved(1, b"x")
-    assert q.state_of(2) == "ready"
-    assert q.job_stats(1).reserves == 1
-    assert q.stats().cmd_reserve == 1
-
-
-def test_a_refused_reserve_is_not_remembered_so_a_reconnected_session_is_served(
-    q: Driver,
-) -> None:
-    # A proxy whose session was dropped (its lease ran out) reconnects and retries the same
-    # request id; remembering the refusal would refuse it for the whole window.
-    q.put_ids(1)
-    assert q.reserve("c1", request_id="q1") == r.UnknownClient("c1")
-    q.connect("c1")
-    assert q.reserve("c1", request_id="q1") == r.Reserved(1, b"x")
-
-
-def test_a_put_refused_as_invalid_is_not_remembered(q: Driver) -> None:
-    assert isinstance(q.put(tube="-bad", request_id="p1"), r.InvalidArgument)
-    assert q.put(request_id="p1") == r.Inserted(1)
-
-
-def test_a_repeated_waiting_reserve_is_not_already_waiting(q: Driver) -> None:
-    q.connect("c1")
-    assert q.reserve("c1", request_id="q1") == r.Waiting()
-    assert q.reserve("c1", request_id="q1") == r.Waiting()
-    assert q.stats().current_waiting == 1

@@ -2,7 +2,7 @@
 
 coolbeans lost the next job id and the delayed schedule on restore (among its known defects). These
 tests restore after random histories (hypothesis) and after histories built to leave one kind of
-state behind each (a waiting reserve, a paused tube, a lease, the idempotency window, ...), then
+state behind each (a waiting reserve, a paused tube, a lease, a record, ...), then
 require that the restored machine answers the next commands exactly as the original does.
 """
 
@@ -198,16 +198,6 @@ def test_restored_machine_keeps_leases_and_reservations() -> None:
     assert restored.apply(c.Touch("c1", 1), T0 + 3001).reply == r.UnknownClient("c1")
     stats = restored.apply(c.StatsJob(1), T0 + 3001).reply
     assert isinstance(stats, r.JobStats) and stats.state == "ready"
-
-
-def test_restored_machine_keeps_the_idempotency_window() -> None:
-    machine = fresh()
-    apply_all(machine, [c.Put("default", 0, 0, 1000, b"x", "", "req-1")])
-    restored = round_trip(machine)
-    assert restored.apply(c.Put("default", 0, 0, 1000, b"x", "", "req-1"), T0).reply == (
-        r.Inserted(1)
-    )
-    assert restored.apply(c.Put("default", 0, 0, 1000, b"y"), T0).reply == r.Inserted(2)
 
 
 def test_restored_machine_keeps_counters_orders_and_time() -> None:
