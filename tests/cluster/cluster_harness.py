@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+from harness import async_wait_until, ports
 
 from cluster import envelope
 from cluster.clock import Clock, SystemClock
@@ -20,15 +21,9 @@ SECRET = "test-cluster-secret-0123456789"
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """Ports held for this session (harness.ports: outside the ephemeral range, so no client
+    connection can take one before the node binds it)."""
+    return ports.allocate(count)
 
 
 class InProcessCluster:
@@ -76,14 +71,15 @@ class InProcessCluster:
             await self.stop(i)
 
     async def wait_for_leader(self, timeout_s: float = 15.0) -> RaftNode:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + timeout_s
-        while loop.time() < give_up:
+
+        def single_leader() -> RaftNode | None:
             leaders = [n for n in self.nodes.values() if n.is_leader()]
             if len(leaders) == 1 and leaders[0].state.members.get(leaders[0].config.raft_addr):
                 return leaders[0]
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no single leader within {timeout_s} s")
+            return None
+
+        leader: RaftNode = await async_wait_until(single_leader, timeout_s, "a single leader")
+        return leader
 
     async def apply(self, command: Command, request_id: str = "") -> Outcome:
         leader = await self.wait_for_leader()
@@ -94,17 +90,16 @@ class InProcessCluster:
 
     async def assert_converged(self, timeout_s: float = 15.0) -> bytes:
         """Every running replica reaches the same applied index and equal snapshots."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + timeout_s
-        while True:
+
+        async def converged() -> tuple[bytes]:
             snaps = {i: await n.machine_snapshot() for i, n in self.nodes.items()}
             indexes = {index for _, index in snaps.values()}
             datas = {data for data, _ in snaps.values()}
-            if len(indexes) == 1 and len(datas) == 1:
-                return datas.pop()
-            if loop.time() > give_up:
-                raise AssertionError(f"replicas did not converge: indexes {sorted(indexes)}")
-            await asyncio.sleep(0.1)
+            assert len(indexes) == 1 and len(datas) == 1, f"indexes {sorted(indexes)}"
+            return (datas.pop(),)
+
+        agreed = await async_wait_until(converged, timeout_s, "replicas to converge", poll_s=0.1)
+        return agreed[0]
 
 
 @contextlib.asynccontextmanager

@@ -1,18 +1,15 @@
-"""Multi-process clusters for fault tests: each node is ``python -m beanraft node`` on free
-loopback ports, killed with SIGKILL, paused with SIGSTOP, restarted on the same data dir."""
+"""Multi-process clusters for fault tests: each node is ``python -m beanraft node`` on held
+loopback ports (harness.ports), killed with SIGKILL, paused with SIGSTOP, restarted on the same
+data dir; each run of a node is a harness.Process appending to the node's log."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 from cluster_harness import SECRET, free_ports
+from harness import Process, async_wait_until
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from api.client import RemoteQueue, open_channel
@@ -40,7 +37,7 @@ class Node:
         self.grpc_addr = grpc_addr
         self.data_dir = root / f"node-{node_id}"
         self.log_path = root / f"node-{node_id}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
         self.extra: list[str] = []
 
     def argv(self, peers: list[str], security: list[str], fsync: str) -> list[str]:
@@ -53,9 +50,7 @@ class Node:
 
     def start(self, argv: list[str]) -> None:
         self._argv = argv
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=Path(__file__).parents[2])
-        log.close()
+        self.proc = Process(argv, self.log_path, f"node-{self.node_id}")
 
     def restart(self) -> None:
         self.start(self._argv)
@@ -63,32 +58,25 @@ class Node:
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
-        self.proc.wait(10)
         self.proc = None
 
     def pause(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.proc.pause()
 
     def resume(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
+        self.proc.resume()
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.proc.stop(grace_s=15)
         self.proc = None
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.running
 
 
 class ProcessCluster:
@@ -151,8 +139,8 @@ class ProcessCluster:
         member's gRPC address, and every node that answers names it as the leader. (Right
         after a start a node may not have reached the leader yet; a request sent to it then
         is rightly refused with "retry shortly", which a test's single call does not do.)"""
-        give_up = time.monotonic() + timeout_s
-        while time.monotonic() < give_up:
+
+        async def settled_leader() -> Node | None:
             statuses = [(node, await self.status(node)) for node in self.running()]
             answering = [(node, status) for node, status in statuses if status is not None]
             for node, status in answering:
@@ -162,8 +150,12 @@ class ProcessCluster:
                     continue
                 if all(s.leader_grpc_addr == node.grpc_addr for _, s in answering):
                     return node
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no settled leader within {timeout_s} s; see logs in {self.root}")
+            return None
+
+        leader: Node = await async_wait_until(
+            settled_leader, timeout_s, f"a settled leader (logs in {self.root})", poll_s=0.1
+        )
+        return leader
 
     async def snapshot(self, node: Node) -> tuple[bytes, int]:
         async with self.channel(node) as channel:
@@ -177,15 +169,15 @@ class ProcessCluster:
 
     async def assert_converged(self, timeout_s: float = 30.0) -> bytes:
         """Every running replica reaches the same applied index and equal snapshots."""
-        give_up = time.monotonic() + timeout_s
-        while True:
+
+        async def converged() -> tuple[bytes] | list[int]:
             try:
                 snaps = [await self.snapshot(n) for n in self.running()]
             except grpc.aio.AioRpcError:  # a restarted node is not serving yet
-                snaps = [(b"", -1), (b"?", -2)]
+                return []
             if len({s for s, _ in snaps}) == 1 and len({i for _, i in snaps}) == 1:
-                return snaps[0][0]
-            if time.monotonic() > give_up:
-                indexes = [i for _, i in snaps]
-                raise AssertionError(f"replicas did not converge (applied {indexes})")
-            await asyncio.sleep(0.2)
+                return (snaps[0][0],)
+            raise AssertionError(f"replicas differ (applied {[i for _, i in snaps]})")
+
+        agreed = await async_wait_until(converged, timeout_s, "replicas to converge", poll_s=0.2)
+        return bytes(agreed[0])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cluster_harness import InProcessCluster
+from harness import async_wait_until
 
 from cluster import envelope
 from cluster.clock import FakeClock
@@ -59,10 +60,9 @@ async def test_an_idle_cluster_writes_nothing_and_ticks_only_when_a_deadline_is_
         await asyncio.sleep(1.0)  # the delay is not due: no Tick may be proposed
         assert leader.syncobj.raftLastApplied == index
         clock.advance(5_000)
-        for _ in range(100):
-            if leader.state.next_deadline_ms is None:
-                break
-            await asyncio.sleep(0.05)
+        await async_wait_until(
+            lambda: leader.state.next_deadline_ms is None, 5, "the due delay to be ticked"
+        )
         assert leader.syncobj.raftLastApplied == index + 1  # exactly one Tick
         peek = await cluster.apply(c.PeekReady("default"))
         assert peek.reply == r.Found(1, b"later")

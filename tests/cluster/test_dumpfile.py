@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from cluster_harness import InProcessCluster
+from harness import async_wait_until, wait_until
 
 from cluster.dumpfile import (
     FAILED,
@@ -80,13 +81,11 @@ def test_no_dump_yet_is_not_an_error(tmp_path: Path) -> None:
 
 
 def _wait(store: DumpStore) -> int:
-    give_up = time.monotonic() + 20
-    while True:
+    def finished() -> tuple[int]:
         state, _ = store.checkSerializing()
-        if state not in (1,):  # SERIALIZING
-            return state
-        assert time.monotonic() < give_up, "the dump child did not finish"
-        time.sleep(0.01)
+        return () if state == 1 else (state,)  # type: ignore[return-value]  # 1: SERIALIZING
+
+    return int(wait_until(finished, 20, "the dump child to finish", poll_s=0.01)[0])
 
 
 def test_a_forked_child_writes_the_dump_and_it_loads_with_its_members(tmp_path: Path) -> None:
@@ -173,18 +172,14 @@ async def test_a_node_stopped_between_its_dump_and_its_log_cut_keeps_the_entries
     await cluster.assert_converged()
     follower.journal.deleteEntriesTo = lambda entry_to: None  # stopped before the cut
     follower.syncobj.forceLogCompaction()
-    for _ in range(200):
-        if follower.dumps.written:
-            break
-        await asyncio.sleep(0.05)
-    assert follower.dumps.written
+    await async_wait_until(lambda: follower.dumps.written, 10, "the follower's dump written")
     for n in range(30, 40):
         await cluster.apply(c.Put("default", 1, 0, 60_000, b"job-%d" % n))
     await cluster.assert_converged()
     last = follower.journal[-1][1]
     await cluster.stop_all()
     alone = cluster.start(i)  # alone: it can only read its own disk
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # its start-up has run by then: it must not have emptied the log
     assert alone.journal[-1][1] == last
     dump = read_dump(alone.config.dump_path)
     assert dump is not None and alone.journal[0] == dump.prev
@@ -217,11 +212,8 @@ def test_a_dump_child_dies_with_its_node_and_writes_nothing_after_it(tmp_path: P
     child = int(node.stdout.readline())
     node.kill()
     node.wait()
-    give_up = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < give_up, "the dump child outlived its node"
-        time.sleep(0.05)
-    time.sleep(0.2)
+    wait_until(lambda: not _alive(child), 10, "the dump child to die with its node")
+    time.sleep(0.2)  # the scenario: nothing is renamed into place afterwards either
     assert not (tmp_path / "state.dump").exists()
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import async_wait_until
 from process_harness import ProcessCluster
 
 from api import cluster_pb2_grpc, empty_pb2
@@ -70,9 +71,9 @@ async def test_killing_the_leader_during_puts_loses_no_acknowledged_put_and_appl
             acknowledged[body] = reply.job_id
 
     producers = [asyncio.create_task(producer(w)) for w in range(8)]
-    await asyncio.sleep(1.5)
+    await async_wait_until(lambda: len(acknowledged) >= 20, 30, "puts under way before the kill")
     leader.kill()
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(3.0)  # the scenario: keep putting through the failover
     stop.set()
     await asyncio.gather(*producers)
     assert len(acknowledged) > 50
@@ -142,22 +143,19 @@ async def _compact_logs(cluster: ProcessCluster) -> None:
         async with cluster.channel(node) as channel:
             await cluster_pb2_grpc.ClusterStub(channel).Snapshot(empty_pb2.Empty(), timeout=10)
     for node in cluster.running():
-        for _ in range(100):
-            if (node.data_dir / "state.dump").exists():
-                break
-            await asyncio.sleep(0.1)
+        dump = node.data_dir / "state.dump"
+        await async_wait_until(dump.exists, 10, f"{dump} written")
     await asyncio.sleep(0.5)  # the journal is cut on the tick after the dump is renamed
 
 
 async def _wait_members(cluster: ProcessCluster, count: int) -> None:
-    for _ in range(300):
+    async def connected_members() -> bool:
         leader = await cluster.wait_for_leader()
         status = await cluster.status(leader)
         members = status.members if status is not None else []
-        if len(members) == count and all(m.connected for m in members):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the cluster never had {count} connected members")
+        return len(members) == count and all(m.connected for m in members)
+
+    await async_wait_until(connected_members, 30, f"{count} connected members", poll_s=0.1)
 
 
 def _admin(cluster: ProcessCluster, *args: str) -> str:
@@ -219,10 +217,7 @@ async def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(
     leader.kill()
     producer = cluster.queue()
     assert await producer.apply(_put(b"work")) == r.Inserted(1)
-    for _ in range(100):
-        if wakeups:
-            break
-        await asyncio.sleep(0.1)
+    await async_wait_until(lambda: wakeups, 10, "the wake-up after the failover")
     assert wakeups == [r.Wakeup("worker-1", "proxy-1", "rsv-1", r.Reserved(1, b"work"))]
     await proxy.close()
     await producer.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import grpc
 import pytest
 from cluster_harness import free_ports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import async_wait_until
 from process_harness import Node, ProcessCluster
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2, job_pb2, jsm_pb2, jsm_pb2_grpc
@@ -37,6 +38,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
         yield cluster
     finally:
         cluster.stop_all()
+
+
+async def _with(scraped: Awaitable[str], needle: str) -> str | None:
+    body = await scraped
+    return body if needle in body else None
 
 
 async def _follower(cluster: ProcessCluster) -> Node:
@@ -215,12 +221,17 @@ async def test_metrics_show_commit_latency_applied_index_and_jobs_by_state(
     queue = cluster.queue()
     await queue.apply(c.Put("metrics", 1, 0, 60_000, b"m"))
     await queue.close()
-    await asyncio.sleep(1.5)  # job counts are refreshed at most once a second
     url = cluster.metrics_url  # type: ignore[attr-defined]
-    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
-    body = text.decode()
+
+    async def scrape() -> str:
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        return str(text.decode())
+
+    # Job counts are refreshed at most once a second: wait for the refresh, not a second.
+    body = await async_wait_until(
+        lambda: _with(scrape(), 'beanraft_jobs{state="ready"}'), 10, "ready jobs in /metrics", 0.1
+    )
     assert "beanraft_applied_index " in body
-    assert 'beanraft_jobs{state="ready"}' in body
     assert "beanraft_leader_changes_total" in body
     assert "beanraft_commit_latency_seconds_bucket" in body
     await cluster.assert_converged()
@@ -248,7 +259,7 @@ async def test_snapshots_taken_during_a_stream_of_puts_are_each_consistent(
             stats = machine.apply(c.Stats(), machine.now_ms).reply
             assert isinstance(stats, r.ServerStats)
             totals.append(stats.total_jobs)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # pacing: the snapshots spread over the stream of puts
     finally:
         stop.set()
         await asyncio.gather(*producers)
@@ -298,7 +309,9 @@ async def test_a_coolbeans_queued_reserve_is_matched_on_stream_reserve_updates(
     async with cluster.channel(follower) as channel:
         stub = jsm_pb2_grpc.JobStateMachineStub(channel)
         updates = stub.StreamReserveUpdates(jsm_pb2.ReserveUpdateRequest(proxy_id="cb-px"))
-        await asyncio.sleep(0.3)  # the stream is attached before the reserve
+        # The stream is attached before the reserve (its server-side subscription is not
+        # observable from here, so this is a fixed allowance).
+        await asyncio.sleep(0.3)
         queued = await stub.Reserve(
             jsm_pb2.ReserveRequest(
                 client_id="cb-c1",
@@ -328,7 +341,7 @@ async def test_stream_reserve_updates_resumes_after_seq_and_loses_no_wakeup(
     async with cluster.channel(leader) as channel:
         stub = jsm_pb2_grpc.JobStateMachineStub(channel)
         updates = stub.StreamReserveUpdates(jsm_pb2.ReserveUpdateRequest(proxy_id="rs-px"))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # attached before the reserve, as above
         first = await _queued_then_matched(stub, "rs-c1", "rs-r1", updates)
         updates.cancel()  # the stream breaks: nobody is attached for the next wake-up
         await _queued_then_matched(stub, "rs-c2", "rs-r2", None)

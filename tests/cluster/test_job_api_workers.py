@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from cluster_harness import free_ports
+from harness import Process, async_wait_until
 from process_harness import ProcessCluster, issue_test_certificates
 
 from api import joblet_pb2, joblet_pb2_grpc
@@ -51,8 +52,8 @@ class Stack:
         self.cluster = ProcessCluster(root / "cluster", 3, tls_dir)
         self.proxy_port = free_ports(1)[0]
         self.cgroup_root = f"beanraft-test-{uuid.uuid4().hex[:8]}"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Process] = []
+        self.workers: list[Process] = []
 
     @property
     def addresses(self) -> str:
@@ -62,9 +63,10 @@ class Stack:
         self.cluster.start_all()
         asyncio.run(self.cluster.wait_for_leader())
         argv = ["proxy", "--listen", f"127.0.0.1:{self.proxy_port}", "--cluster", self.addresses]
-        self.procs.append(self._spawn("proxy", [*argv, "--tls-dir", str(self.tls_dir)]))
+        proxy = self._spawn("proxy", [*argv, "--tls-dir", str(self.tls_dir)])
+        proxy.wait_for_port(self.proxy_port)
 
-    def start_worker(self, *extra: str, log_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(self, *extra: str, log_dir: Path | None = None) -> Process:
         name = f"worker-{len(self.workers)}"
         log_dir = log_dir or self.root / name
         argv = ["worker", "--beanstalkd", f"127.0.0.1:{self.proxy_port}", "--cluster"]
@@ -74,22 +76,14 @@ class Stack:
         self.workers.append(worker)
         return worker
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen([sys.executable, "-m", "beanraft", *argv], stdout=log, stderr=log)
-        log.close()
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        proc = Process([sys.executable, "-m", "beanraft", *argv], self.root / f"{name}.log", name)
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            proc.stop(grace_s=30)
         self.cluster.stop_all()
         for mount in {*v1_hierarchies().values(), CGROUP_MOUNT}:
             path = os.path.join(mount, self.cgroup_root)
@@ -132,19 +126,20 @@ async def wait_for(
     deadline = time.monotonic() + timeout_s
     last = None
     for each in stubs:
-        while True:
+
+        async def in_status(each: Any = each) -> joblet_pb2.GetJobStatusRes | None:
             try:
-                last = await each.GetJobStatus(joblet_pb2.GetJobStatusReq(id=job_id), timeout=5)
-                if last.status in statuses:
-                    break
-                seen = last.status
+                got = await each.GetJobStatus(joblet_pb2.GetJobStatusReq(id=job_id), timeout=5)
             except grpc.aio.AioRpcError as exc:
                 # a node (re)starting, or catching up with the entries that made the record
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                     raise
-                seen = exc.code().name
-            assert time.monotonic() < deadline, (seen, statuses)
-            await asyncio.sleep(0.05)
+                raise AssertionError(exc.code().name) from None  # the last thing seen
+            assert got.status in statuses, got.status
+            return got
+
+        remaining = max(0.0, deadline - time.monotonic())
+        last = await async_wait_until(in_status, remaining, f"job {job_id} in {statuses}")
     assert last is not None
     return last
 
@@ -244,15 +239,14 @@ def test_status_of_a_job_put_by_a_plain_beanstalkd_client_appears_when_a_worker_
         job_id = client.put(json.dumps({"command": "/bin/true"}))
 
     async def scenario(nodes: Stubs) -> None:
-        deadline = time.monotonic() + 60
-        while True:
+        async def completed() -> joblet_pb2.GetJobStatusRes | None:
             try:
-                done = await wait_for(nodes, str(job_id), ("COMPLETED",))
-                break
+                return await wait_for(nodes, str(job_id), ("COMPLETED",))
             except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.NOT_FOUND
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+                return None
+
+        done = await async_wait_until(completed, 60, f"job {job_id} completed", poll_s=0.1)
         assert done.command == "/bin/true"
 
     stack.on_nodes(scenario)
@@ -317,7 +311,7 @@ def test_logs_of_a_finished_job_are_read_after_its_worker_restarted_and_an_absen
     async def scenario(nodes: Stubs) -> None:
         job = await nodes[0].RunJob(sh("echo kept", tube="jobapi-logs"), timeout=10)
         await wait_for(nodes, job.id, ("COMPLETED",))
-        worker.terminate()
+        worker.send_signal(signal.SIGTERM)
         worker.wait(30)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await read_logs(nodes[1], job.id, follow=False)
@@ -327,14 +321,14 @@ def test_logs_of_a_finished_job_are_read_after_its_worker_restarted_and_an_absen
         stack.start_worker(
             "--tubes", "jobapi-logs", "--log-listen", f"127.0.0.1:{port}", log_dir=log_dir
         )
-        deadline = time.monotonic() + 30
-        while True:
+
+        async def logs_served() -> bool:
             try:
-                assert await read_logs(nodes[2], job.id, follow=False) == b"kept\n"
-                break
-            except grpc.aio.AioRpcError:
-                assert time.monotonic() < deadline  # the restarted worker is still starting
-                await asyncio.sleep(0.2)
+                return await read_logs(nodes[2], job.id, follow=False) == b"kept\n"
+            except grpc.aio.AioRpcError:  # the restarted worker is still starting
+                return False
+
+        await async_wait_until(logs_served, 30, "the restarted worker to serve the logs", 0.2)
 
     stack.on_nodes(scenario)
 

@@ -9,9 +9,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from harness import async_wait_until
 from process_harness import ProcessCluster, issue_test_certificates
 
 from api import joblet_pb2, joblet_pb2_grpc
@@ -71,16 +73,18 @@ async def eventually_on_every_node(stubs: Stubs, job_id: str, status: str) -> No
 async def eventually_within(stubs: Stubs, job_id: str, status: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for each in stubs:
-        while True:
+
+        async def shows_status(each: Any = each) -> bool:
             try:
                 got = await each.GetJobStatus(joblet_pb2.GetJobStatusReq(id=job_id), timeout=5)
                 seen = got.status
             except grpc.aio.AioRpcError as exc:
                 seen = exc.code().name
-            if seen == status:
-                break
-            assert time.monotonic() < deadline, (seen, status)
-            await asyncio.sleep(0.01)
+            assert seen == status, (seen, status)
+            return True
+
+        remaining = max(0.0, deadline - time.monotonic())
+        await async_wait_until(shows_status, remaining, f"job {job_id} {status}", poll_s=0.01)
 
 
 def test_run_job_answers_with_the_record_and_every_node_shows_it(cluster: ProcessCluster) -> None:

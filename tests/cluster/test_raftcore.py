@@ -10,6 +10,7 @@ from pathlib import Path
 import pysyncobj
 import pytest
 from cluster_harness import InProcessCluster
+from harness import async_wait_until
 from pysyncobj import SyncObj
 
 from cluster import envelope, raftcore
@@ -73,8 +74,11 @@ async def test_a_returning_leader_never_applies_its_uncommitted_tail_while_it_re
             envelope.COMMAND, "", codec.encode_command(c.Put("d", 1, 0, 60_000, b"divergent"))
         )
     ]
+    last = old.journal[-1][1]
     pending = [asyncio.ensure_future(old.submit(divergent)) for _ in range(3)]
-    await asyncio.sleep(0.3)
+    await async_wait_until(
+        lambda: old.journal[-1][1] > last, 10, "the cut-off leader to append the divergent tail"
+    )
     await cluster.stop(old_i)
     for task in pending:
         task.cancel()
@@ -88,10 +92,11 @@ async def test_a_returning_leader_never_applies_its_uncommitted_tail_while_it_re
     for node in cluster.nodes.values():
         written = node.dumps.written
         node.syncobj.forceLogCompaction()
-        for _ in range(200):
-            if node.dumps.written > written and node.journal[0][1] > 10:
-                break
-            await asyncio.sleep(0.05)
+        await async_wait_until(
+            lambda n=node, w=written: n.dumps.written > w and n.journal[0][1] > 10,
+            10,
+            "a new dump and a compacted log",
+        )
     new.dumps._chunk_bytes = 4096
     seen: list[bool] = []
     returned = cluster.start(old_i)

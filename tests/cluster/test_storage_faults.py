@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import async_wait_until
 from process_harness import ProcessCluster
 
 from api.client import RemoteQueue
@@ -114,10 +115,7 @@ async def test_a_node_whose_dump_is_damaged_refuses_to_start(cluster: ProcessClu
     await _put_many(queue, "job", 60)
     follower = await _follower(cluster)
     dump = follower.data_dir / "state.dump"  # type: ignore[attr-defined]
-    for _ in range(200):
-        if dump.exists():
-            break
-        await asyncio.sleep(0.05)
+    await async_wait_until(dump.exists, 10, f"{dump} written")
     follower.kill()  # type: ignore[attr-defined]
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0x10

@@ -45,7 +45,7 @@ async def test_new_wakeups_reach_a_waiting_stream_when_the_apply_thread_notifies
     ring = Wakeups(deque(), 0)
     hub = WakeupHub(asyncio.get_running_loop(), lambda: ring)
     task = asyncio.create_task(_take(hub, "a", 0, 2))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the scenario: the stream is already waiting when this comes
     ring.append("a", b"late")
     await asyncio.to_thread(hub.notify)  # as pysyncobj's tick thread does
     events = await asyncio.wait_for(task, 2)
@@ -62,7 +62,7 @@ async def test_a_stream_sends_heartbeats_while_only_other_proxies_get_wakeups(mo
 
     async def busy_other_proxy() -> None:
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # pacing: a steady stream of other proxies' wake-ups
             ring.append("other", b"x")
             hub.notify()
 

@@ -65,6 +65,13 @@ class Process:
     def returncode(self) -> int | None:
         return self.popen.poll()
 
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Until the child exits by itself (a node that refuses to start, a removed node)."""
+        return self.popen.wait(timeout_s)
+
     def log_tail(self, lines: int = 40) -> str:
         return logs.tail(self.log_path, lines)
 
