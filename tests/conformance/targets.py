@@ -1,51 +1,29 @@
-"""Starting and stopping the servers the conformance suite talks to (see conftest.py)."""
+"""Starting and stopping the servers the conformance suite talks to (see conftest.py). Each
+is a harness.Process (its log shown when a test fails) on ports held by harness.ports."""
 
 from __future__ import annotations
 
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import Process, ports, wait_until
+
 from .wire import Client
 
-REPO = Path(__file__).resolve().parents[2]
 BEANSTALKD = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
 START_TIMEOUT_S = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def stop_process(process: Process, timeout_s: float = 10.0) -> None:
+    process.stop(grace_s=timeout_s)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listened on port {port} within {timeout_s} s")
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout_s)
+def _log(prefix: str) -> Path:
+    return Path(tempfile.mkstemp(prefix=f"beanraft-{prefix}-", suffix=".log")[1])
 
 
 @dataclass
@@ -54,12 +32,13 @@ class Server:
 
     kind: str
     port: int
-    process: subprocess.Popen[bytes]
-    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    process: Process
+    extra: list[Process] = field(default_factory=list)
     # Connections the harness made before the test (the readiness probe): they count in
     # total-connections.
     probe_connections: int = 0
     unix_path: str | None = None
+    held: list[int] = field(default_factory=list)  # ports released once it stopped
 
     def connect(self) -> Client:
         if self.unix_path is not None:
@@ -67,13 +46,20 @@ class Server:
         return Client("127.0.0.1", self.port)
 
     def drain(self) -> None:
+        """SIGUSR1, then until the server's stats say it drains (another connection asks)."""
         self.process.send_signal(signal.SIGUSR1)
-        time.sleep(0.3)
+
+        def draining() -> bool:
+            with self.connect() as c:
+                return c.yaml(b"stats\r\n")["draining"] == "true"
+
+        wait_until(draining, 10, f"{self.kind} to enter drain mode")
 
     def stop(self) -> None:
         stop_process(self.process)
         for process in self.extra:
             stop_process(process)
+        ports.release(self.held)
 
 
 def unix_path() -> str:
@@ -81,37 +67,29 @@ def unix_path() -> str:
 
 
 def start_beanstalkd(max_job_size: int | None = None, unix: bool = False) -> Server:
-    port, path = free_port(), unix_path() if unix else None
+    port, path = ports.port(), unix_path() if unix else None
     args = [BEANSTALKD, "-l", f"unix:{path}" if path else "127.0.0.1", "-p", str(port)]
     if max_job_size is not None:
         args += ["-z", str(max_job_size)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server("beanstalkd", port, process, probe_connections=1, unix_path=path)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            server.connect().close()
-            return server
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                stop_process(process)
-                raise RuntimeError("beanstalkd did not start") from None
-            time.sleep(0.02)
+    process = Process(args, _log("beanstalkd"), "beanstalkd", cwd=None)
+    server = Server("beanstalkd", port, process, unix_path=path, held=[port])
+    try:
+        _wait_until_served(server, 10)
+    except Exception:
+        server.stop()
+        raise
+    return server
 
 
 def start_proxy(
     mode_args: list[str], max_job_size: int | None = None, listen: str = "127.0.0.1:0"
-) -> tuple[int, subprocess.Popen[bytes]]:
+) -> tuple[int, Process]:
+    """A proxy that binds its own port (``127.0.0.1:0``) and prints it once serving."""
     args = [sys.executable, "-m", "beanraft", "proxy", "--listen", listen, *mode_args]
     if max_job_size is not None:
         args += ["--max-job-size", str(max_job_size)]
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert process.stdout is not None
-    line = process.stdout.readline().decode()  # "listening HOST:PORT", printed once serving
-    if not line.startswith("listening "):
-        stop_process(process)
-        raise RuntimeError(f"proxy did not start: {line!r}")
-    return (0 if listen.startswith("unix:") else int(line.rsplit(":", 1)[1])), process
+    process = Process(args, _log("proxy"), "proxy", stdout_pipe=True)
+    return process.listening_port(), process
 
 
 def start_standalone(max_job_size: int | None = None, unix: bool = False) -> Server:
@@ -135,12 +113,15 @@ def cluster_missing() -> str | None:
 
 
 def _start_nodes(
-    data: Path, max_job_size: int | None, listens: list[str] | None = None
-) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    data: Path, max_job_size: int | None, held: list[int], listens: list[str] | None = None
+) -> tuple[list[Process], list[str]]:
     """Three ``beanraft node`` processes (``--insecure``), with ``listens`` their
-    ``--beanstalkd-listen`` addresses when given; the processes and their gRPC addresses."""
-    raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    grpc = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    ``--beanstalkd-listen`` addresses when given; the processes and their gRPC addresses.
+    The Raft and gRPC ports are added to ``held``."""
+    allocated = ports.allocate(6)
+    held += allocated
+    raft = [ports.addr(p) for p in allocated[:3]]
+    grpc = [ports.addr(p) for p in allocated[3:]]
     nodes = []
     for i in range(3):
         peers = ",".join(a for j, a in enumerate(raft) if j != i)
@@ -153,15 +134,15 @@ def _start_nodes(
             args += ["--beanstalkd-listen", listens[i]]
         if max_job_size is not None:
             args += ["--max-job-size", str(max_job_size)]
-        log = open(data / f"n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process
-        nodes.append(subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        nodes.append(Process(args, data / f"n{i + 1}.log", f"n{i + 1}"))
     return nodes, grpc
 
 
 def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server:
     """Three ``beanraft node`` processes (issue 3's flags) and a proxy in front of them."""
     data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-"))
-    nodes, grpc = _start_nodes(data, max_job_size)
+    held: list[int] = []
+    nodes, grpc = _start_nodes(data, max_job_size, held)
     try:
         path = unix_path() if unix else None
         listen = f"unix:{path}" if path else "127.0.0.1:0"
@@ -170,8 +151,9 @@ def start_cluster(max_job_size: int | None = None, unix: bool = False) -> Server
     except Exception:
         for node in nodes:
             stop_process(node)
+        ports.release(held)
         raise
-    return Server("cluster", port, proxy, extra=nodes, unix_path=path)
+    return Server("cluster", port, proxy, extra=nodes, unix_path=path, held=held)
 
 
 def start_node_listener(max_job_size: int | None = None, unix: bool = False) -> Server:
@@ -179,13 +161,13 @@ def start_node_listener(max_job_size: int | None = None, unix: bool = False) -> 
     (``--beanstalkd-listen``: the direct path); the client talks to the first one, leader or
     follower as the election decided."""
     data = Path(tempfile.mkdtemp(prefix="beanraft-conformance-node-"))
-    ports = [free_port() for _ in range(3)]
+    held = ports.allocate(3)
     path = unix_path() if unix else None
-    listens = [f"127.0.0.1:{port}" for port in ports]
+    listens = [ports.addr(port) for port in held]
     if path:
         listens[0] = f"unix:{path}"
-    nodes, _ = _start_nodes(data, max_job_size, listens)
-    server = Server("node", ports[0], nodes[0], extra=nodes[1:], unix_path=path)
+    nodes, _ = _start_nodes(data, max_job_size, held, listens)
+    server = Server("node", held[0], nodes[0], extra=nodes[1:], unix_path=path, held=held)
     try:
         _wait_until_served(server)
     except Exception:
@@ -194,19 +176,18 @@ def start_node_listener(max_job_size: int | None = None, unix: bool = False) -> 
     return server
 
 
-def _wait_until_served(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the node exited with {server.process.returncode}")
+def _wait_until_served(server: Server, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until a client connects (TCP or unix socket); the probe counts in total-connections."""
+
+    def served() -> bool:
         try:
             server.connect().close()
-            server.probe_connections += 1
-            return
         except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the node's beanstalkd listener did not start") from None
-            time.sleep(0.05)
+            return False
+        server.probe_connections += 1
+        return True
+
+    server.process.wait_until(served, timeout_s, f"the {server.kind} listener to serve")
 
 
 STARTERS = {

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
+from harness import wait_until
 
 from .targets import Server
 
@@ -356,10 +356,11 @@ def test_quit_closes_without_a_reply(target: Server):
 
 
 def test_half_closed_waiting_reserve_gets_timed_out(target: Server, tube: str):
-    with target.connect() as c:
+    with target.connect() as c, target.connect() as admin:
         c.use_only(tube)
         c.send(b"reserve\r\n")
-        time.sleep(0.2)
+        stats = b"stats-tube %s\r\n" % tube.encode()
+        wait_until(lambda: admin.yaml(stats)["current-waiting"] == "1", 10, "the reserve waiting")
         c.sock.shutdown(socket.SHUT_WR)
         c.expect(b"TIMED_OUT\r\n")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from harness import wait_until
 
 from .targets import Server
 
@@ -56,7 +57,7 @@ def test_reserve_ttr_deadline_soon(target: Server, tube: str):
         c.use_only(tube)
         job = c.put(b"a", ttr=1)
         c.request(b"reserve-with-timeout 1\r\n", b"RESERVED %d 1\r\na\r\n" % job)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the scenario: some of the 1 s TTR passes, the job stays reserved
         assert c.yaml(b"stats-job %d\r\n" % job)["state"] == "reserved"
         c.request(b"reserve-with-timeout 1\r\n", b"DEADLINE_SOON\r\n")
         assert c.yaml(b"stats-job %d\r\n" % job)["state"] == "reserved"
@@ -102,12 +103,10 @@ def test_reserve_job_ttr_deadline_soon_and_release_to_ready(target: Server, tube
         job = c.put(b"a", delay=100, ttr=1)
         c.request(b"reserve-job %d\r\n" % job, b"RESERVED %d 1\r\na\r\n" % job)
         c.request(b"reserve-with-timeout 0\r\n", b"DEADLINE_SOON\r\n")
-        time.sleep(1.0)
+        time.sleep(1.0)  # the scenario: the 1 s TTR runs out
         # beanstalkd's per-connection TTR timer can lag a little behind the deadline.
-        deadline = time.monotonic() + 3
-        while c.yaml(b"stats-job %d\r\n" % job)["state"] != "ready":
-            assert time.monotonic() < deadline, "the job stayed reserved after its TTR"
-            time.sleep(0.05)
+        stats_job = b"stats-job %d\r\n" % job
+        wait_until(lambda: c.yaml(stats_job)["state"] == "ready", 3, "the job back after its TTR")
 
 
 def test_reserve_job_already_reserved_is_not_found(target: Server, tube: str):
@@ -157,9 +156,15 @@ def test_delayed_to_ready(target: Server, tube: str):
         c.put(delay=1)
         stats = c.yaml(b"stats-tube %s\r\n" % tube.encode())
         assert (stats["current-jobs-ready"], stats["current-jobs-delayed"]) == ("0", "1")
-        time.sleep(1.1)
-        stats = c.yaml(b"stats-tube %s\r\n" % tube.encode())
-        assert (stats["current-jobs-ready"], stats["current-jobs-delayed"]) == ("1", "0")
+        time.sleep(1.0)  # the scenario: the 1 s delay runs out
+        counts = ("current-jobs-ready", "current-jobs-delayed")
+        wait_until(
+            lambda: (
+                tuple(c.yaml(b"stats-tube %s\r\n" % tube.encode())[k] for k in counts) == ("1", "0")
+            ),
+            3,
+            "the delayed job ready",
+        )
 
 
 def test_pause_holds_reserves_for_the_pause(target: Server, tube: str):
@@ -188,8 +193,8 @@ def test_waiting_reserve_counts_in_current_waiting(target: Server, tube: str):
     with target.connect() as worker, target.connect() as admin:
         worker.use_only(tube)
         worker.send(b"reserve\r\n")
-        time.sleep(0.3)
-        assert admin.yaml(b"stats-tube %s\r\n" % name)["current-waiting"] == "1"
+        stats = b"stats-tube %s\r\n" % name
+        wait_until(lambda: admin.yaml(stats)["current-waiting"] == "1", 10, "the reserve waiting")
         admin.request(b"use %s\r\n" % name, b"USING %s\r\n" % name)
         job = admin.put()
         worker.expect(b"RESERVED %d 1\r\nx\r\n" % job)

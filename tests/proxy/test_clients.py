@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import greenstalk
 import pytest
+from harness import wait_until
 from proxyproc import Proxy, start_cluster, start_proxy, stop, wait_for_listener
 
 
@@ -123,7 +124,7 @@ def test_waiting_reserve_is_answered_when_a_job_is_put(proxy: Proxy):
 
         thread = threading.Thread(target=wait)
         thread.start()
-        time.sleep(0.3)
+        wait_until(lambda: producer.stats_tube("wait")["current-waiting"] == 1, 10, "a waiter")
         assert not result
         job_id = producer.put("wake")
         thread.join(20)
@@ -185,7 +186,7 @@ def test_a_client_that_does_not_read_never_stalls_the_others(proxy: Proxy):
     try:
         # Ask for ~60 MB of replies and read none of them.
         slow.sendall(b"peek %d\r\n" % job_id * 1000)
-        time.sleep(0.5)
+        time.sleep(0.5)  # the scenario: the proxy has filled that client's buffers by now
         with client(proxy, "fast") as fast:
             started = time.monotonic()
             for _ in range(50):
@@ -219,7 +220,7 @@ def test_the_proxy_exports_prometheus_metrics_by_verb() -> None:
 
     from proxyproc import free_port
 
-    port = free_port()
+    port = free_port()  # the metrics server binds it; the proxy's own port it picks itself
     metered = start_proxy(["--standalone"], ["--metrics-addr", f"127.0.0.1:{port}"])
     try:
         with greenstalk.Client(("127.0.0.1", metered.port), use="metrics") as c:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import greenstalk
 import pytest
+from harness import wait_until
 from proxyproc import Cluster, start_cluster, wait_for_listener
 
 pytestmark = pytest.mark.slow
@@ -167,19 +169,20 @@ def _failover_under_load(cluster: Cluster, port: int) -> None:
     ]
     for thread in producers + consumers:
         thread.start()
-    time.sleep(2)
+    wait_until(lambda: len(history.acknowledged) >= 20, 30, "the load under way before the kill")
     cluster.kill_node(cluster.leader_index())
-    time.sleep(6)
+    time.sleep(6)  # the scenario: the load runs on through the failover
     stop_producing.set()
     for thread in producers:
         thread.join(60)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def undelivered() -> set[object]:
         with history.lock:
-            missing = set(history.acknowledged.values()) - set(history.delivered)
-        if not missing:
-            break
-        time.sleep(0.5)
+            return set(history.acknowledged.values()) - set(history.delivered)
+
+    with contextlib.suppress(AssertionError):  # what is still missing is asserted below
+        wait_until(lambda: not undelivered(), 60, "every acknowledged put delivered", 0.1)
+    missing = undelivered()
     stop_consuming.set()
     for thread in consumers:
         thread.join(60)
@@ -213,7 +216,11 @@ def test_a_blocked_reserve_is_answered_after_the_leader_is_killed(cluster: Clust
     with client(proxy.port, "blocked") as worker, client(proxy.port, "blocked") as producer:
         waiting = threading.Thread(target=lambda: result.append(worker.reserve(timeout=60)))
         waiting.start()
-        time.sleep(1)
+        wait_until(
+            lambda: producer.stats_tube("blocked")["current-waiting"] == 1,
+            10,
+            "the reserve blocked",
+        )
         cluster.kill_node(cluster.leader_index())
         job_id = producer.put("after failover")
         waiting.join(60)

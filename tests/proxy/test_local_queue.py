@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from harness import async_wait_until
+
 from jobqueue.local import LocalQueue
 from statemachine import commands as sm
 from statemachine import replies as r
@@ -19,8 +21,7 @@ def test_a_waiting_reserve_is_woken_when_a_delayed_job_ripens_not_on_a_poll():
         await queue.apply(sm.Put("default", 0, 300, 60_000, b"x", "p-1", "put-1"))
         started = time.monotonic()
         assert await queue.apply(sm.Reserve("p-1", None, "res-1")) == r.Waiting()
-        while not woken and time.monotonic() - started < 5:
-            await asyncio.sleep(0.005)
+        await async_wait_until(lambda: woken, 5, "the wake-up", poll_s=0.005)
         await queue.close()
         return [(at - started, w) for at, w in woken]
 
@@ -48,7 +49,7 @@ def test_a_reserve_with_timeout_times_out_through_the_timer():
         queue.subscribe("p", woken.append)
         await queue.apply(sm.Connect("p-1", "p"))
         assert await queue.apply(sm.Reserve("p-1", 200, "res-1", True)) == r.Waiting()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: the 200 ms reserve timeout elapses
         await queue.close()
         return woken
 
