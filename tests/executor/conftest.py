@@ -4,13 +4,12 @@ runner and a real worker process. Everything started here is stopped here."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import greenstalk
 import pytest
+from harness import Process, ports, wait_until
 
 from cluster.jobspec import spec_from_dict
 from executor import runner, seccomp, uids
@@ -48,35 +48,38 @@ def _root_for_marked(request: pytest.FixtureRequest) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port held for this session (harness.ports: no client can take it before the server
+    binds it)."""
+    return ports.port()
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Until something accepts on 127.0.0.1:``port``."""
+
+    def accepts() -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+            return True
+        return False
+
+    wait_until(accepts, timeout_s, f"something to listen on 127.0.0.1:{port}")
 
 
 @pytest.fixture
-def beanstalkd() -> Iterator[tuple[str, int]]:
-    """A real beanstalkd on a free 127.0.0.1 port."""
+def beanstalkd(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A real beanstalkd on a held 127.0.0.1 port."""
     if not os.path.exists(BEANSTALKD):
         if os.environ.get("CI") == "true":
             pytest.fail(f"{BEANSTALKD} is missing")
         pytest.skip(f"{BEANSTALKD} is missing")
     port = free_port()
-    proc = subprocess.Popen([BEANSTALKD, "-l", "127.0.0.1", "-p", str(port)])
+    argv = [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port)]
+    proc = Process(argv, tmp_path / "beanstalkd.log", "beanstalkd", cwd=None)
     try:
-        wait_for_port(port)
+        proc.wait_for_port(port, 10)
         yield ("127.0.0.1", port)
     finally:
         proc.kill()
-        proc.wait()
+        ports.release([port])
 
 
 @pytest.fixture
@@ -210,19 +213,10 @@ class WorkerProcess:
             *extra,
         ]
         env = {**os.environ, "BEANRAFT_WORKER_SECRET": "must-not-leak"}
-        with open(self.output, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env
-            )
+        self.proc = Process(cmd, self.output, self.output.stem, cwd=REPO, env=env)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return self.proc.stop(grace_s=30)
 
     def log(self) -> str:
         return self.output.read_text()
@@ -273,20 +267,10 @@ def start_worker(beanstalkd: tuple[str, int], tmp_path: Path, cgroup_root: str) 
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
-    """Poll `predicate` until it returns something truthy (tests only)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 @pytest.fixture(name="wait_until")
 def _wait_until_fixture() -> Any:
-    return wait_until
+    """harness.wait_until, polling every 50 ms: many predicates here open a connection."""
+    return functools.partial(wait_until, poll_s=0.05)
 
 
 @pytest.fixture(name="job_state")

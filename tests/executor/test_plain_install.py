@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Process
 
 from beanraft.cli import SUBCOMMANDS
 
@@ -64,12 +65,11 @@ def test_a_worker_from_a_plain_install_runs_a_job(
     address = f"{beanstalkd[0]}:{beanstalkd[1]}"
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    with open(tmp_path / "worker.out", "wb") as out:
-        worker = subprocess.Popen(
-            [str(plain_install), "worker", "--beanstalkd", address, "--log-dir", str(log_dir),
-             "--cgroup-root", cgroup_root],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    worker = Process(
+        [str(plain_install), "worker", "--beanstalkd", address, "--log-dir", str(log_dir),
+         "--cgroup-root", cgroup_root],
+        tmp_path / "worker.out", "worker", cwd=None,
+    )  # fmt: skip
     try:
         done = subprocess.run(
             [str(plain_install), "submit", "--beanstalkd", address, "--wait", "60", "--",
@@ -81,12 +81,7 @@ def test_a_worker_from_a_plain_install_runs_a_job(
         assert lines[-2] == "plain"
         assert json.loads(lines[-1])["action"] == "delete"
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        worker.stop(grace_s=30)
 
 
 def _read(path: Path) -> str:

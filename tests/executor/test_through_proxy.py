@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 import greenstalk
 import pytest
+from harness import Process
 
 from executor.client import submit, wait_result
 
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def proxy(free_port_and_wait: Any) -> Iterator[tuple[str, int]]:
-    free_port, wait_for_port = free_port_and_wait
+def proxy(free_port_and_wait: Any, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    free_port, _ = free_port_and_wait
     port = free_port()
     cmd = [
         sys.executable,
@@ -39,13 +39,12 @@ def proxy(free_port_and_wait: Any) -> Iterator[tuple[str, int]]:
         "--listen",
         f"127.0.0.1:{port}",
     ]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
+    proc = Process(cmd, tmp_path / "proxy.log", "proxy")
     try:
-        wait_for_port(port, 30)
+        proc.wait_for_port(port, 30)
         yield ("127.0.0.1", port)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.stop(grace_s=30)
 
 
 def test_job_longer_than_its_ttr_runs_once_through_the_proxy_and_reports_its_result(

@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import greenstalk
 import pytest
+from harness import Process
 
 from executor.client import submit, wait_result
 
@@ -115,7 +117,7 @@ def test_ten_second_job_with_three_second_ttr_stays_reserved(
         job_id = client.put(body, ttr=3)
         wait_until(lambda: job_state(beanstalkd, job_id) == "reserved", 30, "a reservation")
         for _ in range(8):  # well past several TTRs
-            time.sleep(1)
+            time.sleep(1)  # the scenario: TTRs elapse while the worker keeps touching
             stats = client.stats_job(job_id)
             assert stats["state"] == "reserved"
             assert stats["reserves"] == 1 and stats["timeouts"] == 0
@@ -277,33 +279,31 @@ def test_pool_runs_jobs_concurrently_and_finishes_every_one(
 
 @pytest.mark.slow
 def test_lost_connection_stops_the_running_job_and_the_worker_reconnects(
-    free_port_and_wait: Any, worker_for: Any, wait_until: Any
+    free_port_and_wait: Any, worker_for: Any, wait_until: Any, tmp_path: Path
 ) -> None:
-    free_port, wait_for_port = free_port_and_wait
+    free_port, _ = free_port_and_wait
     port = free_port()
     cmd = ["/usr/bin/beanstalkd", "-l", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd)
+    server = Process(cmd, tmp_path / "beanstalkd.log", "beanstalkd")
     try:
-        wait_for_port(port)
+        server.wait_for_port(port, 10)
         address = ("127.0.0.1", port)
         worker = worker_for(address, "--grace", "1")
         job_id = submit(address, sh("sleep 300"), ttr_s=1)
         state = worker.log_dir / f"job-{job_id}.state.json"
         wait_until(state.exists, 30, "the job to start")
         server.kill()
-        server.wait()
         # The touch fails: the job is stopped and cleaned up instead of running unowned.
         wait_until(lambda: not state.exists(), 30, "the job to be stopped")
         (record,) = results(worker.log_dir, job_id)
         assert (record["status"], record["action"]) == ("lost_reservation", "none")
-        server = subprocess.Popen(cmd)
-        wait_for_port(port)
+        server = Process(cmd, tmp_path / "beanstalkd.log", "beanstalkd (again)")
+        server.wait_for_port(port, 10)
         second = submit(address, sh("true"))
         wait_until(lambda: results(worker.log_dir, second), 30, "the reconnected worker")
         assert worker.proc.poll() is None
     finally:
         server.kill()
-        server.wait()
 
 
 def test_submit_wait_prints_the_final_result_and_exits_by_it(
@@ -394,13 +394,10 @@ def test_worker_exports_prometheus_metrics_of_its_attempts(
 ) -> None:
     import urllib.request
 
-    free_port, wait_for_port = free_port_and_wait
+    free_port, _ = free_port_and_wait
     port = free_port()
     worker = start_worker("--metrics-addr", f"127.0.0.1:{port}")
-    try:
-        wait_for_port(port, 30)
-    except TimeoutError:
-        raise AssertionError(worker.log()) from None
+    worker.proc.wait_for_port(port, 30)
     submit(beanstalkd, sh("exit 0"))
     submit(beanstalkd, sh("exit 3"))
 

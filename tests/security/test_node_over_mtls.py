@@ -3,26 +3,19 @@ right for the call, and refuses a wrong certificate, a missing one and a wrong r
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import Process, ports
 
 from api import cluster_pb2_grpc, empty_pb2, jsm_pb2, jsm_pb2_grpc, tls
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -31,40 +24,33 @@ def node(tmp_path_factory: pytest.TempPathFactory, tls_dir: Path) -> Iterator[st
     data = tmp_path_factory.mktemp("node")
     secret = data / "cluster.secret"
     secret.write_text("a-test-secret-of-enough-length\n")
-    grpc_addr = f"127.0.0.1:{_free_port()}"
+    raft_port, grpc_port = ports.allocate(2)
+    grpc_addr = ports.addr(grpc_port)
     argv = [sys.executable, "-m", "beanraft", "node", "--node-id", "1"]
-    argv += ["--data-dir", str(data / "node-1"), "--raft-addr", f"127.0.0.1:{_free_port()}"]
+    argv += ["--data-dir", str(data / "node-1"), "--raft-addr", ports.addr(raft_port)]
     argv += ["--grpc-addr", grpc_addr, "--tls-dir", str(tls_dir)]
     argv += ["--cluster-secret-file", str(secret)]
-    log = open(data / "node.log", "wb")  # noqa: SIM115 (closed in finally)
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    process = Process(argv, data / "node.log", "node-1", cwd=None)
     try:
-        _wait_for_leader(grpc_addr, tls_dir, process, data / "node.log")
+        _wait_for_leader(grpc_addr, tls_dir, process)
         yield grpc_addr
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.stop(grace_s=30)
+        ports.release([raft_port, grpc_port])
 
 
-def _wait_for_leader(addr: str, tls_dir: Path, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
+def _wait_for_leader(addr: str, tls_dir: Path, process: Process) -> None:
     with grpc.secure_channel(addr, tls.channel_credentials(tls_dir, "admin")) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert process.poll() is None, log.read_text()
+
+        def serving() -> bool:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        process.wait_until(serving, 90, "the node to serve health checks")
 
 
 def _put(channel: grpc.Channel) -> int:
