@@ -7,16 +7,13 @@ import asyncio
 import hashlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from harness import Process, ports, wait_until
 
 from api import cluster_pb2, cluster_pb2_grpc, empty_pb2
 from api.client import open_channel
@@ -32,27 +29,13 @@ SECRET = "nemesis-cluster-secret-0123456789abcdef"
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """Ports held until the cluster closes (harness.ports: outside the ephemeral range, so
+    neither the workload's clients nor a node dialling a peer can take one)."""
+    return ports.allocate(count)
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGCONT)
-    proc.terminate()
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+def _stop(proc: Process, timeout_s: float = 10.0) -> None:
+    proc.stop(grace_s=timeout_s)
 
 
 @dataclass
@@ -65,7 +48,7 @@ class Node:
     tls_dir: Path
     log_path: Path
     argv: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     paused: bool = False
 
     @property
@@ -93,34 +76,31 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=REPO,
-                stdout=log,
-                stderr=log,
-                user=self.user.uid,
-                group=self.user.gid,
-                extra_groups=[],
-                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-            )
+        self.proc = Process(
+            self.argv,
+            self.log_path,
+            self.name,
+            user=self.user.uid,
+            group=self.user.gid,
+            extra_groups=[],
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         self.paused = False
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
-            self.proc.wait(10)
         self.proc = None
         self.paused = False
 
     def pause(self) -> None:
         if self.proc is not None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
+            self.proc.pause()
             self.paused = True
 
     def resume(self) -> None:
         if self.proc is not None:
-            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.resume()
         self.paused = False
 
     def stop(self) -> None:
@@ -149,7 +129,7 @@ class Node:
 @dataclass
 class Proxy:
     port: int
-    proc: subprocess.Popen[bytes]
+    proc: Process
     log_path: Path
 
 
@@ -227,19 +207,12 @@ class NemesisCluster:
     def _proxy(self, order: list[Node] | None = None) -> Proxy:
         log_path = self.root / f"proxy-{len(self.proxies) + 1}.log"
         nodes = order or self.nodes
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0",
-                 "--cluster", ",".join(n.grpc_addr for n in nodes),
-                 "--tls-dir", str(self.tls_dir)],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=log,
-            )  # fmt: skip
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        if not line.startswith("listening "):
-            _stop(proc)
-            raise RuntimeError(f"a proxy did not start: {line!r}; see {log_path}")
-        return Proxy(int(line.rsplit(":", 1)[1]), proc, log_path)
+        proc = Process(
+            [sys.executable, "-m", "beanraft", "proxy", "--listen", "127.0.0.1:0",
+             "--cluster", ",".join(n.grpc_addr for n in nodes), "--tls-dir", str(self.tls_dir)],
+            log_path, log_path.stem, stdout_pipe=True,
+        )  # fmt: skip
+        return Proxy(proc.listening_port(), proc, log_path)
 
     # --- looking at it ----------------------------------------------------------------------
 
@@ -276,13 +249,13 @@ class NemesisCluster:
         return [n for n in self.nodes if n is not leader]
 
     def wait_for_leader(self, timeout_s: float = 30.0, excluding: tuple[Node, ...] = ()) -> Node:
-        give_up = time.monotonic() + timeout_s
-        while time.monotonic() < give_up:
-            leader = self.leader(excluding)
-            if leader is not None:
-                return leader
-            time.sleep(0.2)
-        raise AssertionError(f"no settled leader within {timeout_s} s; logs in {self.root}")
+        leader: Node = wait_until(
+            lambda: self.leader(excluding),
+            timeout_s,
+            f"a settled leader (logs in {self.root})",
+            0.2,
+        )
+        return leader
 
     def snapshot(self, node: Node) -> tuple[bytes, int] | None:
         async def take() -> tuple[bytes, int] | None:
@@ -317,6 +290,7 @@ class NemesisCluster:
             _stop(proxy.proc)
         for node in self.nodes:
             node.stop()
+        ports.release([p for node in self.nodes for p in (node.raft_port, node.grpc_port)])
         if self.firewall is not None:
             self.firewall.close()
         for node in self.nodes:

@@ -10,12 +10,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import greenstalk
 import grpc
 import pytest
+from harness import wait_until
 
 from api import jsm_pb2, jsm_pb2_grpc
 from api.client import open_channel
@@ -61,7 +62,7 @@ class Background:
                         if self._delete:
                             conn.delete(job_id)
             except (OSError, greenstalk.Error):
-                time.sleep(0.2)
+                time.sleep(0.2)  # pacing: reconnect after a fault without spinning
 
     def stop(self) -> None:
         self._stop.set()
@@ -96,13 +97,15 @@ def _answer(pending: dict[str, object], timeout_s: float) -> dict[str, object]:
     return pending
 
 
-def _wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout_s} s")
+def _wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    wait_until(predicate, timeout_s, what, poll_s=0.1)
+
+
+def _waiting(producer: greenstalk.Client, count: int = 1) -> None:
+    """Until ``count`` reserves wait on the tube (the machine's stats, through any proxy)."""
+    _wait_until(
+        lambda: int(producer.stats_tube("t")["current-waiting"]) >= count, 20, "a waiting reserve"
+    )
 
 
 def _status_of(cluster: NemesisCluster, node: Node) -> object:
@@ -120,12 +123,12 @@ def test_a_leader_cut_off_while_it_appends_rejoins_and_catches_up_after_the_heal
     cluster = nemesis_cluster
     writes = Background(cluster.proxies[0])
     try:
-        time.sleep(1.0)
+        _wait_until(lambda: writes.acked > 10, 20, "puts under way")
         old = cluster.wait_for_leader()
         assert cluster.firewall is not None
         cluster.firewall.isolate(old.name)
         _append_on(cluster, old, 20)  # entries only the cut-off leader holds
-        time.sleep(4.0)
+        time.sleep(4.0)  # the fault: the partition holds while the others go on
         new = cluster.wait_for_leader(excluding=(old,))
         assert new is not old
         cluster.firewall.heal()
@@ -202,11 +205,11 @@ def test_a_reserve_waiting_while_its_proxy_was_paused_past_its_lease_is_answered
     waiting_proxy, other = cluster.proxies
     with client(waiting_proxy) as waiter, client(other) as producer:
         pending = _reserve_in_thread(waiter, 40)
-        time.sleep(1.0)
+        _waiting(producer)
         os.kill(waiting_proxy.proc.pid, signal.SIGSTOP)
         time.sleep(12.0)  # longer than the 10 s lease
         os.kill(waiting_proxy.proc.pid, signal.SIGCONT)
-        time.sleep(3.0)
+        _waiting(producer)  # the proxy saw its lease lapse and asked for the wait again
         job_id = producer.put("after the lapse")
         answered = _answer(pending, 50)
     job = answered["job"]
@@ -222,7 +225,7 @@ def test_a_wakeup_made_while_the_proxys_stream_moves_to_another_node_is_delivere
     proxy = cluster.add_proxy(first=follower)  # its stream starts on that follower
     with client(proxy) as waiter, client(cluster.proxies[0]) as producer:
         pending = _reserve_in_thread(waiter, 20)
-        time.sleep(1.0)
+        _waiting(producer)
         follower.kill()
         job_id = producer.put("made while the stream moves")
         answered = _answer(pending, 30)
@@ -243,7 +246,7 @@ def test_a_paused_leader_neither_drops_sessions_nor_hands_a_reserved_job_out_aga
         pending = _reserve_in_thread(other, 15)
         leader = cluster.wait_for_leader()
         leader.pause()
-        time.sleep(8.0)
+        time.sleep(8.0)  # the fault: paused longer than the proxies' call timeouts
         leader.resume()
         holder.delete(job_id)  # still held by its reserver: DELETED, not NOT_FOUND
         answered = _answer(pending, 30)
@@ -261,10 +264,10 @@ def test_a_reserve_is_answered_while_the_node_its_stream_sits_on_is_cut_off(
     assert cluster.firewall is not None
     with client(proxy) as waiter, client(cluster.proxies[0]) as producer:
         pending = _reserve_in_thread(waiter, 10)
-        time.sleep(1.0)
+        _waiting(producer)
         cluster.firewall.isolate(follower.name)
         try:
-            time.sleep(0.5)
+            time.sleep(0.5)  # the scenario: the node is cut off for a while before the put
             job_id = producer.put("made while the stream's node is cut off")
             answered = _answer(pending, 20)
         finally:
@@ -284,10 +287,10 @@ def test_a_follower_cut_off_for_seconds_returns_without_raising_terms_or_deposin
     follower = cluster.followers()[0]
     assert cluster.firewall is not None
     cluster.firewall.isolate(follower.name)
-    time.sleep(5.0)
+    time.sleep(5.0)  # the fault: the follower stays cut off for several election timeouts
     assert cluster.firewall.dropped_packets() > 0
     cluster.firewall.heal()
-    time.sleep(3.0)
+    time.sleep(3.0)  # the scenario: back, it must not depose the leader in this time
     assert cluster.wait_for_leader() is leader
     terms = {node.name: _status_of(cluster, node).term for node in cluster.nodes}  # type: ignore[attr-defined]
     assert set(terms.values()) == {term}, terms
@@ -305,22 +308,21 @@ def test_a_node_whose_disk_fills_stays_up_stops_voting_and_resumes_when_space_re
     # 4 KiB bodies put and deleted: the log grows fast, the state (and so each dump) does not
     writes = Background(cluster.proxies[0], body_bytes=4096, delete=True)
     try:
-        time.sleep(1.0)
+        _wait_until(lambda: writes.acked > 10, 20, "puts under way")
         node.disk.fill()
         _wait_until(
             lambda: "disk full" in node.log_path.read_text() or not node.running,
             30,
             "the node never ran out of room for its log",
         )
-        time.sleep(1.0)
+        time.sleep(1.0)  # the scenario: it does not die of the full disk a moment later
         assert node.running, f"{node.name} died: exit status {node.proc and node.proc.poll()}"
         before = writes.acked
         _wait_until(lambda: writes.acked > before + 20, 10, "the others stopped accepting")
         if role == "leader":
             assert cluster.wait_for_leader() is not node
         node.disk.free()
-        time.sleep(2.0)
-        assert "disk space is back" in node.log_path.read_text()
+        _wait_until(lambda: "disk space is back" in node.log_path.read_text(), 10, "space back")
     finally:
         writes.stop()
     _wait_until(lambda: len(set(cluster.digests().values())) == 1, 20, "replicas differ")
