@@ -136,6 +136,13 @@ class ApplyStream:
                 answer.set_exception(error)
         self._waiting.clear()
 
+    def abandon(self, why: str) -> None:
+        """Give up on the node: every call still waiting fails as UNAVAILABLE (its outcome
+        unknown, retryable with the same request ids) with ``why``, and the stream is dropped,
+        so an answer that comes late is never taken."""
+        self._reader.cancel()
+        self._fail(CallFailed(grpc.StatusCode.UNAVAILABLE, why))
+
     def close(self) -> None:
         self._reader.cancel()
         self._fail(CallFailed(grpc.StatusCode.CANCELLED, "queue closed"))

@@ -11,6 +11,12 @@ batch as one log entry. A lone command never waits: with no call out it goes at 
 A call that fails fails every command in it with the same error (``Forwarded``, whose code
 says whether a retry with the same request id is safe); the caller retries, as ``NodeQueue``
 does. A command the leader refused comes back as its own result, code INVALID_ARGUMENT.
+
+A leader that stops answering (paused, cut off) would hold the calls out to it for
+``CALL_TIMEOUT_S``. So while calls are out a watch asks ``hears(leader)`` every
+``SILENCE_CHECK_S``; once this node no longer hears that leader (silent for the minimum
+election timeout, or another was elected) its calls fail at once as "outcome unknown", and the
+caller's retry, under the same request ids, goes to the new leader as soon as there is one.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ UNKNOWN_OUTCOME = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 MAX_CALLS_IN_FLIGHT = 2  # as RemoteQueue: few calls out, so what queues meanwhile travels together
 MAX_BATCH = 256
 CALL_TIMEOUT_S = 4.5  # a little over the leader's own 4 s proposal timeout
+SILENCE_CHECK_S = 0.05  # how often the watch asks whether the leader is still heard
 
 
 @dataclass
@@ -54,14 +61,21 @@ _Waiting = tuple[jsm_pb2.ApplyRequest, "asyncio.Future[jsm_pb2.ApplyResult]"]
 
 class Forwarder:
     """Batches forwarded commands per leader address; ``channel_for(address)`` gives the
-    node's channel to it (mTLS as this node)."""
+    node's channel to it (mTLS as this node), ``hears(address)`` whether this node still hears
+    that leader."""
 
-    def __init__(self, channel_for: Callable[[str], grpc.aio.Channel]) -> None:
+    def __init__(
+        self,
+        channel_for: Callable[[str], grpc.aio.Channel],
+        hears: Callable[[str], bool] = lambda leader: True,
+    ) -> None:
         self._channel_for = channel_for
+        self._hears = hears
         self._streams: dict[str, ApplyStream] = {}
         self._pending: dict[str, list[_Waiting]] = {}
         self._in_flight: dict[str, int] = {}
         self._sends: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     async def forward(
         self, leader: str, requests: list[jsm_pb2.ApplyRequest]
@@ -88,6 +102,22 @@ class Forwarder:
             task = loop.create_task(self._send(leader, batch))
             self._sends.add(task)  # a reference, so the task is not collected mid-flight
             task.add_done_callback(self._sends.discard)
+            if self._watch is None or self._watch.done():
+                self._watch = loop.create_task(self._watch_leaders())
+
+    async def _watch_leaders(self) -> None:
+        """While calls are out, drop the stream to a leader this node no longer hears: its
+        calls fail at once (retryable) instead of waiting out CALL_TIMEOUT_S."""
+        while any(self._in_flight.values()):
+            await asyncio.sleep(SILENCE_CHECK_S)
+            for leader, calls in list(self._in_flight.items()):
+                stream = self._streams.get(leader)
+                if calls and stream is not None and not stream.broken and not self._hears(leader):
+                    stream.abandon(
+                        f"this node no longer hears the leader at {leader} (silent for an "
+                        "election timeout, or another was elected); the outcome is unknown: "
+                        "retry with the same request id"
+                    )
 
     async def _send(self, leader: str, batch: list[_Waiting]) -> None:
         try:
@@ -132,6 +162,8 @@ class Forwarder:
         self._streams.clear()
         for task in list(self._sends):
             task.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
 
 
 def _failed(leader: str, code: grpc.StatusCode, details: str, hint: str) -> Forwarded:

@@ -43,7 +43,7 @@ class QueueService:
         self.node = node
         self._tls_dir = tls_dir
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self.forwarder = Forwarder(self.channel)
+        self.forwarder = Forwarder(self.channel, self._hears)
 
     async def apply(self, command: Command, request_id: str = "") -> tuple[Outcome, int]:
         """Apply one command; return its outcome and the Raft index it was applied at."""
@@ -132,6 +132,10 @@ class QueueService:
             if loop.time() > give_up or self.node.syncobj.cut_off():
                 raise self.node.not_leader()
             await asyncio.sleep(0.02)
+
+    def _hears(self, leader_grpc: str) -> bool:
+        """This node still hears the leader at ``leader_grpc``: a forward to it may be answered."""
+        return self.node.hears_leader() and self.node.leader_info()[1] == leader_grpc
 
     def channel(self, target: str) -> grpc.aio.Channel:
         """A channel to another node (the leader) or a worker's log service, as this node.
