@@ -49,12 +49,12 @@ def test_logs_follow_waits_for_a_job_that_has_not_started_yet(tmp_path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    time.sleep(1.0)  # the scenario: for a while there is no job yet, and it keeps waiting
     assert follower.poll() is None  # still waiting, not "no logs"
     # The job starts (its state file and output appear), prints, and ends.
     (tmp_path / "job-5.state.json").write_text(json.dumps({"worker_pid": os.getpid()}))
     (tmp_path / "job-5.stdout.log").write_text("hello\n")
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: the job runs a moment before it ends
     (tmp_path / "job-5.state.json").unlink()
     out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err

@@ -84,6 +84,6 @@ def test_a_plaintext_server_is_explained(tls_dir: Path) -> None:
 
 
 def test_nothing_listening_is_not_a_tls_problem(tls_dir: Path) -> None:
-    from beanraft.up_plan import free_ports
+    from harness import ports
 
-    assert explain_refusal(f"127.0.0.1:{free_ports(1)[0]}", tls_dir, "admin") is None
+    assert explain_refusal(ports.addr(ports.port()), tls_dir, "admin") is None

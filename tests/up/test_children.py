@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import wait_until
 
 from beanraft.children import ChildDied, ChildSpec, Supervisor
 
@@ -26,10 +27,7 @@ def _gone(pid: int) -> bool:
 
 
 def _wait_for_line(out: io.StringIO, text: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in out.getvalue():
-        assert time.monotonic() < deadline, out.getvalue()
-        time.sleep(0.05)
+    wait_until(lambda: text in out.getvalue(), timeout_s, f"{text!r} in {out.getvalue()!r}")
 
 
 def test_output_is_prefixed_with_the_childs_name_and_kept_in_its_log(tmp_path: Path) -> None:
@@ -95,7 +93,4 @@ def test_kill_all_kills_the_childs_whole_process_group(tmp_path: Path) -> None:
     grandchild = int(out.getvalue().split("grandchild ")[1].split()[0])
     supervisor.kill_all()
     child.process.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while not _gone(grandchild):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: _gone(grandchild), 10, "the grandchild gone")

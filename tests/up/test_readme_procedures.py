@@ -14,13 +14,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import greenstalk
 import pytest
-
-from beanraft.up_plan import free_ports
+from harness import wait_until
+from harness.ports import allocate as free_ports
 
 from .test_up_orchestration import UpProcess
 
@@ -75,10 +74,7 @@ def _pids_of(pattern: str) -> list[int]:
 
 
 def _wait_gone(pattern: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _pids_of(pattern):
-        assert time.monotonic() < deadline, f"{pattern!r} still runs"
-        time.sleep(0.1)
+    wait_until(lambda: not _pids_of(pattern), timeout_s, f"{pattern!r} gone", poll_s=0.1)
 
 
 def test_every_readme_procedure_runs_as_written(tmp_path: Path) -> None:

@@ -10,11 +10,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from beanraft.up_plan import free_ports
+from harness import logs, wait_until
+from harness.ports import allocate as free_ports
 
 DRIVER = Path(__file__).with_name("run_up_with_stand_ins.py")
 
@@ -33,23 +35,31 @@ class UpProcess:
         self._start_reader()
 
     def _start_reader(self) -> None:
+        # The output also goes to a log registered with the harness: a failing test shows it.
+        self.log_path = Path(tempfile.mkstemp(prefix="beanraft-up-", suffix=".log")[1])
+        logs.register(self.log_path, "beanraft up", self.process)  # type: ignore[arg-type]
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+        with open(self.log_path, "a") as log:
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+                log.write(line)
+                log.flush()
 
     def output(self) -> str:
         return "\n".join(self.lines)
 
     def wait_for(self, text: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.output():
-            assert self.process.poll() is None or text in self.output(), self.output()
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output()}"
-            time.sleep(0.05)
+        def printed() -> bool:
+            if text in self.output():
+                return True
+            assert self.process.poll() is None, self.output()  # it exited without printing it
+            return False
+
+        wait_until(printed, timeout_s, f"{text!r} in the output of beanraft up")
 
     def child_pids(self) -> dict[str, int]:
         found = re.findall(r"started (\S+) \(pid (\d+)\)", self.output())
@@ -183,10 +193,9 @@ def test_killing_up_with_sigkill_takes_its_children_down(tmp_path: Path) -> None
     pids = up.child_pids()
     up.process.kill()  # no chance to clean up: the kernel's parent-death signal must do it
     up.finish()
-    deadline = time.monotonic() + 30
-    while [pid for pid in pids.values() if _alive(pid)]:
-        assert time.monotonic() < deadline, [n for n, p in pids.items() if _alive(p)]
-        time.sleep(0.1)
+    wait_until(
+        lambda: not [n for n, p in pids.items() if _alive(p)], 30, "every child gone", poll_s=0.1
+    )
 
 
 def test_a_child_whose_restart_finds_its_data_damaged_is_not_restarted_again(
@@ -199,7 +208,7 @@ def test_a_child_whose_restart_finds_its_data_damaged_is_not_restarted_again(
         up.wait_for("restarted node-2")
         up.wait_for("node-2 exited unexpectedly (code 3): its data directory failed its checks")
         assert "not restarting it" in up.output()
-        time.sleep(2.5)  # past the next back-off: no second restart
+        time.sleep(2.5)  # the scenario: past the next back-off, and no second restart
         assert up.output().count("restarted node-2") == 1
         up.process.send_signal(signal.SIGTERM)
         assert up.finish() == 1

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import greenstalk
 import pytest
-
-from beanraft.up_plan import free_ports
+from harness.ports import allocate as free_ports
 
 from .listening import listening_addresses
 from .test_up_orchestration import UpProcess, _alive
