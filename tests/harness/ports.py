@@ -25,6 +25,14 @@ Three rules together remove the gap:
 
 A candidate is also checked bindable on 127.0.0.1 (without SO_REUSEADDR, the strict check) so
 a port some other service on the host listens on is skipped.
+
+Who releases: an owner whose processes have stopped for good (a proxy or conformance cluster,
+the nemesis cluster, the executor's beanstalkd, the mTLS node) releases its ports; ports a
+test keeps for a restart on the same address, or never releases, stay held until the session
+ends. The window holds 10,000 ports and a full suite takes far fewer, so nothing runs short.
+
+Ports a child binds itself (``--listen 127.0.0.1:0`` with the port printed once serving) need
+none of this: there is no gap between choosing and binding.
 """
 
 from __future__ import annotations
