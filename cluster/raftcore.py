@@ -59,6 +59,13 @@ The rules, and why each is still safe:
    a dump keeps it silent for a second or two, and a leader that stepped down for that left
    its clients waiting for another election. Stepping down is always safe in Raft; this only
    decides when, and pysyncobj's own check stays as the outer bound.
+9. Apply in slices: one tick applies committed entries for at most ``APPLY_SLICE_S``, then
+   goes back to the network (and the next tick does not wait for it). pysyncobj applied every
+   committed entry in one tick, and a node answers nothing while it applies: a follower with a
+   backlog of seconds (back from a partition, or a dump behind) kept a new leader from
+   committing that long when it was the only other node of the majority, and a leader stalled
+   its own heartbeats. Only how much is applied per tick changes, never what or in which order;
+   the commit index is lowered for the duration of a slice and put back after it.
 """
 
 from __future__ import annotations
@@ -164,6 +171,10 @@ DISK_PROBE_S = 1.0
 # up that could not drain it (a long log, a dump) made every send slower, until the leader's
 # tick thread spent seconds per tick and stopped committing (the fault harness: 7 s gaps).
 SEND_BACKLOG_BYTES = 2 << 20
+# Rule 9: how long one tick may apply (entries carry up to a few hundred commands each) and how
+# many entries go between checks of the time.
+APPLY_SLICE_S = 0.02
+APPLY_STEP_ENTRIES = 8
 
 
 @dataclass(slots=True)
@@ -212,6 +223,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         self.installs = 0  # dumps installed (from disk at start, or from a leader)
         self.last_leader_contact = 0.0  # monotonic time of the last append from a leader
         self.lost_quorum_at = 0.0  # monotonic time this node last stepped down by rule 8
+        self.apply_left = False  # rule 9: the last tick's slice ended with entries to apply
         self._news = news
         self._progress: dict[Any, Progress] = {}
         self._prevote: PreVote | None = None
@@ -225,7 +237,8 @@ class RaftCore(SyncObj):  # type: ignore[misc]
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._gate_election()
         try:
-            super()._onTick(timeToWait)
+            # Entries left to apply (rule 9): look at the network and come straight back.
+            super()._onTick(0.0 if self.apply_left else timeToWait)
         except DiskFull as exc:
             self._enter_disk_full(exc)
         self._check_quorum()
@@ -720,9 +733,24 @@ class RaftCore(SyncObj):  # type: ignore[misc]
     # --- rule 6 ----------------------------------------------------------------------------------
 
     def _SyncObj__applyLogEntries(self) -> bool:
+        """pysyncobj's apply, a few entries at a time for at most APPLY_SLICE_S (rule 9); true
+        when what it applied made news (rule 6)."""
         before = self._news()
-        applied = SyncObj._SyncObj__applyLogEntries(self)
-        return bool(applied) and self._news() != before
+        commit = self._SyncObj__raftCommitIndex
+        deadline = time.monotonic() + APPLY_SLICE_S
+        try:
+            while True:
+                applied = self._SyncObj__raftLastApplied
+                if applied >= commit:
+                    break
+                self._SyncObj__raftCommitIndex = min(commit, applied + APPLY_STEP_ENTRIES)
+                SyncObj._SyncObj__applyLogEntries(self)
+                if self._SyncObj__raftLastApplied == applied or time.monotonic() >= deadline:
+                    break  # time is up, or no progress: the next tick goes on
+        finally:
+            self._SyncObj__raftCommitIndex = commit
+        self.apply_left = self._SyncObj__raftLastApplied < commit
+        return self._news() != before
 
     # --- the log -----------------------------------------------------------------------------
 

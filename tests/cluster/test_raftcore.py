@@ -111,3 +111,61 @@ async def test_a_returning_leader_never_applies_its_uncommitted_tail_while_it_re
     assert returned.syncobj.installs >= 1, "the returning node caught up without a dump"
     assert not any(seen), "the returning node applied entries that were never committed"
     await cluster.stop_all()
+
+
+class _Applying:
+    """Just the state RaftCore's apply reads: pysyncobj's commit and applied indexes."""
+
+    def __init__(self, commit: int, applied: int) -> None:
+        self._SyncObj__raftCommitIndex = commit
+        self._SyncObj__raftLastApplied = applied
+        self.apply_left = False
+        self.news = 0
+
+    def _news(self) -> int:
+        return self.news
+
+
+def test_a_long_backlog_is_applied_a_slice_per_tick_with_the_commit_index_put_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule 9: one tick applies for at most APPLY_SLICE_S, a few entries between looks at the
+    clock, so a node with thousands of committed entries to apply still answers its peers."""
+    seen: list[int] = []
+
+    def apply_up_to_commit(node: _Applying) -> bool:  # pysyncobj's apply, its effect only
+        seen.append(node._SyncObj__raftCommitIndex)
+        node._SyncObj__raftLastApplied = node._SyncObj__raftCommitIndex
+        node.news += 1
+        return True
+
+    clock = iter(range(1_000))
+    monkeypatch.setattr(SyncObj, "_SyncObj__applyLogEntries", apply_up_to_commit)
+    monkeypatch.setattr(raftcore.time, "monotonic", lambda: next(clock) * 0.01)
+    node = _Applying(commit=10_000, applied=100)
+    made_news = raftcore.RaftCore._SyncObj__applyLogEntries(node)  # type: ignore[arg-type]
+    step = raftcore.APPLY_STEP_ENTRIES
+    assert seen == [100 + step, 100 + 2 * step]  # 0.01 s a step: the 0.02 s slice holds two
+    assert node._SyncObj__raftCommitIndex == 10_000
+    assert node.apply_left and made_news
+    node._SyncObj__raftCommitIndex = node._SyncObj__raftLastApplied + 3
+    seen.clear()
+    raftcore.RaftCore._SyncObj__applyLogEntries(node)  # type: ignore[arg-type]
+    assert seen == [node._SyncObj__raftCommitIndex] and not node.apply_left
+
+
+async def test_a_cluster_applying_one_entry_per_tick_answers_everything_and_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(raftcore, "APPLY_SLICE_S", 0.0)
+    monkeypatch.setattr(raftcore, "APPLY_STEP_ENTRIES", 1)
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start_all()
+    try:
+        outcomes = await asyncio.gather(
+            *(cluster.apply(c.Put("default", 1, 0, 60_000, b"j%d" % i)) for i in range(300))
+        )
+        assert sorted(o.reply.job_id for o in outcomes) == list(range(1, 301))  # type: ignore[union-attr]
+        await cluster.assert_converged()
+    finally:
+        await cluster.stop_all()
