@@ -32,6 +32,7 @@ from statemachine.records import (
 )
 
 WORKERS = ("w0", "w1")
+TTR_MS = 60_000
 SUMMARY = JobSummary("true")
 MAX_AGE_MS = 20_000
 
@@ -43,6 +44,7 @@ class ModelJob:
     started: int = 0  # the latest attempt a worker started
     ended: int = 0  # the latest attempt whose end was reported
     holder: str = ""  # the worker client that holds the job reserved, "" if none
+    reserved_at_ms: int = 0  # when the holder reserved it: its TTR runs from there
     gone: bool = False  # left the queue
     finished_at_ms: int = 0
 
@@ -73,7 +75,7 @@ class Records(RuleBasedStateMachine):
 
     @rule(delay_ms=st.sampled_from([0, 0, 2_000]))
     def run_job(self, delay_ms: int) -> None:
-        put = c.Put("work", 1024, delay_ms, 60_000, b"{}")
+        put = c.Put("work", 1024, delay_ms, TTR_MS, b"{}")
         reply = self.q.do(c.RunJob(put, SUMMARY))
         assert isinstance(reply, r.Inserted)
         self.jobs[reply.job_id] = ModelJob()
@@ -87,7 +89,7 @@ class Records(RuleBasedStateMachine):
         if not isinstance(reply, r.Reserved):
             return
         job = self.jobs[reply.job_id]
-        job.holder = worker
+        job.holder, job.reserved_at_ms = worker, self.q.now_ms
         attempt = job.started + 1
         started = self.q.do(
             c.ReportJobStart(reply.job_id, attempt, worker, "", SUMMARY, "work", 1024)
@@ -173,6 +175,8 @@ class Records(RuleBasedStateMachine):
         self.q.advance(step_ms).tick()
         for job_id in list(self.jobs):
             job = self.jobs[job_id]
+            if job.holder and self.q.now_ms - job.reserved_at_ms >= TTR_MS:
+                job.holder = ""  # its TTR ran out: back to ready, the attempt lost
             if job.final and self.q.now_ms - job.finished_at_ms >= MAX_AGE_MS:
                 del self.jobs[job_id]  # retention by age removed its record
 
