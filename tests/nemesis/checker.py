@@ -121,6 +121,8 @@ def check(history: History, drained: list[str], applied: list[Applied]) -> Repor
         end = fault.healed + 10
         if i + 1 < len(applied):
             end = min(end, applied[i + 1].started)
+        if times:  # the workload stops a few seconds after the last heal: no gap past its end
+            end = min(end, times[-1])
         gap = _longest_gap(times, fault.started, end)
         report.fault_gaps.append((fault.kind, ",".join(fault.targets), gap, fault.caught_up_s))
     return report
