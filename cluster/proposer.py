@@ -30,6 +30,7 @@ from pysyncobj import FAIL_REASON
 from cluster import envelope
 from cluster.clock import LeaderTime
 from cluster.errors import Ambiguous, NotApplied
+from statemachine.replies import Reply
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,8 @@ _NOT_APPLIED = {
     FAIL_REASON.REQUEST_DENIED: "the leader refused the entry",
 }
 
-Result = tuple[int, bytes, int]  # (replicated.OK | REFUSED, payload, raft index)
+# (replicated.OK, the reply, raft index) or (replicated.REFUSED, why as bytes, raft index)
+Result = tuple[int, Reply | bytes, int]
 
 
 class _Call:

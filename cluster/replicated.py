@@ -38,7 +38,7 @@ from pysyncobj import SyncObjConsumer, replicated
 from cluster import envelope
 from statemachine import codec
 from statemachine.machine import JobStateMachine, MachineConfig
-from statemachine.replies import Outcome
+from statemachine.replies import Ok, Outcome, Reply
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,13 @@ WAKEUP_RING_MAX_BYTES = 32 << 20
 # most 8 in flight, and entries are up to 1 MiB, so this bounds the memo at 64 MiB.
 DECODED_MEMO_MAX = 64
 
-# Per-request results of apply_batch: (OK, outcome bytes) or (REFUSED, message).
+# What a remembered reply is counted as toward REQUEST_WINDOW_MAX_BYTES, besides its body.
+# Replies are kept as objects and encoded only when a retry or a dump needs them (encoding
+# every reply on every replica cost followers a tenth of their time), so their size is an
+# allowance: a deterministic function of the reply, as eviction must be the same everywhere.
+REPLY_ALLOWANCE_BYTES = 96
+
+# Per-request results of apply_batch: (OK, the reply) or (REFUSED, why as bytes).
 OK = 0
 REFUSED = 1
 
@@ -86,7 +92,7 @@ class ClusterState:
     def __init__(
         self,
         machine: JobStateMachine,
-        requests: OrderedDict[str, tuple[int, bytes]] | None = None,
+        requests: OrderedDict[str, tuple[int, Reply]] | None = None,
         wakeups: Wakeups | None = None,
         members: dict[str, tuple[str, str]] | None = None,
         incarnations: dict[str, str] | None = None,
@@ -94,7 +100,7 @@ class ClusterState:
         self.machine = machine
         self.requests = requests if requests is not None else OrderedDict()
         self.wakeups = wakeups or Wakeups(deque(), 0)
-        self.requests_bytes = sum(len(outcome) for _, outcome in self.requests.values())
+        self.requests_bytes = sum(_reply_bytes(reply) for _, reply in self.requests.values())
         self.members = members if members is not None else {}
         # Raft address -> the incarnation (a random id made with the data dir) last seen there
         self.incarnations = incarnations if incarnations is not None else {}
@@ -104,7 +110,10 @@ class ClusterState:
         plain = {
             "version": 1,
             "machine": self.machine.snapshot(),
-            "requests": list(self.requests.items()),
+            "requests": [
+                (request_id, (seen_ms, codec.encode_outcome(Outcome(reply))))
+                for request_id, (seen_ms, reply) in self.requests.items()
+            ],
             "wakeups": list(self.wakeups.ring),
             "last_seq": self.wakeups.last_seq,
             "members": self.members,
@@ -119,7 +128,10 @@ class ClusterState:
             raise ValueError(f"unknown replicated state version {plain.get('version')}")
         return cls(
             JobStateMachine.restore(plain["machine"]),
-            OrderedDict(plain["requests"]),
+            OrderedDict(
+                (request_id, (seen_ms, codec.decode_outcome(encoded).reply))
+                for request_id, (seen_ms, encoded) in plain["requests"]
+            ),
             _wakeups(plain["wakeups"], plain["last_seq"]),
             plain["members"],
             plain.get("incarnations", {}),
@@ -148,13 +160,13 @@ class ClusterState:
             self.members[raft_addr] = (node_id, grpc_addr)
             if incarnation:
                 self.incarnations[raft_addr] = incarnation
-            return (OK, b"")
+            return (OK, _OK)
         if request.kind == envelope.FORGET:
             raft_addr, removed = envelope.decode_forget(request.payload)
             self.members.pop(raft_addr, None)
             self.incarnations.pop(raft_addr, None)
             applied.forgotten.append((raft_addr, removed))
-            return (OK, b"")
+            return (OK, _OK)
         remembered = self.requests.get(request.request_id) if request.request_id else None
         if remembered is not None:
             return (OK, remembered[1])  # a retry: the first outcome, nothing applied again
@@ -169,13 +181,13 @@ class ClusterState:
         # from which each proxy's stream delivers its own. A caller never gets wake-ups in its
         # reply (it would have to discard them: jobqueue.interface's rule).
         outcome = self.machine.apply(command, now_ms)
-        encoded = codec.encode_outcome(Outcome(outcome.reply))
         for wakeup in outcome.wakeups:
             self.wakeups.append(wakeup.proxy_id, codec.encode_wakeup(wakeup))
+        reply = outcome.reply
         if request.request_id:
-            self.requests[request.request_id] = (self.machine.now_ms, encoded)
-            self.requests_bytes += len(encoded)
-        return (OK, encoded)
+            self.requests[request.request_id] = (self.machine.now_ms, reply)
+            self.requests_bytes += _reply_bytes(reply)
+        return (OK, reply)
 
     def _forget_old_requests(self) -> None:
         """Evict request ids past the window, oldest first, and beyond the count and byte
@@ -184,7 +196,7 @@ class ClusterState:
         requests = self.requests
         horizon_ms = self.machine.now_ms - REQUEST_WINDOW_MS
         while requests:
-            first_id, (seen_ms, outcome) = next(iter(requests.items()))
+            first_id, (seen_ms, reply) = next(iter(requests.items()))
             if (
                 seen_ms >= horizon_ms
                 and len(requests) <= REQUEST_WINDOW_MAX
@@ -192,10 +204,18 @@ class ClusterState:
             ):
                 break
             del requests[first_id]
-            self.requests_bytes -= len(outcome)
+            self.requests_bytes -= _reply_bytes(reply)
 
 
-Result = tuple[int, bytes]  # (OK, outcome bytes) or (REFUSED, why)
+Result = tuple[int, Reply | bytes]  # (OK, the reply) or (REFUSED, why as bytes)
+_OK = Ok()  # a membership change's reply
+
+
+def _reply_bytes(reply: Reply) -> int:
+    """What ``reply`` counts toward the window's byte bound: its body, if it has one, plus an
+    allowance (REPLY_ALLOWANCE_BYTES)."""
+    body = getattr(reply, "body", None)
+    return REPLY_ALLOWANCE_BYTES + (len(body) if isinstance(body, bytes) else 0)
 
 
 @dataclass(slots=True)

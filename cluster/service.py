@@ -24,10 +24,9 @@ from cluster import envelope
 from cluster.errors import Refused
 from cluster.forwarder import Forwarded, Forwarder
 from cluster.node import RaftNode
-from cluster.replicated import REFUSED
 from statemachine import codec
 from statemachine.commands import Command
-from statemachine.replies import Outcome
+from statemachine.replies import Outcome, Reply
 
 LEADER_WAIT_S = 1.5
 KEEPALIVE_OPTIONS = [
@@ -48,23 +47,26 @@ class QueueService:
     async def apply(self, command: Command, request_id: str = "") -> tuple[Outcome, int]:
         """Apply one command; return its outcome and the Raft index it was applied at."""
         encoded = codec.encode_command(command)
-        payload, index = await self._apply_one(encoded, command, request_id)
-        return codec.decode_outcome(payload), index
+        reply, index = await self._apply_one(encoded, command, request_id)
+        return Outcome(reply), index
 
     async def apply_encoded(self, command: bytes, request_id: str) -> tuple[bytes, int]:
+        """``apply`` for a command that came encoded (gRPC ``Apply``): the outcome encoded."""
         decoded = codec.decode_command(command)  # refuse malformed input before replicating it
-        return await self._apply_one(command, decoded, request_id)
+        reply, index = await self._apply_one(command, decoded, request_id)
+        return codec.encode_outcome(Outcome(reply)), index
 
     async def _apply_one(
         self, command: bytes, decoded: Command, request_id: str
-    ) -> tuple[bytes, int]:
+    ) -> tuple[Reply, int]:
         """``command`` both encoded (for the log) and decoded (the leader's proposer hands the
-        decoded form to its own apply, sparing a decode)."""
+        decoded form to its own apply, sparing a decode). On the leader the reply comes as the
+        machine made it: nothing is encoded for a caller in this process."""
         leader_grpc = await self._route()
         if not leader_grpc:
             request = envelope.Request(envelope.COMMAND, request_id, command, decoded)
-            status, payload, index = (await self.node.submit([request]))[0]
-            if status == REFUSED:
+            _, payload, index = (await self.node.submit([request]))[0]
+            if isinstance(payload, bytes):  # REFUSED: why
                 raise Refused(payload.decode(errors="replace"))
             return payload, index
         # Gathered with whatever else this follower forwards meanwhile (cluster.forwarder).
@@ -74,7 +76,7 @@ class QueueService:
             raise Refused(result.message)
         if result.code:
             raise Forwarded(STATUS[result.code], result.message)
-        return result.outcome, result.applied_index
+        return codec.decode_outcome(result.outcome).reply, result.applied_index
 
     async def apply_batch(self, batch: list[jsm_pb2.ApplyRequest]) -> list[jsm_pb2.ApplyResult]:
         """Apply several commands in one log entry (when leading) or one forwarded call.
@@ -108,11 +110,12 @@ class QueueService:
         if leader_grpc:
             return await self.forwarder.forward(leader_grpc, batch)
         results = []
-        for status, payload, index in await self.node.submit(requests):
-            if status == REFUSED:
+        for _, payload, index in await self.node.submit(requests):
+            if isinstance(payload, bytes):  # REFUSED: why
                 results.append(jsm_pb2.ApplyResult(code=_INVALID, message=payload.decode()))
             else:
-                results.append(jsm_pb2.ApplyResult(outcome=payload, applied_index=index))
+                outcome = codec.encode_outcome(Outcome(payload))
+                results.append(jsm_pb2.ApplyResult(outcome=outcome, applied_index=index))
         return results
 
     async def _route(self) -> str:

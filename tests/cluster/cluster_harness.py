@@ -84,9 +84,10 @@ class InProcessCluster:
     async def apply(self, command: Command, request_id: str = "") -> Outcome:
         leader = await self.wait_for_leader()
         request = envelope.Request(envelope.COMMAND, request_id, codec.encode_command(command))
-        ((_, payload, index),) = await leader.submit([request])
+        ((_, reply, index),) = await leader.submit([request])
         self.last_index = index
-        return codec.decode_outcome(payload)
+        assert not isinstance(reply, bytes), f"refused: {reply!r}"
+        return Outcome(reply)
 
     async def assert_converged(self, timeout_s: float = 15.0) -> bytes:
         """Every running replica reaches the same applied index and equal snapshots."""

@@ -21,7 +21,7 @@ from cluster.replicated import OK, REQUEST_WINDOW_MS, ClusterState
 from statemachine import codec
 from statemachine import commands as c
 from statemachine.machine import JobStateMachine, MachineConfig
-from statemachine.replies import Outcome
+from statemachine.replies import Ok, Reply
 
 CLIENTS = ("a", "b")
 ADDRS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
@@ -96,21 +96,21 @@ def _envelope(item: tuple[object, ...]) -> envelope.Request:
 class Model:
     def __init__(self, connect_at_ms: int) -> None:
         self.machine = JobStateMachine(MachineConfig())
-        self.window: dict[str, tuple[int, bytes]] = {}
+        self.window: dict[str, tuple[int, Reply]] = {}
         self.members: dict[str, tuple[str, str]] = {}
         self.wakeups = 0
         self.now_ms = connect_at_ms
         for client in CLIENTS:
             self.machine.apply(c.Connect(client, "proxy-1"), connect_at_ms)
 
-    def apply(self, item: tuple[object, ...], now_ms: int) -> bytes:
+    def apply(self, item: tuple[object, ...], now_ms: int) -> Reply:
         if item[0] == "member":
             _, node_id, addr = item
             self.members[str(addr)] = (str(node_id), f"grpc-{node_id}")
-            return b""
+            return Ok()
         if item[0] == "forget":
             self.members.pop(str(item[1]), None)
-            return b""
+            return Ok()
         _, command, request_id = item
         first = self.window.get(str(request_id))
         if first is not None:
@@ -118,9 +118,8 @@ class Model:
         self.now_ms = max(self.now_ms, now_ms)
         outcome = self.machine.apply(command, now_ms)  # type: ignore[arg-type]
         self.wakeups += len(outcome.wakeups)
-        encoded = codec.encode_outcome(Outcome(outcome.reply))  # the caller's part only
-        self.window[str(request_id)] = (self.now_ms, encoded)
-        return encoded
+        self.window[str(request_id)] = (self.now_ms, outcome.reply)  # the caller's part only
+        return outcome.reply
 
     def end_entry(self) -> None:
         horizon_ms = self.now_ms - REQUEST_WINDOW_MS
@@ -173,4 +172,4 @@ def test_a_forget_of_this_node_is_reported_with_the_incarnation_it_names() -> No
     forget = envelope.Request(envelope.FORGET, "", envelope.encode_forget(ADDRS[0], "inc-1"))
     applied = state.apply([forget], 1_700_000_000_001)
     assert applied.forgotten == [(ADDRS[0], "inc-1")]
-    assert applied.results == [(OK, b"")]
+    assert applied.results == [(OK, Ok())]

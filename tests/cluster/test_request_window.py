@@ -30,9 +30,9 @@ class Cluster:
 
     def apply(self, command: c.Command, request_id: str = "") -> r.Reply:
         request = envelope.Request(envelope.COMMAND, request_id, codec.encode_command(command))
-        [(status, payload)] = self.state.apply([request], self.now_ms).results
-        assert status == OK, payload
-        return codec.decode_outcome(payload).reply
+        [(status, reply)] = self.state.apply([request], self.now_ms).results
+        assert status == OK and not isinstance(reply, bytes), reply
+        return reply
 
     def put(self, body: bytes = b"x", request_id: str = "") -> r.Reply:
         return self.apply(c.Put("default", 0, 0, 60_000, body), request_id)
