@@ -57,9 +57,10 @@ WAKEUP_RING_MAX_BYTES = 32 << 20
 DECODED_MEMO_MAX = 64
 
 # What a remembered reply is counted as toward REQUEST_WINDOW_MAX_BYTES, besides its body.
-# Replies are kept as objects and encoded only when a retry or a dump needs them (encoding
-# every reply on every replica cost followers a tenth of their time), so their size is an
-# allowance: a deterministic function of the reply, as eviction must be the same everywhere.
+# Replies are kept as the machine made them (frozen values) and encoded only for a dump or a
+# caller over gRPC: a follower encoded every reply for nobody (its CPU per put went from 33 to
+# 31 us without). Their size is thus an allowance: a deterministic function of the reply, as
+# eviction must be the same on every replica.
 REPLY_ALLOWANCE_BYTES = 96
 
 # Per-request results of apply_batch: (OK, the reply) or (REFUSED, why as bytes).
