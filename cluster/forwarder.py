@@ -67,7 +67,7 @@ class Forwarder:
     def __init__(
         self,
         channel_for: Callable[[str], grpc.aio.Channel],
-        hears: Callable[[str], bool] = lambda leader: True,
+        hears: Callable[[str], bool],
     ) -> None:
         self._channel_for = channel_for
         self._hears = hears
