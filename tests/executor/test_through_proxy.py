@@ -88,7 +88,10 @@ def test_frozen_worker_job_comes_back_after_its_ttr_and_is_not_run_twice(
         finally:
             worker.proc.send_signal(signal.SIGCONT)
         # The woken worker's touch is refused: it stops its copy instead of running it twice.
-        wait_until(lambda: not state.exists(), 30, "the stale run to be stopped")
-        (record,) = results(worker.log_dir, job_id)
+        # Its record comes after its state file is cleared: wait for the record.
+        (record,) = wait_until(
+            lambda: results(worker.log_dir, job_id), 30, "the stale run's record"
+        )
+        assert not state.exists()
         assert (record["status"], record["action"]) == ("lost_reservation", "none")
         client.delete(taken)

@@ -293,9 +293,11 @@ def test_lost_connection_stops_the_running_job_and_the_worker_reconnects(
         state = worker.log_dir / f"job-{job_id}.state.json"
         wait_until(state.exists, 30, "the job to start")
         server.kill()
-        # The touch fails: the job is stopped and cleaned up instead of running unowned.
-        wait_until(lambda: not state.exists(), 30, "the job to be stopped")
-        (record,) = results(worker.log_dir, job_id)
+        # The touch fails: the job is stopped and cleaned up instead of running unowned. The
+        # worker clears the attempt's state file before it appends the attempt's record, so
+        # the record is what to wait for.
+        (record,) = wait_until(lambda: results(worker.log_dir, job_id), 30, "the job's record")
+        assert not state.exists()
         assert (record["status"], record["action"]) == ("lost_reservation", "none")
         server = Process(cmd, tmp_path / "beanstalkd.log", "beanstalkd (again)")
         server.wait_for_port(port, 10)
