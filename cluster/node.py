@@ -170,6 +170,8 @@ class RaftNode:
             remember=self.consumer.remember_decoded,
         )
         self._tick_inflight = False
+        # Ticks this node proposed that committed: an idle cluster's count stays still.
+        self.ticks_committed = 0
         self._leases_extended_term = -1
         self._last_tick_s = loop.time()
         self._last_ticked_deadline_ms: int | None = None
@@ -398,6 +400,7 @@ class RaftNode:
         try:
             request = envelope.Request(envelope.COMMAND, "", codec.encode_command(c.Tick()))
             await self.submit([request])
+            self.ticks_committed += 1
         except Exception as exc:  # a deposed leader's tick simply does not commit
             log.debug("tick not committed", error=str(exc))
             self._last_ticked_deadline_ms = None
