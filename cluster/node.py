@@ -25,7 +25,7 @@ import contextlib
 import os
 import queue
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,14 +317,21 @@ class RaftNode:
         leader_id, leader_grpc = self.leader_info()
         return NotLeader(self.config.node_id, leader_id, leader_grpc)
 
-    async def submit(self, requests: list[envelope.Request]) -> list[Result]:
+    def submit(self, requests: list[envelope.Request]) -> Awaitable[list[Result]]:
+        """Propose ``requests``; await the result for their outcomes. Raises NotLeader at once
+        on a follower. The common case returns the proposer's future itself: no coroutine."""
         if not self.is_leader():
             raise self.not_leader()
         term = int(self.syncobj.raftCurrentTerm)
         self.leader_time.start_term(term, self.state.now_ms)
         self._check_stall()
         if self._leases_extended_term == term:
-            return await self.proposer.submit_many(requests)
+            return self.proposer.submit_many(requests)
+        return self._submit_extending_leases(term, requests)
+
+    async def _submit_extending_leases(
+        self, term: int, requests: list[envelope.Request]
+    ) -> list[Result]:
         # The first entry of a term extends every proxy's lease before anything it stamps
         # can expire one: the outage before this leader must not disconnect live proxies.
         extend = c.ExtendLeases(self.leader_time.now_ms() + LEASE_EXTENSION_MS)

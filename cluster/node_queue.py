@@ -39,8 +39,8 @@ class NodeQueue:
         give_up = loop.time() + RETRY_FOR_S
         while True:
             try:
-                outcome, _ = await self.service.apply(command, request_id)
-                return outcome.reply
+                reply, _ = await self.service.apply_reply(command, request_id)
+                return reply
             except ClusterError as exc:
                 # Retried with the same request id: an election, a broken forward, an outcome
                 # not known (the error says; jobqueue.errors).

@@ -124,21 +124,24 @@ class Proposer:
         """Replicate one request and return its result; raise NotApplied or Ambiguous."""
         return (await self.submit_many([request]))[0]
 
-    async def submit_many(self, requests: list[envelope.Request]) -> list[Result]:
-        """Replicate requests in this order (they may share a log entry). When one fails the
-        call raises the first failure, once every request in it is settled."""
-        if not requests:
-            return []
+    def submit_many(self, requests: list[envelope.Request]) -> asyncio.Future[list[Result]]:
+        """Replicate requests in this order (they may share a log entry); the future's result is
+        theirs. When one fails the future raises the first failure, once every request in it
+        is settled. A future, not a coroutine: the caller awaits it directly, one frame fewer
+        per command. Cancelling it withdraws the requests not yet sent (``_take_batch``)."""
         call = _Call(self._loop, len(requests))
-        self._pending.extend((request, call, i) for i, request in enumerate(requests))
+        if not requests:
+            call.future.set_result([])
+            return call.future
+        if len(requests) == 1:  # nearly every call: no generator to build
+            self._pending.append((requests[0], call, 0))
+        else:
+            self._pending.extend((request, call, i) for i, request in enumerate(requests))
         self._schedule_flush()
         self._expiring.append((self._loop.time() + self._timeout_s, call))
         if self._sweep_timer is None:
             self._sweep_timer = self._loop.call_later(EXPIRY_SWEEP_S, self._sweep)
-        try:
-            return await call.future
-        finally:
-            call.future.cancel()  # no-op when done; _take_batch skips what is still unsent
+        return call.future
 
     def _sweep(self) -> None:
         """Expire the calls past their deadline; forget the answered ones at the front."""

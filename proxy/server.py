@@ -62,7 +62,9 @@ class _Connection(asyncio.Protocol):
         self._codec = BeanstalkConnection(server.max_job_size)
         self._transport: asyncio.Transport | None = None
         self._session: Session | None = None
-        self._data = asyncio.Event()
+        # Set by whoever brings news (bytes, EOF, loss) while the task waits for data: a bare
+        # future rather than an asyncio.Event, whose wait() costs a coroutine per command.
+        self._data_waiter: asyncio.Future[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._eof = False
@@ -79,24 +81,29 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._codec.receive_data(data)
-        self._data.set()
+        self._wake()
         if self._codec.buffered_bytes > READ_BUFFER_MAX and self._transport is not None:
             self._transport.pause_reading()
             self._reading_paused = True
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._data.set()
+        self._wake()
         if self._session is not None:
             self._session.peer_gone(half_closed=True)
         return True  # keep the write side open: a waiting reserve still gets TIMED_OUT
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._data.set()
+        self._wake()
         self._writable.set()
         if self._session is not None:
             self._session.peer_gone(half_closed=False)
+
+    def _wake(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -115,8 +122,11 @@ class _Connection(asyncio.Protocol):
             if self._reading_paused and self._transport is not None:
                 self._reading_paused = False
                 self._transport.resume_reading()
-            self._data.clear()
-            await self._data.wait()
+            self._data_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._data_waiter
+            finally:
+                self._data_waiter = None
 
     async def _run(self) -> None:
         session, transport = self._session, self._transport
@@ -135,7 +145,8 @@ class _Connection(asyncio.Protocol):
                 reply = await session.handle(event)
                 if reply and not self._lost:
                     transport.write(reply)
-                    await self._writable.wait()
+                    if not self._writable.is_set():  # the client reads slower than we write
+                        await self._writable.wait()
                 if metrics is not None:
                     verb = verb_of(event)
                     metrics.commands.labels(verb=verb).inc()

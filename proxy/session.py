@@ -286,8 +286,9 @@ class Session:
                 if ends_at is None:
                     reply = await self._apply(command)
                 else:  # the cluster may be down: answer by the bound all the same
-                    limit_s = ends_at + RESERVE_GRACE_S + CHECK_S - loop.time()
-                    reply = await asyncio.wait_for(self._apply(command), max(0.0, limit_s))
+                    # asyncio.timeout, not wait_for: no task of its own per reserve.
+                    async with asyncio.timeout_at(ends_at + RESERVE_GRACE_S + CHECK_S):
+                        reply = await self._apply(command)
             except TimeoutError:
                 log.warning("reserve_unanswered_timing_out", client_id=self.client_id)
                 self._unsettled = command.request_id
@@ -354,7 +355,15 @@ class Session:
     # --- applying ---------------------------------------------------------------------------
 
     async def _apply(self, command: sm.Command) -> r.Reply:
-        reply = await self._apply_retrying(command)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.ctx.retry_for_s
+        try:  # the first attempt in this frame: nearly every command needs no other
+            reply = await self.ctx.queue.apply(command)
+        except QueueUnavailable:
+            if loop.time() + _BACKOFF_FIRST_S > give_up_at:
+                raise
+            await asyncio.sleep(_BACKOFF_FIRST_S)
+            reply = await self._apply_retrying(command, give_up_at, _BACKOFF_FIRST_S * 2)
         if isinstance(reply, r.UnknownClient):
             log.warning("session_dropped_reconnecting", client_id=self.client_id)
             await self._reconnect()
@@ -384,10 +393,17 @@ class Session:
         if "default" not in self.watched:
             await self._apply_retrying(sm.Ignore(c, "default"))
 
-    async def _apply_retrying(self, command: sm.Command) -> r.Reply:
+    async def _apply_retrying(
+        self,
+        command: sm.Command,
+        give_up_at: float | None = None,
+        backoff_s: float = _BACKOFF_FIRST_S,
+    ) -> r.Reply:
+        """Apply ``command``, retried with backoff while the queue is unavailable, until
+        ``give_up_at`` on the loop's clock (default: ``retry_for_s`` from now)."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.ctx.retry_for_s
-        backoff_s = _BACKOFF_FIRST_S
+        if give_up_at is None:
+            give_up_at = loop.time() + self.ctx.retry_for_s
         while True:
             try:
                 return await self.ctx.queue.apply(command)
