@@ -32,10 +32,13 @@ class NodeQueue:
     def __init__(self, service: QueueService) -> None:
         self.service = service
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # looked up once (a getpid each)
 
     async def apply(self, command: c.Command) -> Reply:
         request_id = request_id_for(command)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         give_up = loop.time() + RETRY_FOR_S
         while True:
             try:

@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
         # Set by whoever brings news (bytes, EOF, loss) while the task waits for data: a bare
         # future rather than an asyncio.Event, whose wait() costs a coroutine per command.
         self._data_waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once connected
         self._writable = asyncio.Event()
         self._writable.set()
         self._eof = False
@@ -74,10 +75,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid system call
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         ctx = self._server.ctx
         self._session = Session(ctx, ctx.new_client_id())
-        self._server.track(asyncio.get_running_loop().create_task(self._run()))
+        self._server.track(self._loop.create_task(self._run()))
 
     def data_received(self, data: bytes) -> None:
         self._codec.receive_data(data)
@@ -122,7 +124,8 @@ class _Connection(asyncio.Protocol):
             if self._reading_paused and self._transport is not None:
                 self._reading_paused = False
                 self._transport.resume_reading()
-            self._data_waiter = asyncio.get_running_loop().create_future()
+            assert self._loop is not None  # connected before the task starts
+            self._data_waiter = self._loop.create_future()
             try:
                 await self._data_waiter
             finally:

@@ -95,6 +95,15 @@ class Session:
         self._stashed: list[r.Reserved | r.TimedOut | r.DeadlineSoon] = []  # for the next reserve
         self._half_closed = False
         self._peer_gone = False
+        self._loop_cache: asyncio.AbstractEventLoop | None = None
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: on Linux every ``asyncio.get_running_loop()``
+        is a getpid system call (CPython checks for a fork), and a put made three of them."""
+        loop = self._loop_cache
+        if loop is None:
+            loop = self._loop_cache = asyncio.get_running_loop()
+        return loop
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -253,7 +262,7 @@ class Session:
         if self._stashed:
             self._unsettled = None
             return render.render(event, self._stashed.pop(0))
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         ends_at = None if event.timeout_s is None else loop.time() + event.timeout_s
         timeout_ms = None if event.timeout_s is None else event.timeout_s * 1000
         request_id = self._unsettled or self._request_id()
@@ -278,7 +287,7 @@ class Session:
 
     async def _reserve_once(self, command: sm.Reserve, ends_at: float | None) -> object:
         """The reply, or the wake-up that answered the wait, or _PEER_GONE / _LOST."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         waiter: asyncio.Future[object] = loop.create_future()
         self._pending = (command.request_id, waiter)
         try:
@@ -312,7 +321,7 @@ class Session:
         self, waiter: asyncio.Future[object], check_at: float, request_id: str
     ) -> object:
         """The wait's answer; past ``check_at`` what the machine says about the wait."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         while True:
             try:
                 return await asyncio.wait_for(asyncio.shield(waiter), check_at - loop.time())
@@ -355,7 +364,7 @@ class Session:
     # --- applying ---------------------------------------------------------------------------
 
     async def _apply(self, command: sm.Command) -> r.Reply:
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         give_up_at = loop.time() + self.ctx.retry_for_s
         try:  # the first attempt in this frame: nearly every command needs no other
             reply = await self.ctx.queue.apply(command)
@@ -401,7 +410,7 @@ class Session:
     ) -> r.Reply:
         """Apply ``command``, retried with backoff while the queue is unavailable, until
         ``give_up_at`` on the loop's clock (default: ``retry_for_s`` from now)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         if give_up_at is None:
             give_up_at = loop.time() + self.ctx.retry_for_s
         while True:
