@@ -11,12 +11,9 @@ took about a third less, and the proxy and a 3-node cluster did about 20% more p
 
 What. ``MODULES``: the state machine but its contract (``commands.py``, ``replies.py``: the
 codec reads their type hints at run time, and mypyc keeps ``int | None`` only as ``type``),
-the Raft entry envelope, the proxy's protocol codec, and what every command crosses on the
-leader's own listener: the session, the connection, the node's queue and the proposer (these
-are mostly asyncio and syscalls, so they gained less: about 3% of the servers' CPU per put).
-Modules that subclass pysyncobj's classes or serve gRPC stay interpreted: mypyc cannot
-compile the one, and grpc tells coroutine handlers apart with ``inspect``, which does not
-recognise compiled ones.
+the Raft entry envelope and the proxy's protocol codec. Modules that subclass pysyncobj's
+classes or serve gRPC stay interpreted: mypyc cannot compile the one, and grpc tells
+coroutine handlers apart with ``inspect``, which does not recognise compiled ones.
 
 How. Built in place, as ``setup.py build_ext --inplace`` does: each module's ``.so`` beside
 its ``.py``, which Python imports first, and mypyc's runtime in ``beanraft/``.
@@ -60,23 +57,9 @@ MODULES = (
     "proxy.events",
     "proxy.protocol",
     "proxy.render",
-    "proxy.session",
-    "cluster.proposer",
-    "proxy.server",
-    "cluster.node_queue",
 )
 # Interpreted modules the compiled ones read types from: an edit there may change the build.
-_INPUTS = (
-    "statemachine/commands.py",
-    "statemachine/replies.py",
-    "jobqueue/interface.py",
-    "jobqueue/errors.py",
-    "cluster/clock.py",
-    "cluster/errors.py",
-    "cluster/service.py",
-    "proxy/metrics.py",
-    "pyproject.toml",
-)
+_INPUTS = ("statemachine/commands.py", "statemachine/replies.py", "pyproject.toml")
 _SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 
