@@ -99,14 +99,6 @@ def run(args: argparse.Namespace, extras: Sequence[Any] = ()) -> int:
 
     configure_logging()
     gc_policy.install()
-    import os as _os  # EXPERIMENT
-
-    if _os.environ.get("BR_SWITCH_S"):
-        sys.setswitchinterval(float(_os.environ["BR_SWITCH_S"]))
-    if _os.environ.get("BR_GC0"):
-        import gc as _gc
-
-        _gc.set_threshold(int(_os.environ["BR_GC0"]), 10, 10)
     if args.tls_dir is None and not args.insecure:
         raise SystemExit(
             "beanraft node: give --tls-dir DIR (mTLS: create it with `beanraft certs init` and "
