@@ -38,7 +38,7 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that moves only when told to (thread-safe: the tick thread and tests share it)."""
+    """A clock that moves only when told to (thread-safe: tests move it from their own threads)."""
 
     def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
         self._now_ms = start_ms

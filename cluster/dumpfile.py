@@ -11,7 +11,7 @@ to a follower that is too far behind for the log. ``DumpStore`` takes the place 
   ``ClusterState.to_bytes()``.
 - Writing: a forked child (copy-on-write, so the node keeps serving) serialises, writes
   ``<dump>.tmp``, syncs it, renames it over the dump and syncs the directory, then exits; the
-  tick thread polls it. gRPC's own fork handlers are what made a quarter of the children abort
+  node's tick polls it. gRPC's own fork handlers are what made a quarter of the children abort
   (``next_worker->state == KICKED``): the node process turns them off before gRPC loads
   (``GRPC_ENABLE_FORK_SUPPORT=false``, set in ``beanraft/__init__.py``), and the child touches
   nothing but its own state and files, collects no garbage and leaves with ``os._exit``. A
@@ -179,7 +179,8 @@ class DumpStore:
     """pysyncobj's ``Serializer``, for one node: see the module docstring.
 
     ``state_bytes()`` gives the replicated state's bytes (called in the forked child);
-    ``restore(state)`` replaces the live state with a dump's (called on the tick thread)."""
+    ``restore(state)`` replaces the live state with a dump's (called in a tick, between two
+    applies)."""
 
     def __init__(
         self,

@@ -9,10 +9,10 @@ journal (``cluster.journal``) at the two points where a node vouches for entries
 
 So when a client hears "done", the leader and at least one follower (a majority of 3) have the
 entry on disk. The leader's sync runs on its own thread (``start_syncer``), started as soon as an
-entry is on its way to the followers, so it overlaps their round trip instead of following it on
-pysyncobj's tick thread; a commit is acknowledged (``when_durable``) once a sync that began after
-its entry was written has finished. Raft allows this: the leader's own write may go in parallel
-with replication, as long as the ack waits for both (Raft thesis, section 10.2.1).
+entry is on its way to the followers, so it overlaps their round trip instead of following it
+in pysyncobj's tick on the loop; a commit is acknowledged (``when_durable``) once a sync that
+began after its entry was written has finished. Raft allows this: the leader's own write may go
+in parallel with replication, as long as the ack waits for both (Raft thesis, section 10.2.1).
 
 A follower groups its syncs: its acknowledgements of one poll round wait in ``hold`` until the
 round ends (``flush``, called by ``RaftCore`` after every tick); one sync then covers every entry

@@ -155,7 +155,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
     async def Status(
         self, request: empty_pb2.Empty, context: Ctx[empty_pb2.Empty, cluster_pb2.ClusterStatus]
     ) -> cluster_pb2.ClusterStatus:
-        raw = await guarded(context, self.node.on_tick_thread(self.node.syncobj.getStatus))
+        raw = await guarded(context, self.node.between_applies(self.node.syncobj.getStatus))
         return cluster_status(self.node, raw)
 
 

@@ -26,7 +26,7 @@ back as a command. ``Journal`` is a drop-in for it:
   in place needs no new disk space, so the vote can still be recorded on a full disk.
 
 Durability is the caller's: ``sync`` makes everything written so far durable
-(``cluster.durability`` decides when). Only the tick thread writes; ``sync`` may run on another
+(``cluster.durability`` decides when). Only pysyncobj's tick writes; ``sync`` may run on another
 thread, and ``io_lock`` keeps it off a descriptor that a rewrite is replacing.
 """
 

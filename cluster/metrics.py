@@ -2,7 +2,7 @@
 
 Commit latency (proposal to applied on the leader, per log entry), applied index, Raft term,
 leadership changes seen by this node, and jobs by state (read from the stats the machine keeps,
-on the tick thread between two applies, when scraped at most once a second).
+in a tick, between two applies, when scraped at most once a second).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class NodeMetrics:
             self.leader_changes.inc()
 
     def refresh_jobs(self) -> None:
-        """Called on the tick thread: copy the machine's job counts into the gauge."""
+        """Called in a tick (between two applies): copy the machine's job counts into the gauge."""
         now = time.monotonic()
         if now - self._jobs_read_at < 1.0:
             return
@@ -60,8 +60,8 @@ class NodeMetrics:
 def job_counts(machine: Any) -> dict[str, int]:
     """Jobs by state, summed from the per-tube counts the machine keeps for stats-tube.
 
-    Read-only (applying a Stats command would count as a client's ``stats``); called on the
-    tick thread, so the machine is between two applies. Costs one pass over the tubes."""
+    Read-only (applying a Stats command would count as a client's ``stats``); called in a
+    tick, so the machine is between two applies. Costs one pass over the tubes."""
     tubes = getattr(getattr(machine, "_state", None), "tube_order", None)
     if tubes is None:
         return {}

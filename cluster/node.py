@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from cluster.durability import JournalSync
 from cluster.errors import MembershipRefused, NotLeader
 from cluster.journal import Journal
 from cluster.proposer import Proposer, Result
+from cluster.raft_loop import LoopPoller, RaftDriver
 from cluster.replicated import ClusterState, MachineConsumer
 from cluster.wakeups import WakeupHub
 from statemachine import codec
@@ -119,7 +119,6 @@ class RaftNode:
             self_raft_addr=config.raft_addr,
             incarnation=self.incarnation,
         )
-        self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         raftcore.install()
         legacy.migrate(config.data_dir, config.journal_path, config.dump_path)
         # Storage is opened and checked before Raft starts: a damaged log or dump stops the
@@ -142,6 +141,8 @@ class RaftNode:
             dump_index=dump.last[1] if dump is not None else 0,
         )
         self.journal_sync = JournalSync(self.journal, config.fsync)
+        # pysyncobj runs on this loop, not on a thread of its own (cluster.raft_loop).
+        self.driver = RaftDriver(loop)
         self.syncobj = raftcore.RaftCore(
             config.raft_addr,
             config.peers,
@@ -151,12 +152,12 @@ class RaftNode:
             self.dumps,
             news=self._news,
             ack_gate=self.journal_sync,
+            poller=LoopPoller(loop, self.driver.wake),
         )
-        self.syncobj.addOnTickCallback(self._drain_tick_jobs)
         # The leader syncs its own journal on the syncer thread, from the moment an entry is
         # appended, in parallel with the followers' round trip; the proposer's callback waits
-        # for that sync (when_durable), not the tick thread. Syncing in the commit callback on
-        # the tick thread instead put each fsync after the followers' round trip and held up
+        # for that sync (when_durable), not the tick. Syncing in the commit callback in
+        # the tick instead put each fsync after the followers' round trip and held up
         # every other append, send and apply meanwhile (docs/benchmarks.md, cluster run F).
         self.journal_sync.start_syncer(self.is_leader)
         self.syncobj.addOnTickCallback(self._compact_if_journal_large)
@@ -224,21 +225,29 @@ class RaftNode:
             # RPC) happens at once instead of in this node's slot of a 300 s period.
             logCompactionSplit=False,
             onStateChanged=self._state_changed,
+            autoTick=False,  # ticked by RaftDriver on the node's loop
         )
 
     # --- Lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.driver.start(self._raft_tick)
         self._ticker = self.loop.create_task(self._tick_loop())
 
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
+        self.driver.stop()
         self.hub.close()
         self.journal_sync.stop_syncer()
-        await asyncio.to_thread(self.syncobj.destroy_synchronous)
+        self.syncobj.destroy()  # at once, on the loop that watches its sockets
 
-    def _state_changed(self, old: int, new: int) -> None:  # tick thread
+    def _raft_tick(self) -> bool:
+        """One pysyncobj tick (RaftDriver); True when rule 9 left entries to apply."""
+        self.syncobj._onTick(0.0)
+        return bool(self.syncobj.apply_left)
+
+    def _state_changed(self, old: int, new: int) -> None:  # in a tick
         log.info(
             "raft state changed",
             node_id=self.config.node_id,
@@ -261,28 +270,10 @@ class RaftNode:
         if self.journal.size_bytes > JOURNAL_COMPACT_BYTES:
             self.syncobj.forceLogCompaction()
 
-    def _drain_tick_jobs(self) -> None:
-        while True:
-            try:
-                job = self._tick_jobs.get_nowait()
-            except queue.Empty:
-                return
-            job()
-
-    async def on_tick_thread(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on pysyncobj's tick thread, between two applies, and return its result."""
-        future: asyncio.Future[Any] = self.loop.create_future()
-
-        def job() -> None:
-            try:
-                result = fn()
-            except Exception as exc:
-                self.loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                self.loop.call_soon_threadsafe(_settle, future, result, None)
-
-        self._tick_jobs.put(job)
-        return await asyncio.wait_for(future, 10.0)
+    async def between_applies(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` between two of pysyncobj's ticks, so between two applies, and return its
+        result. Ticks run on this loop (cluster.raft_loop): that is any time the loop runs us."""
+        return fn()
 
     # --- Leadership -----------------------------------------------------------------------
 
@@ -460,7 +451,7 @@ class RaftNode:
         """Wait until the leader knows ``raft_addr`` holds the log up to ``index``."""
         give_up = self.loop.time() + timeout_s
         while self.loop.time() < give_up:
-            status = await self.on_tick_thread(self.syncobj.getStatus)
+            status = await self.between_applies(self.syncobj.getStatus)
             if status.get(f"match_idx_server_{raft_addr}", 0) >= index:
                 return
             await asyncio.sleep(0.05)
@@ -494,8 +485,8 @@ class RaftNode:
         def callback(_result: Any, error: int) -> None:
             self.loop.call_soon_threadsafe(_settle, future, error, None)
 
-        # Run on the tick thread: pysyncobj's membership and transfer calls touch its state.
-        await self.on_tick_thread(lambda: fn(arg, callback=callback))
+        # Between two ticks: pysyncobj's membership and transfer calls touch its state.
+        await self.between_applies(lambda: fn(arg, callback=callback))
         return await asyncio.wait_for(future, 10.0)
 
     async def wait_applied(self, index: int, timeout_s: float = 2.0) -> bool:
@@ -512,12 +503,12 @@ class RaftNode:
 
     async def machine_snapshot(self) -> tuple[bytes, int]:
         """The machine's snapshot bytes and the Raft index they reflect, taken between two
-        applies on the tick thread: consistent even under load."""
+        applies: consistent even under load."""
 
         def take() -> tuple[bytes, int]:
             return self.state.machine.snapshot(), int(self.syncobj.raftLastApplied)
 
-        result: tuple[bytes, int] = await self.on_tick_thread(take)
+        result: tuple[bytes, int] = await self.between_applies(take)
         return result
 
     def member_addrs(self) -> list[str]:

@@ -7,18 +7,19 @@ flight at once; a single client therefore pays one Raft round trip, and a crowd 
 shares round trips. The flush stamps ``now_ms`` from the leader's clock; the state machine clamps
 it.
 
-pysyncobj calls back on its tick thread; the callback hands the result to the loop once the
-leader's journal holds the entry on disk (``JournalSync.when_durable``: the follower side
-already synced before acknowledging; the leader's sync started when the entry was appended, on
-its own thread, so the tick thread never waits for the disk). pysyncobj's fail reasons are
-split by what they mean for a retry: never applied (a full queue, no leader, not the leader,
-an entry replaced) -> ``NotApplied``; maybe applied -> ``Ambiguous``.
+pysyncobj calls back in its tick (on the loop, ``cluster.raft_loop``); the callback hands the
+result over once the leader's journal holds the entry on disk (``JournalSync.when_durable``:
+the follower side already synced before acknowledging; the leader's sync started when the
+entry was appended, on its own thread, so a tick never waits for the disk). pysyncobj's fail
+reasons are split by what they mean for a retry: never applied (a full queue, no leader, not
+the leader, an entry replaced) -> ``NotApplied``; maybe applied -> ``Ambiguous``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -119,6 +120,9 @@ class Proposer:
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._inflight_batches: dict[int, list[_Pending]] = {}  # by id(): proposed, unanswered
         self._flush_scheduled = False
+        # pysyncobj ticks on the loop (cluster.raft_loop): a result found there needs no
+        # thread-safe hand-over. The proposer is built on the loop's thread.
+        self._loop_thread = threading.get_ident()
 
     async def submit(self, request: envelope.Request) -> Result:
         """Replicate one request and return its result; raise NotApplied or Ambiguous."""
@@ -183,13 +187,16 @@ class Proposer:
         started = time.perf_counter()
         self._inflight_batches[id(batch)] = batch
 
-        def on_result(result: Any, error: int) -> None:  # runs on pysyncobj's tick thread
+        def on_result(result: Any, error: int) -> None:  # runs in pysyncobj's tick
             # Nothing may escape from here: pysyncobj would apply the entry again (see
             # replicated._quietly). A closed loop (node stopping) just drops the answer.
             try:
                 index = self._last_applied() + 1  # called just before pysyncobj counts it
 
-                def hand_over() -> None:  # the tick thread, or the journal's syncer thread
+                def hand_over() -> None:  # in a tick on the loop, or on the syncer thread
+                    if threading.get_ident() == self._loop_thread:  # no self-pipe write
+                        self._loop.call_soon(self._resolve, batch, result, error, index, started)
+                        return
                     # A closed loop (the node is stopping) just drops the answer.
                     with contextlib.suppress(RuntimeError):
                         self._loop.call_soon_threadsafe(

@@ -1,7 +1,7 @@
 """pysyncobj's message framing, made cheaper: no zlib, AES-256-GCM instead of Fernet, and
 pickle protocol 4 instead of 2.
 
-pysyncobj turns each Raft message into a frame on the tick thread, once per follower: pickle,
+pysyncobj turns each Raft message into a frame in its tick, once per follower: pickle,
 zlib (level 3), then, with a cluster secret, Fernet (AES-CBC, HMAC-SHA256, base64). Two or
 three frames sit on every commit's critical path (the leader's append to each follower, the
 follower's acknowledgement), so their cost is latency, not only CPU (docs/benchmarks.md):

@@ -123,6 +123,11 @@ _VERIFIED = {
     "tcp_connection.TcpConnection._TcpConnection__processParseMessage": "4ecbfdad3baa2eac",
     "pickle.dumps": "9d907d0e2ec81365",
     "pickle.dump": "8632a4ffab1a6a8a",
+    # cluster.raft_loop stands in for pysyncobj's poller: the factory it replaces, the interface
+    # it implements, and the pipe notifier that wakes a tick after a proposal through it.
+    "poller.createPoller": "e71b39b232c943a6",
+    "poller.PollPoller.subscribe": "b406c6720d160f75",
+    "pipe_notifier.PipeNotifier.__init__": "94561a5e00d69832",
 }
 
 
@@ -169,7 +174,7 @@ DISK_PROBE_S = 1.0
 # At most this much is queued for one follower before the leader sends it more: pysyncobj's
 # connection copies its whole write buffer on every message it adds, so a follower catching
 # up that could not drain it (a long log, a dump) made every send slower, until the leader's
-# tick thread spent seconds per tick and stopped committing (the fault harness: 7 s gaps).
+# ticks took seconds each and stopped committing (the fault harness: 7 s gaps).
 SEND_BACKLOG_BYTES = 2 << 20
 # Rule 9: how long one tick may apply (entries carry up to a few hundred commands each) and how
 # many entries go between checks of the time.
@@ -215,6 +220,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         dumps: DumpStore,
         news: Callable[[], object],
         ack_gate: Any,
+        poller: Any = None,
     ) -> None:
         self.journal = journal
         self.dumps = dumps
@@ -229,7 +235,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         self._prevote: PreVote | None = None
         self._next_disk_probe = 0.0
         conf.serializer = conf.deserializer = dumps  # pysyncobj then builds no dict to pickle
-        with _storage_for(journal, dumps):
+        with _storage_for(journal, dumps, poller):
             super().__init__(self_addr, peers, conf, consumers, transportClass=_Transport)
 
     # --- ticks: PreVote, a full disk, acknowledgements -----------------------------------
@@ -794,22 +800,38 @@ class _Transport(TCPTransport):  # type: ignore[misc]
 
 
 class _storage_for:
-    """While a RaftCore is built, pysyncobj's journal and serializer factories return ours."""
+    """While a RaftCore is built, pysyncobj's journal, serializer and poller factories return
+    ours (the poller: ``cluster.raft_loop``, when the node runs pysyncobj on its loop)."""
 
-    def __init__(self, journal: Journal, dumps: DumpStore) -> None:
+    def __init__(self, journal: Journal, dumps: DumpStore, poller: Any = None) -> None:
         self._journal = journal
         self._dumps = dumps
+        self._poller = poller
 
     def __enter__(self) -> None:
         _factories.append((self._journal, self._dumps))
+        if self._poller is not None:
+            _pollers.append(self._poller)
 
     def __exit__(self, *exc: object) -> None:
         _factories.remove((self._journal, self._dumps))
+        if self._poller is not None:
+            _pollers.remove(self._poller)
 
 
 _factories: list[tuple[Journal, DumpStore]] = []
+_pollers: list[Any] = []
 _original_create_journal = syncobj_module.createJournal
 _original_serializer = syncobj_module.Serializer
+_original_create_poller = syncobj_module.createPoller
+
+
+def _create_poller(poller_type: str) -> Any:
+    """pysyncobj builds its poller first thing in ``SyncObj.__init__``, before the transport
+    subscribes its sockets: the RaftCore being built gets the one it was given."""
+    if _pollers:
+        return _pollers[-1]
+    return _original_create_poller(poller_type)
 
 
 def _create_journal(journal_file: str | None = None) -> Any:
@@ -835,4 +857,5 @@ def install() -> None:
     verify()
     syncobj_module.createJournal = _create_journal
     syncobj_module.Serializer = _serializer
+    syncobj_module.createPoller = _create_poller
     raft_wire.install()

@@ -233,7 +233,7 @@ def _wakeups(ring: list[tuple[int, str, bytes]], last_seq: int) -> Wakeups:
 
 
 class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
-    """The replicated half of a node. ``on_applied()`` runs on the tick thread after every
+    """The replicated half of a node. ``on_applied()`` runs in pysyncobj's tick after every
     applied entry (and after a snapshot is installed) so the node can wake streams.
     ``removed`` becomes True when the log says this node (``self_raft_addr``) leaves."""
 
@@ -258,7 +258,7 @@ class MachineConsumer(SyncObjConsumer):  # type: ignore[misc]
         self.state = ClusterState(machine)
 
     def restore(self, state_bytes: bytes) -> None:
-        """Replace the state with a dump's (on the tick thread, between two applies)."""
+        """Replace the state with a dump's (in a tick, between two applies)."""
         self.state = ClusterState.from_bytes(state_bytes)
         log.info("snapshot loaded", wakeup_seq=self.state.wakeups.last_seq)
         _quietly(self.on_applied)
@@ -305,7 +305,7 @@ def _requests(entry: bytes) -> list[envelope.Request]:
 
 
 def _quietly(hook: Callable[[], None]) -> None:
-    """Run a local hook from the tick thread. An exception escaping into pysyncobj's apply loop
+    """Run a local hook from pysyncobj's tick. An exception escaping into pysyncobj's apply loop
     would leave the entry counted as not applied, and pysyncobj would apply it AGAIN on the next
     tick; so nothing may escape (a hook failing, e.g. on a closed event loop, is only logged)."""
     try:

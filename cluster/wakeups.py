@@ -9,7 +9,8 @@ leading, the proxy reconnects anywhere with the same ``after_seq`` and loses not
 ring no longer holds what the proxy missed (it was away too long), the stream says so with a
 ``gap`` event and the proxy recovers its clients with CheckClientState.
 
-The tick thread calls ``notify`` after each apply; streams wait on an asyncio event.
+pysyncobj's tick (on the node's loop, ``cluster.raft_loop``) calls ``notify`` after each
+apply; streams wait on an asyncio event.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class WakeupHub:
         wakeups = self._ring()
         if wakeups.last_seq <= cursor:
             return [], cursor
-        ring = list(wakeups.ring)  # one C-level copy: atomic with respect to the tick thread
+        ring = list(wakeups.ring)  # one C-level copy: atomic with respect to an apply
         first = ring[0][0] if ring else wakeups.last_seq + 1
         events = []
         if first > cursor + 1:
