@@ -270,11 +270,6 @@ class RaftNode:
         if self.journal.size_bytes > JOURNAL_COMPACT_BYTES:
             self.syncobj.forceLogCompaction()
 
-    async def between_applies(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` between two of pysyncobj's ticks, so between two applies, and return its
-        result. Ticks run on this loop (cluster.raft_loop): that is any time the loop runs us."""
-        return fn()
-
     # --- Leadership -----------------------------------------------------------------------
 
     @property
@@ -451,7 +446,7 @@ class RaftNode:
         """Wait until the leader knows ``raft_addr`` holds the log up to ``index``."""
         give_up = self.loop.time() + timeout_s
         while self.loop.time() < give_up:
-            status = await self.between_applies(self.syncobj.getStatus)
+            status = self.syncobj.getStatus()  # between two ticks: they run on this loop
             if status.get(f"match_idx_server_{raft_addr}", 0) >= index:
                 return
             await asyncio.sleep(0.05)
@@ -485,8 +480,9 @@ class RaftNode:
         def callback(_result: Any, error: int) -> None:
             self.loop.call_soon_threadsafe(_settle, future, error, None)
 
-        # Between two ticks: pysyncobj's membership and transfer calls touch its state.
-        await self.between_applies(lambda: fn(arg, callback=callback))
+        # pysyncobj's membership and transfer calls touch its state: fine between two ticks,
+        # which is whenever this loop runs anything else (cluster.raft_loop).
+        fn(arg, callback=callback)
         return await asyncio.wait_for(future, 10.0)
 
     async def wait_applied(self, index: int, timeout_s: float = 2.0) -> bool:
@@ -505,11 +501,7 @@ class RaftNode:
         """The machine's snapshot bytes and the Raft index they reflect, taken between two
         applies: consistent even under load."""
 
-        def take() -> tuple[bytes, int]:
-            return self.state.machine.snapshot(), int(self.syncobj.raftLastApplied)
-
-        result: tuple[bytes, int] = await self.between_applies(take)
-        return result
+        return self.state.machine.snapshot(), int(self.syncobj.raftLastApplied)
 
     def member_addrs(self) -> list[str]:
         return sorted([self.config.raft_addr, *(n.address for n in self.syncobj.otherNodes)])

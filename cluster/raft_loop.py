@@ -92,7 +92,6 @@ class RaftDriver:
         self._tick: Callable[[], bool] | None = None
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self.ticks = 0
 
     def start(self, tick: Callable[[], bool]) -> None:
         """``tick()`` runs one tick and returns whether it left entries to apply."""
@@ -116,7 +115,6 @@ class RaftDriver:
         tick = self._tick
         if tick is None:
             return
-        self.ticks += 1
         try:
             more = tick()
         except Exception:  # pysyncobj's own thread logged and went on; so do we

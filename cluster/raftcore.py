@@ -220,7 +220,7 @@ class RaftCore(SyncObj):  # type: ignore[misc]
         dumps: DumpStore,
         news: Callable[[], object],
         ack_gate: Any,
-        poller: Any = None,
+        poller: Any,
     ) -> None:
         self.journal = journal
         self.dumps = dumps
@@ -801,22 +801,20 @@ class _Transport(TCPTransport):  # type: ignore[misc]
 
 class _storage_for:
     """While a RaftCore is built, pysyncobj's journal, serializer and poller factories return
-    ours (the poller: ``cluster.raft_loop``, when the node runs pysyncobj on its loop)."""
+    ours (the poller: ``cluster.raft_loop``'s, so pysyncobj runs on the node's loop)."""
 
-    def __init__(self, journal: Journal, dumps: DumpStore, poller: Any = None) -> None:
+    def __init__(self, journal: Journal, dumps: DumpStore, poller: Any) -> None:
         self._journal = journal
         self._dumps = dumps
         self._poller = poller
 
     def __enter__(self) -> None:
         _factories.append((self._journal, self._dumps))
-        if self._poller is not None:
-            _pollers.append(self._poller)
+        _pollers.append(self._poller)
 
     def __exit__(self, *exc: object) -> None:
         _factories.remove((self._journal, self._dumps))
-        if self._poller is not None:
-            _pollers.remove(self._poller)
+        _pollers.remove(self._poller)
 
 
 _factories: list[tuple[Journal, DumpStore]] = []

@@ -24,7 +24,6 @@ from cluster import envelope
 from cluster.errors import Refused
 from cluster.forwarder import Forwarded, Forwarder
 from cluster.node import RaftNode
-from cluster.proposer import Result
 from statemachine import codec
 from statemachine.commands import Command
 from statemachine.replies import Outcome, Reply
@@ -52,14 +51,7 @@ class QueueService:
 
     async def apply_reply(self, command: Command, request_id: str = "") -> tuple[Reply, int]:
         """``apply`` with the reply as the machine made it (the node's own listener)."""
-        encoded = codec.encode_command(command)
-        if self.node.is_leader():
-            # The leader's common case, in this one frame: the beanstalkd listener's every
-            # command passes here, and each coroutine level it crosses costs the leader CPU
-            # twice per command (made, then resumed when the entry commits).
-            request = envelope.Request(envelope.COMMAND, request_id, encoded, command)
-            return _settled((await self.node.submit([request]))[0])
-        return await self._apply_one(encoded, command, request_id)
+        return await self._apply_one(codec.encode_command(command), command, request_id)
 
     async def apply_encoded(self, command: bytes, request_id: str) -> tuple[bytes, int]:
         """``apply`` for a command that came encoded (gRPC ``Apply``): the outcome encoded."""
@@ -76,7 +68,10 @@ class QueueService:
         leader_grpc = await self._route()
         if not leader_grpc:
             request = envelope.Request(envelope.COMMAND, request_id, command, decoded)
-            return _settled((await self.node.submit([request]))[0])
+            _, payload, index = (await self.node.submit([request]))[0]
+            if isinstance(payload, bytes):  # REFUSED: why
+                raise Refused(payload.decode(errors="replace"))
+            return payload, index
         # Gathered with whatever else this follower forwards meanwhile (cluster.forwarder).
         message = jsm_pb2.ApplyRequest(command=command, request_id=request_id)
         (result,) = await self.forwarder.forward(leader_grpc, [message])
@@ -169,11 +164,3 @@ class QueueService:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-
-
-def _settled(result: Result) -> tuple[Reply, int]:
-    """A proposed command's (reply, index); raises Refused with the machine's reason."""
-    _, payload, index = result
-    if isinstance(payload, bytes):  # REFUSED: why
-        raise Refused(payload.decode(errors="replace"))
-    return payload, index

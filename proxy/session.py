@@ -364,15 +364,7 @@ class Session:
     # --- applying ---------------------------------------------------------------------------
 
     async def _apply(self, command: sm.Command) -> r.Reply:
-        loop = self._loop()
-        give_up_at = loop.time() + self.ctx.retry_for_s
-        try:  # the first attempt in this frame: nearly every command needs no other
-            reply = await self.ctx.queue.apply(command)
-        except QueueUnavailable:
-            if loop.time() + _BACKOFF_FIRST_S > give_up_at:
-                raise
-            await asyncio.sleep(_BACKOFF_FIRST_S)
-            reply = await self._apply_retrying(command, give_up_at, _BACKOFF_FIRST_S * 2)
+        reply = await self._apply_retrying(command)
         if isinstance(reply, r.UnknownClient):
             log.warning("session_dropped_reconnecting", client_id=self.client_id)
             await self._reconnect()
@@ -402,17 +394,10 @@ class Session:
         if "default" not in self.watched:
             await self._apply_retrying(sm.Ignore(c, "default"))
 
-    async def _apply_retrying(
-        self,
-        command: sm.Command,
-        give_up_at: float | None = None,
-        backoff_s: float = _BACKOFF_FIRST_S,
-    ) -> r.Reply:
-        """Apply ``command``, retried with backoff while the queue is unavailable, until
-        ``give_up_at`` on the loop's clock (default: ``retry_for_s`` from now)."""
+    async def _apply_retrying(self, command: sm.Command) -> r.Reply:
         loop = self._loop()
-        if give_up_at is None:
-            give_up_at = loop.time() + self.ctx.retry_for_s
+        give_up_at = loop.time() + self.ctx.retry_for_s
+        backoff_s = _BACKOFF_FIRST_S
         while True:
             try:
                 return await self.ctx.queue.apply(command)
